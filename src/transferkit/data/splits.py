@@ -1,0 +1,92 @@
+"""Choosing classes for each phase (`--source 0-4 --target 5-9`) and cutting a data set by class."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import UserError
+from .arrays import ArrayDataset
+
+
+def parse_classes(spec: str | Iterable[int | str], class_names: Sequence[str], option: str = "--classes") -> list[int]:
+    """Resolve a class spec to class indices, in the order given.
+
+    A spec is a comma list of class names, indices or inclusive ranges (`0-4`, `5,7,9`, `dog,frog`, `9-5`),
+    or an iterable of names / indices (`range(5)`). Names win over indices when both could match.
+    """
+    tokens = [t.strip() for t in spec.split(",")] if isinstance(spec, str) else [str(t) for t in spec]
+    tokens = [t for t in tokens if t]
+    if not tokens:
+        raise UserError(f"{option} is empty; name at least one class, e.g. {option} 0-4")
+    indices: list[int] = []
+    for token in tokens:
+        for index in _resolve_token(token, class_names, option):
+            if index in indices:
+                raise UserError(f"{option}: class {class_names[index]!r} is listed twice")
+            indices.append(index)
+    return indices
+
+
+def _resolve_token(token: str, class_names: Sequence[str], option: str) -> list[int]:
+    single = _resolve_one(token, class_names)
+    if single is not None:
+        return [single]
+    if "-" in token:
+        first, _, last = token.partition("-")
+        lo, hi = _resolve_one(first.strip(), class_names), _resolve_one(last.strip(), class_names)
+        if lo is not None and hi is not None:
+            step = 1 if hi >= lo else -1
+            return list(range(lo, hi + step, step))
+    known = ", ".join(class_names) if len(class_names) <= 20 else f"{len(class_names)} classes"
+    raise UserError(
+        f"{option}: unknown class {token!r}; use names or indices 0-{len(class_names) - 1} (classes: {known})"
+    )
+
+
+def _resolve_one(token: str, class_names: Sequence[str]) -> int | None:
+    if token in class_names:
+        return list(class_names).index(token)
+    if token.isdigit() and int(token) < len(class_names):
+        return int(token)
+    return None
+
+
+@dataclass(frozen=True)
+class ClassSplit:
+    """The images of some classes, labels remapped to 0..k-1 in the order the classes were given."""
+
+    class_names: tuple[str, ...]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def resolve_split(source: object, target: object, class_names: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Parse --source and --target and check they do not overlap."""
+    src = parse_classes(source, class_names, "--source")
+    tgt = parse_classes(target, class_names, "--target")
+    overlap = [class_names[i] for i in src if i in tgt]
+    if overlap:
+        raise UserError(
+            f"--source and --target share class(es) {', '.join(overlap)}; transfer needs disjoint class sets"
+        )
+    return src, tgt
+
+
+def split_by_class(data: ArrayDataset, classes: Sequence[int], limit: int | None = None) -> ClassSplit:
+    """Keep the images of `classes`, relabelled 0..k-1 in that order; at most `limit` per split."""
+    remap = np.full(len(data.class_names), -1, dtype=np.int64)
+    remap[list(classes)] = np.arange(len(classes))
+    parts = []
+    for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
+        keep = np.flatnonzero(remap[y] >= 0)[:limit]
+        parts += [x[keep], remap[y[keep]]]
+    names = tuple(data.class_names[i] for i in classes)
+    for split, labels in (("train", parts[1]), ("test", parts[3])):
+        if len(labels) == 0:
+            raise UserError(f"{data.origin}: no {split} images for classes {', '.join(names)}")
+    return ClassSplit(names, *parts)

@@ -1,0 +1,9 @@
+"""The one exception type for user mistakes: bad paths, options or data."""
+
+
+class UserError(Exception):
+    """A problem the user can fix; the message names the file or option and says what to do.
+
+    The CLI prints it on one line and exits with status 2. Anything else is a bug and keeps
+    its traceback (shown with --debug).
+    """

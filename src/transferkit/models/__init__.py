@@ -1,0 +1,6 @@
+"""Models: the seed network (`features` + `classifier`) and its parameter summary."""
+
+from .seed_cnn import SeedCNN, keras_init
+from .summary import LayerRow, ParamCounts, count_params, layer_rows
+
+__all__ = ["LayerRow", "ParamCounts", "SeedCNN", "count_params", "keras_init", "layer_rows"]

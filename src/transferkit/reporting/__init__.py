@@ -1,0 +1,8 @@
+"""Reporting: results.json and history.csv, weights, figures, console output."""
+
+from .artifacts import load_model, save_model
+from .environment import describe_environment
+from .results import PhaseResult, read_results, write_results, write_text_atomic
+
+__all__ = ["PhaseResult", "describe_environment", "load_model", "read_results", "save_model", "write_results",
+           "write_text_atomic"]

@@ -1,0 +1,52 @@
+"""Trained weights as safetensors (never pickle) beside a JSON that rebuilds the network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import UserError
+from ..models import SeedCNN
+from .results import write_text_atomic
+
+ARCHITECTURES = {"seed_cnn": SeedCNN}
+
+
+def save_model(directory: Path, name: str, model: SeedCNN, class_names: list[str], preprocessing: dict) -> Path:
+    """Write `<name>.safetensors` and `<name>.json` (architecture, class names, preprocessing)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = {**model.spec(), "class_names": list(class_names), "preprocessing": preprocessing}
+    weights = directory / f"{name}.safetensors"
+    tmp = weights.with_name(f".{weights.name}.tmp")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"transferkit_spec": json.dumps(spec)})
+    tmp.replace(weights)
+    write_text_atomic(directory / f"{name}.json", json.dumps(spec, indent=2) + "\n")
+    return weights
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a saved network from `<name>.safetensors` (or its .json); returns (model in eval mode, spec)."""
+    path = Path(path)
+    weights, spec_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    for f in (weights, spec_file):
+        if not f.is_file():
+            raise UserError(f"{f}: not found; point at a <phase>.safetensors in a run's weights/ folder")
+    try:
+        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        arch = ARCHITECTURES[spec["architecture"]]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise UserError(f"{spec_file}: not a transferkit model description ({e})") from None
+    model = arch.from_spec(spec)
+    try:
+        state = load_file(str(weights))
+        model.load_state_dict(state)
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise UserError(f"{weights}: cannot load these weights into {spec['architecture']} ({str(e).splitlines()[0]})") from None
+    model.eval()
+    return model, spec
+

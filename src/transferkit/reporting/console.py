@@ -1,0 +1,88 @@
+"""Console output: a Keras-like progress bar per epoch, parameter summaries, the closing comparison table."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..models import LayerRow, ParamCounts
+from ..training import EpochRecord
+
+
+class ConsoleProgress:
+    """One progress bar per epoch (steps, ETA, running loss and accuracy), then a line with validation."""
+
+    def __init__(self, console: Console, phase: str):
+        self.console, self.phase = console, phase
+        self._progress: Progress | None = None
+        self._task = None
+
+    def epoch_started(self, epoch: int, epochs: int, steps: int) -> None:
+        if not self.console.is_terminal:  # logs and CI get one line per epoch, no redraws
+            return
+        self._progress = Progress(
+            TextColumn(f"[bold]{self.phase}[/] epoch {epoch}/{epochs}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[metrics]}"),
+            console=self.console,
+            transient=True,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=steps, metrics="")
+
+    def step_done(self, step: int, loss: float, accuracy: float) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, metrics=f"loss {loss:.4f} acc {accuracy:.4f}")
+
+    def epoch_done(self, record: EpochRecord, epochs: int) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+        self.console.print(
+            f"{self.phase} epoch {record.epoch}/{epochs} {record.seconds:.1f}s - loss {record.loss:.4f} "
+            f"acc {record.accuracy:.4f} - val_loss {record.val_loss:.4f} val_acc {record.val_accuracy:.4f}",
+            highlight=False, soft_wrap=True,
+        )
+
+
+def print_summary(console: Console, title: str, rows: list[LayerRow], counts: ParamCounts) -> None:
+    """Keras' model.summary(): a layer table, then total / trainable / non-trainable parameters."""
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("Layer (type)")
+    table.add_column("Output shape")
+    table.add_column("Param #", justify="right")
+    table.add_column("Trainable")
+    for r in rows:
+        table.add_row(f"{r.name} ({r.kind})", str((None, *r.output_shape)), f"{r.params:,}",
+                      "" if r.params == 0 else ("yes" if r.trainable else "no"))
+    console.print(table)
+    console.print(f"Total params: {counts.total:,}\nTrainable params: {counts.trainable:,}\n"
+                  f"Non-trainable params: {counts.non_trainable:,}", highlight=False)
+
+
+def comparison_table(phases: dict[str, dict]) -> Table:
+    """Per phase: training images, test accuracy and loss, training time, trainable parameters."""
+    table = Table(title="Results", title_justify="left")
+    for col in ("phase", "classes", "images", "test acc", "test loss", "time", "trainable"):
+        table.add_column(col, justify="left" if col in ("phase", "classes") else "right", no_wrap=True)
+    for name, p in phases.items():
+        table.add_row(name, ",".join(p["classes"]), str(p["train_samples"]), f"{p['test_accuracy']:.4f}",
+                      f"{p['test_loss']:.4f}", f"{p['train_seconds']:.1f} s", f"{p['params']['trainable']:,}")
+    return table
+
+
+def transfer_verdict(phases: dict[str, dict]) -> str | None:
+    """One line: what transfer bought over scratch in accuracy and time."""
+    if "transfer" not in phases or "scratch" not in phases:
+        return None
+    t, s = phases["transfer"], phases["scratch"]
+    gain = (t["test_accuracy"] - s["test_accuracy"]) * 100
+    speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 else float("inf")
+    return (f"transfer vs scratch on {','.join(t['classes'])}: accuracy {t['test_accuracy']:.4f} vs "
+            f"{s['test_accuracy']:.4f} ({gain:+.2f} points), time {t['train_seconds']:.1f} s vs "
+            f"{s['train_seconds']:.1f} s ({speedup:.1f}x faster)")

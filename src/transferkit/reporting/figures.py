@@ -1,0 +1,78 @@
+"""The seed articles' pictures: curves per phase, training-time bars, sample images. Drawn from results alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728"}
+
+
+def curves_figure(phases: dict[str, dict]) -> Figure:
+    """Accuracy (top) and loss (bottom) per epoch, train vs validation, one column per phase."""
+    fig, axes = plt.subplots(2, len(phases), figsize=(4.2 * len(phases), 6.4), squeeze=False)
+    for col, (name, phase) in enumerate(phases.items()):
+        epochs = [r["epoch"] for r in phase["history"]]
+        for row, metric in enumerate(("accuracy", "loss")):
+            ax = axes[row][col]
+            ax.plot(epochs, [r[metric] for r in phase["history"]], "o-", label="train")
+            ax.plot(epochs, [r[f"val_{metric}"] for r in phase["history"]], "s--", label="validation")
+            ax.set_title(f"{name} ({', '.join(phase['classes'])}): {metric}", fontsize=10)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(metric)
+            ax.set_xticks(epochs)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def time_figure(phases: dict[str, dict]) -> Figure:
+    """Training time per phase, as the seeds compare them, with test accuracy on each bar."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    names = list(phases)
+    seconds = [phases[n]["train_seconds"] for n in names]
+    bars = ax.bar(names, seconds, color=[PHASE_COLORS.get(n, "gray") for n in names])
+    for bar, n in zip(bars, names):
+        ax.annotate(f"{phases[n]['train_seconds']:.1f} s\nacc {phases[n]['test_accuracy']:.4f}",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("training time (s)")
+    ax.set_title("Training time per phase")
+    ax.set_ylim(0, max(seconds) * 1.3 if seconds else 1)
+    fig.tight_layout()
+    return fig
+
+
+def samples_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], per_group: int = 16) -> Figure:
+    """A grid of images per group (e.g. source and target classes), each titled with its class name."""
+    cols = 8
+    rows_per_group = -(-per_group // cols)
+    fig, axes = plt.subplots(rows_per_group * len(groups), cols, figsize=(cols * 1.1, rows_per_group * len(groups) * 1.3),
+                             squeeze=False)
+    for g, (group, (images, labels, names)) in enumerate(groups.items()):
+        for i in range(rows_per_group * cols):
+            ax = axes[g * rows_per_group + i // cols][i % cols]
+            ax.axis("off")
+            if i < min(per_group, len(images)):
+                img = images[i]
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+                ax.set_title(f"{group}: {names[labels[i]]}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def save_figures(figures: dict[str, Figure], directory: Path) -> list[Path]:
+    paths = []
+    for name, fig in figures.items():
+        path = directory / f"{name}.png"
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, dpi=100, format="png")
+        tmp.replace(path)  # a finished figure is never replaced by a half-written one
+        paths.append(path)
+    return paths

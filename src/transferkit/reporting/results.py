@@ -1,0 +1,83 @@
+"""The record of a run: phases with their histories, written as results.json and history.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..models import LayerRow, ParamCounts
+from ..training import EpochRecord
+
+RESULTS_FILE = "results.json"
+HISTORY_FILE = "history.csv"
+
+
+@dataclass
+class PhaseResult:
+    """One phase (`source`, `transfer` or `scratch`): what it trained on, how long, how well."""
+
+    name: str
+    classes: list[str]
+    train_samples: int
+    test_samples: int
+    epochs: int
+    train_seconds: float
+    test_loss: float
+    test_accuracy: float
+    params: ParamCounts
+    history: list[EpochRecord]
+    layers: list[LayerRow] = field(default_factory=list)
+    feature_cache_seconds: float | None = None  # part of train_seconds, when the frozen features were cached
+
+    def to_dict(self) -> dict:
+        d = {
+            "classes": self.classes,
+            "train_samples": self.train_samples,
+            "test_samples": self.test_samples,
+            "epochs": self.epochs,
+            "train_seconds": round(self.train_seconds, 4),
+            "test_loss": self.test_loss,
+            "test_accuracy": self.test_accuracy,
+            "params": self.params.to_dict(),
+            "history": [r.to_dict() for r in self.history],
+        }
+        if self.feature_cache_seconds is not None:
+            d["feature_cache_seconds"] = round(self.feature_cache_seconds, 4)
+        return d
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename, so `path` is never left half-written."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    """results.json and history.csv (one row per phase and epoch)."""
+    write_text_atomic(run_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    writer.writerow(["phase", *columns])
+    for phase, data in results["phases"].items():
+        for row in data["history"]:
+            writer.writerow([phase, *(row[c] for c in columns)])
+    write_text_atomic(run_dir / HISTORY_FILE, buf.getvalue())
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / RESULTS_FILE).read_text(encoding="utf-8"))

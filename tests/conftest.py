@@ -1,0 +1,40 @@
+"""Small data made by the tests themselves: MNIST-shaped arrays, npz files and IDX folders."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def make_arrays(n_train: int = 200, n_test: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random 28x28 uint8 images, each label drawn on the image as a bright block so the classes are learnable."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        y = np.arange(n, dtype=np.uint8) % 10
+        x = rng.integers(0, 40, size=(n, 28, 28), dtype=np.uint8)
+        for i, label in enumerate(y):
+            x[i, 2 + 2 * label : 6 + 2 * label, 4:24] = 255
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
+    return arrays
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if compress else data)
+
+
+@pytest.fixture
+def arrays() -> dict[str, np.ndarray]:
+    return make_arrays()
+
+
+@pytest.fixture
+def npz_file(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    path = tmp_path / "mine.npz"
+    np.savez(path, **arrays)
+    return path

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from transferkit.data import ArrayDataset, parse_classes, resolve_split, split_by_class
+from transferkit.errors import UserError
+
+DIGITS = [str(d) for d in range(10)]
+CIFAR = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("0-4", [0, 1, 2, 3, 4]),
+    ("5-9", [5, 6, 7, 8, 9]),
+    ("5,7,9", [5, 7, 9]),
+    ("9-7,0", [9, 8, 7, 0]),
+    (" 1 , 3-4 ", [1, 3, 4]),
+    (range(5), [0, 1, 2, 3, 4]),
+])
+def test_parse_digits(spec, expected):
+    assert parse_classes(spec, DIGITS) == expected
+
+
+def test_parse_names_and_indices():
+    assert parse_classes("dog,frog", CIFAR) == [5, 6]
+    assert parse_classes("airplane-cat", CIFAR) == [0, 1, 2, 3]
+    assert parse_classes("0,truck", CIFAR) == [0, 9]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "--source is empty"),
+    (" , ", "--source is empty"),
+    ("0-4,12", "unknown class '12'"),
+    ("cat", "unknown class 'cat'"),
+    ("1,1", "listed twice"),
+    ("0-3,2", "listed twice"),
+])
+def test_parse_errors(spec, message):
+    with pytest.raises(UserError, match=message):
+        parse_classes(spec, DIGITS, "--source")
+
+
+def test_overlap_is_refused():
+    with pytest.raises(UserError, match="share class"):
+        resolve_split("0-5", "5-9", DIGITS)
+
+
+def test_split_remaps_labels_in_given_order(arrays):
+    data = ArrayDataset("t", arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
+                        arrays["y_test"].astype(np.int64), tuple(DIGITS), "test")
+    split = split_by_class(data, [7, 5])
+    original = arrays["y_train"][np.isin(arrays["y_train"], [5, 7])]
+    assert split.class_names == ("7", "5")
+    assert split.y_train.tolist() == [0 if d == 7 else 1 for d in original]
+    assert np.array_equal(split.x_train, arrays["x_train"][np.isin(arrays["y_train"], [5, 7])])
+    limited = split_by_class(data, [7, 5], limit=3)
+    assert len(limited.y_train) == 3 and len(limited.y_test) == 3
