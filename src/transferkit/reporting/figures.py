@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # Figure objects, not pyplot: no global state, no display needed
 
 PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728"}
 
 
 def curves_figure(phases: dict[str, dict]) -> Figure:
     """Accuracy (top) and loss (bottom) per epoch, train vs validation, one column per phase."""
-    fig, axes = plt.subplots(2, len(phases), figsize=(4.2 * len(phases), 6.4), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(phases), 6.4))
+    axes = fig.subplots(2, len(phases), squeeze=False)
     for col, (name, phase) in enumerate(phases.items()):
         epochs = [r["epoch"] for r in phase["history"]]
         for row, metric in enumerate(("accuracy", "loss")):
@@ -35,7 +32,8 @@ def curves_figure(phases: dict[str, dict]) -> Figure:
 
 def time_figure(phases: dict[str, dict]) -> Figure:
     """Training time per phase, as the seeds compare them, with test accuracy on each bar."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig = Figure(figsize=(6, 3.6))
+    ax = fig.subplots()
     names = list(phases)
     seconds = [phases[n]["train_seconds"] for n in names]
     bars = ax.bar(names, seconds, color=[PHASE_COLORS.get(n, "gray") for n in names])
@@ -53,8 +51,8 @@ def samples_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], 
     """A grid of images per group (e.g. source and target classes), each titled with its class name."""
     cols = 8
     rows_per_group = -(-per_group // cols)
-    fig, axes = plt.subplots(rows_per_group * len(groups), cols, figsize=(cols * 1.1, rows_per_group * len(groups) * 1.3),
-                             squeeze=False)
+    fig = Figure(figsize=(cols * 1.1, rows_per_group * len(groups) * 1.3))
+    axes = fig.subplots(rows_per_group * len(groups), cols, squeeze=False)
     for g, (group, (images, labels, names)) in enumerate(groups.items()):
         for i in range(rows_per_group * cols):
             ax = axes[g * rows_per_group + i // cols][i % cols]
