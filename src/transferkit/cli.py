@@ -30,6 +30,8 @@ def cli(ctx: click.Context, debug: bool) -> None:
 @click.option("--target", default="5-9", show_default=True, help="Classes of the transfer and scratch phases.")
 @click.option("--head", type=click.Choice(HEADS), default="reuse", show_default=True,
               help="Transfer phase: keep the source-trained classifier weights (as the seeds do) or reset them.")
+@click.option("--scratch/--no-scratch", default=True, show_default=True,
+              help="Train the scratch control on the target classes (without it nobody can tell what transfer bought).")
 @click.option("--epochs", type=int, default=5, show_default=True, help="Epochs per phase.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adadelta", show_default=True)

@@ -117,7 +117,7 @@ def run_split(dataset: str = "mnist", source: object = "0-4", target: object = "
     figures = {"samples": samples_figure({g: (s.x_train[:16], s.y_train[:16], list(s.class_names))
                                           for g, s in splits.items()})}
     runner = _PhaseRunner(config, data.image_shape, precision, console)
-    for phase in PHASES:
+    for phase in PHASES if config.scratch else PHASES[:2]:
         split = splits["source" if phase == "source" else "target"]
         model, phase_result = runner.run(phase, split, result.models.get("source"))
         result.models[phase], result.phases[phase] = model, phase_result

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .loop import autocast
+from .loop import channels_last, autocast, inference_copy
 
 # Layers without parameters that may follow the frozen computation; they are re-applied on the cached
 # tensor during training, so a Dropout stays random per epoch as it would when recomputing.
@@ -25,14 +25,14 @@ def split_frozen(features: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]
 
 # no_grad, not inference_mode: the result is later an input of training, which inference tensors cannot be.
 @torch.no_grad()
-def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 1024,
+def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 128,
                      autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Run the frozen `prefix` in eval mode over `x` in large batches; float32 result kept in memory."""
-    prefix.eval()
+    """Run the frozen `prefix` in eval mode over `x`; the float32 result (NCHW) is kept in memory."""
+    prefix = inference_copy(prefix)
     out = None
     for start in range(0, len(x), batch_size):
         with autocast(autocast_dtype):
-            y = prefix(x[start : start + batch_size]).float()
+            y = prefix(channels_last(x[start : start + batch_size])).float()
         if out is None:
             out = torch.empty((len(x), *y.shape[1:]), dtype=torch.float32)
         out[start : start + len(y)] = y

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
@@ -75,14 +76,28 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
     return total_loss.item() / seen, total_correct.item() / seen
 
 
+def inference_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` in channels-last layout.
+
+    Forward-only convolutions run about 1.5x faster channels-last on the CPUs measured here (bench/), while
+    training steps ran faster in NCHW; a copy gives inference the fast layout without touching the
+    parameters the optimizer holds. The copy costs a few milliseconds.
+    """
+    return copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024,
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
              autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode with large batches."""
-    model.eval()
+    """Mean cross-entropy and accuracy over (x, y), in eval mode, channels-last."""
+    model = inference_copy(model)
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        xb, yb = channels_last(x[start : start + batch_size]), y[start : start + batch_size]
         with autocast(autocast_dtype):
             logits = model(xb)
         total_loss += nn.functional.cross_entropy(logits.float(), yb, reduction="sum").item()
@@ -91,7 +106,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorBatches,
-        val_x: torch.Tensor, val_y: torch.Tensor, epochs: int, eval_batch_size: int = 1024,
+        val_x: torch.Tensor, val_y: torch.Tensor, epochs: int, eval_batch_size: int = 128,
         autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None) -> list[EpochRecord]:
     """Train for `epochs`, validating after each; one EpochRecord per epoch."""
     progress = progress or SilentProgress()
