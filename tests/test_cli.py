@@ -24,7 +24,9 @@ def run_dir(tmp_path_factory):
 
 def test_results_json_schema(run_dir):
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["experiment"] == "split" and results["status"] == "complete"
+    assert results["experiment"] == "split"
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
+    assert not (run_dir / "checkpoint.safetensors").exists()  # a complete run keeps weights, not checkpoints
     assert results["dataset"]["name"] == "mnist"
     assert results["config"]["train"]["batch_size"] == 128 and results["config"]["limit"] == 400
     assert results["config"]["learning_rate"] == 1.0
@@ -70,7 +72,7 @@ def test_refuses_a_non_empty_out(run_dir, capsys):
     with pytest.raises(SystemExit) as e:
         main(["run", "mnist", "--out", str(run_dir)])
     assert e.value.code == 2
-    assert "folder exists and is not empty" in capsys.readouterr().err
+    assert f"holds a run already; continue it with --resume {run_dir}" in capsys.readouterr().err
 
 
 def _cli(*args):

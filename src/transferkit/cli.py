@@ -8,8 +8,7 @@ import click
 
 from . import __version__
 from .config import HEADS, OPTIMIZERS, PRECISIONS, DEFAULT_LR
-from .data import DATASETS
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -22,49 +21,80 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 @cli.command("run")
-@click.argument("dataset", type=click.Choice(sorted(DATASETS)), default="mnist")
-@click.option("--data", type=click.Path(), help="Your own copy: an .npz (x_train, y_train, x_test, y_test) "
-              "or a folder with the four IDX files. Default: the copy shipped with transferkit.")
-@click.option("--source", default="0-4", show_default=True,
-              help="Classes of the source phase: names, indices, ranges, comma lists (0-4, 5,7,9).")
-@click.option("--target", default="5-9", show_default=True, help="Classes of the transfer and scratch phases.")
+@click.argument("dataset", default="mnist")
+@click.option("--data", type=click.Path(), help="mnist: an .npz (x_train, y_train, x_test, y_test) or a folder of "
+              "the four IDX files (default: the copy shipped with transferkit). cifar10: cifar-10-python.tar.gz, "
+              "its extracted folder, or a folder/zip of class folders.")
+@click.option("--source", help="Classes of the source phase: names, indices (sorted order), ranges, comma lists "
+              "(0-4, 5,7,9, dog,frog).  [default: the first half of the classes, 0-4 on mnist and cifar10]")
+@click.option("--target", help="Classes of the transfer and scratch phases.  [default: the second half, 5-9]")
 @click.option("--head", type=click.Choice(HEADS), default="reuse", show_default=True,
               help="Transfer phase: keep the source-trained classifier weights (as the seeds do) or reset them.")
 @click.option("--scratch/--no-scratch", default=True, show_default=True,
               help="Train the scratch control on the target classes (without it nobody can tell what transfer bought).")
-@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs per phase.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adadelta", show_default=True)
+@click.option("--epochs", type=int, help="Epochs per phase.  [default: 5; cifar10: 20]")
+@click.option("--batch-size", type=int, help="[default: 128]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adadelta; cifar10: adam]")
 @click.option("--lr", type=float, default=None,
               help="Learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
               + " (Adadelta's is Keras 2's; Keras 3's 0.001 is why seed 003 reaches only ~70%).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for initialisation, shuffling, dropout.")
+@click.option("--seed", type=int, help="Seed for initialisation, shuffling, dropout, validation split.  [default: 0]")
 @click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
-              help="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32.")
+@click.option("--precision", type=click.Choice(PRECISIONS),
+              help="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32.  [default: auto]")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Compute the frozen features once for the transfer phase instead of every epoch.")
-@click.option("--filters", type=int, default=32, show_default=True, help="Filters per conv layer.")
-@click.option("--kernel-size", type=int, default=3, show_default=True)
-@click.option("--pool-size", type=int, default=2, show_default=True)
-@click.option("--dense-units", type=int, default=128, show_default=True)
-@click.option("--feature-dropout", type=float, default=0.25, show_default=True)
-@click.option("--classifier-dropout", type=float, default=0.5, show_default=True)
+@click.option("--filters", type=int, help="Filters per conv layer.  [default: 32; cifar10: 64]")
+@click.option("--kernel-size", type=int, help="[default: 3]")
+@click.option("--pool-size", type=int, help="[default: 2]")
+@click.option("--dense-units", type=int, help="[default: 128]")
+@click.option("--feature-dropout", type=float, help="[default: 0.25]")
+@click.option("--classifier-dropout", type=float, help="[default: 0.5; cifar10: 0.25]")
+@click.option("--val-fraction", type=float, help="Folder data sets without val/ or test/: share of each class "
+              "held out for validation.  [default: 0.2]")
+@click.option("--image-size", type=int, help="Folder data sets: resize images to this square size "
+              "[default: the most common size]")
 @click.option("--out", type=click.Path(), default=None,
               help="Run folder (must be new or empty). Default: runs/<UTC time>-<dataset>.")
-def run_command(dataset: str, out: str | None, **options: object) -> None:
-    """The split-class transfer experiment: train on --source classes, freeze the convolutional features,
-    fine-tune the classifier on --target classes, and train the same network from scratch as the control.
+@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
+def run_command(dataset: str, out: str | None, force: bool, resume: str | None, **options: object) -> None:
+    """The split-class transfer experiment on DATASET: train on --source classes, freeze the convolutional
+    features, fine-tune the classifier on --target classes, and train the same network from scratch as the
+    control. DATASET is mnist (shipped), cifar10, or a folder / .zip / .tar.gz of class folders.
 
     \b
     Examples:
       transferkit run mnist
       transferkit run mnist --source 5-9 --target 0-4
       transferkit run mnist --limit 2000 --epochs 1 --out runs/quick
+      transferkit run cifar10 --data ../shared/data/cifar10-jpg.zip
+      transferkit run photos/ --source cat,dog --target fox,wolf
     """
     from .experiments import run_split  # torch loads here, not for --help
 
-    run_split(dataset, out=out, **options)
+    if resume is not None and out is not None:
+        raise UserError("--resume continues the given run folder; drop --out")
+    try:
+        run_split(dataset, out=out, resume=resume, force=force, **options)
+    except Interrupted as stop:
+        click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
+                   f"  transferkit {_resume_command(stop.run_dir)}", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
+def _resume_command(run_dir: object) -> str:
+    """The command line that was run, with --out / --force / --resume replaced by --resume RUN_DIR."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--out", "--resume"):
+            skip = True
+        elif arg != "--force" and not arg.startswith(("--out=", "--resume=")):
+            args.append(arg)
+    return " ".join([*args, "--resume", str(run_dir)])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,3 +7,9 @@ class UserError(Exception):
     The CLI prints it on one line and exits with status 2. Anything else is a bug and keeps
     its traceback (shown with --debug).
     """
+
+
+class Interrupted(Exception):
+    """Training stopped between two steps (Ctrl-C) after writing a checkpoint; `run_dir` can be resumed."""
+
+    run_dir = None

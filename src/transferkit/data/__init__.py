@@ -1,20 +1,75 @@
-"""Data: sources (bundled MNIST, npz, IDX) and splitting by class."""
+"""Data: sources (bundled MNIST, npz, IDX, CIFAR-10, image folders and archives) and splitting by class."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+
+from ..errors import UserError
 from .arrays import ArrayDataset
+from .cifar import ARCHIVE_NAME, is_python_version, load_cifar10_python
+from .folders import FolderData, load_folder
 from .mnist import load_mnist
 from .splits import ClassSplit, parse_classes, resolve_split, split_by_class
 
-DATASETS = {"mnist": load_mnist}
+NAMED = ("mnist", "cifar10")
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
-def load_dataset(name: str, path: str | None = None) -> ArrayDataset:
-    """Load a named data set, from `path` when given, else from what ships with transferkit."""
-    from ..errors import UserError
-
-    if name not in DATASETS:
-        raise UserError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
-    return DATASETS[name](path)
+def cache_dir() -> Path:
+    """transferkit's per-user cache (decoded image folders, downloads); XDG_CACHE_HOME moves it."""
+    return Path(platformdirs.user_cache_dir("transferkit", appauthor=False))
 
 
-__all__ = ["ArrayDataset", "ClassSplit", "DATASETS", "load_dataset", "load_mnist", "parse_classes",
-           "resolve_split", "split_by_class"]
+def load_dataset(name: str, data: str | None = None, *, val_fraction: float = 0.2, seed: int = 0,
+                 image_size: int | None = None) -> ArrayDataset:
+    """`mnist`, `cifar10` (optionally from `data`), or a path to an image folder data set / archive."""
+    if name == "mnist":
+        return load_mnist(data)
+    if name == "cifar10":
+        path = Path(data) if data is not None else find_or_download_cifar10()
+        if not path.exists():
+            raise UserError(f"--data {path}: no such file or folder")
+        if is_python_version(path):
+            return load_cifar10_python(path)
+        return from_folder(path, "cifar10", val_fraction, seed, image_size)
+    if data is not None:
+        raise UserError(f"--data is for mnist and cifar10; for a folder data set give its path as DATASET ({name})")
+    return from_folder(Path(name), Path(name).stem or "images", val_fraction, seed, image_size)
+
+
+def from_folder(path: Path, name: str, val_fraction: float, seed: int, image_size: int | None) -> ArrayDataset:
+    """A folder data set as train / test arrays (test: test/ if present, else val/ or the held-out part)."""
+    folder = load_folder(path, image_size=image_size, val_fraction=val_fraction, seed=seed,
+                         cache_dir=cache_dir() / "images")
+    x_train, y_train = folder.splits["train"]
+    x_test, y_test = folder.splits.get("test", folder.splits.get("val"))
+    return ArrayDataset(name, x_train, y_train, x_test, y_test, folder.class_names, folder.origin)
+
+
+def find_or_download_cifar10(timeout: float = 10.0, url: str = CIFAR10_URL) -> Path:
+    """The official archive from the cache, downloaded there first when the network allows."""
+    target = cache_dir() / "cifar10" / ARCHIVE_NAME
+    if target.is_file():
+        return target
+    import urllib.request
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+        tmp.replace(target)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"CIFAR-10 is not here and cannot be downloaded (no network?): put {ARCHIVE_NAME} in {target.parent}, "
+            "or pass --data PATH (the archive, its extracted folder, or a folder/zip of class folders such as "
+            "cifar10-jpg.zip)") from None
+    return target
+
+
+__all__ = ["ArrayDataset", "ClassSplit", "FolderData", "NAMED", "cache_dir", "from_folder", "load_dataset",
+           "load_folder", "load_mnist", "parse_classes", "resolve_split", "split_by_class"]

@@ -66,9 +66,10 @@ class ClassSplit:
 
 
 def resolve_split(source: object, target: object, class_names: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Parse --source and --target and check they do not overlap."""
-    src = parse_classes(source, class_names, "--source")
-    tgt = parse_classes(target, class_names, "--target")
+    """Parse --source and --target and check they do not overlap; None means the first / second half."""
+    half = len(class_names) // 2
+    src = list(range(half)) if source is None else parse_classes(source, class_names, "--source")
+    tgt = list(range(half, len(class_names))) if target is None else parse_classes(target, class_names, "--target")
     overlap = [class_names[i] for i in src if i in tgt]
     if overlap:
         raise UserError(

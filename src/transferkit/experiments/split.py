@@ -3,8 +3,11 @@ and train the same network from scratch on the target classes as the control."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,15 +17,20 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from torch import nn
 
-from ..config import ModelConfig, SplitConfig, TrainConfig
+from ..config import PRESETS, ModelConfig, SplitConfig, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..models import SeedCNN, count_params, keras_init, layer_rows
-from ..reporting import PhaseResult, describe_environment, save_model, write_results
+from ..reporting import (STATUS_FILE, PhaseResult, describe_environment, load_model, read_results, read_status,
+                         save_model, write_results, write_status)
 from ..reporting.console import ConsoleProgress, comparison_table, print_summary, transfer_verdict
 from ..reporting.figures import curves_figure, samples_figure, save_figures, time_figure
-from ..training import (Precision, TensorBatches, compute_features, fit, freeze, images_to_tensor, make_optimizer,
-                        resolve_precision, split_frozen, trainable_parameters)
+from ..reporting.results import RESULTS_FILE
+from ..training import (CHECKPOINT_FILE, FitState, Precision, TensorBatches, compute_features, fit,
+                        freeze, images_to_tensor, load_checkpoint, make_optimizer, resolve_precision,
+                        save_checkpoint, split_frozen, trainable_parameters)
+from ..training.runtime import keep_freed_memory
+from ..training.checkpoint import capture_rng, optimizer_from_tensors, optimizer_to_tensors, restore_rng
 
 PHASES = ("source", "transfer", "scratch")
 PREPROCESSING = {"scale": "x / 255", "layout": "NCHW float32"}
@@ -41,12 +49,16 @@ class SplitResult:
 
     def summary(self) -> str:
         """One line comparing transfer with scratch."""
-        return transfer_verdict(self.results["phases"]) or "incomplete run: " + ", ".join(self.phases)
+        return transfer_verdict(self.results["phases"]) or "phases: " + ", ".join(self.phases)
 
 
-def make_split_config(dataset: str = "mnist", source: object = "0-4", target: object = "5-9",
+def make_split_config(dataset: str = "mnist", source: object = None, target: object = None,
                       **options: object) -> SplitConfig:
-    """Build a SplitConfig from flat options (`epochs=5, filters=32, head="reset"`), as the CLI gives them."""
+    """Build a SplitConfig from flat options (`epochs=5, filters=32, head="reset"`), as the CLI gives them.
+
+    Options left at None take the data set's preset (config.PRESETS), then the dataclass defaults.
+    """
+    options = {**PRESETS.get(dataset, {}), **{k: v for k, v in options.items() if v is not None}}
     groups = {cls: {f.name for f in fields(cls)} for cls in (ModelConfig, TrainConfig)}
     split_fields = {f.name for f in fields(SplitConfig)} - {"model", "train", "dataset", "source", "target"}
     chosen: dict[type, dict] = {ModelConfig: {}, TrainConfig: {}, SplitConfig: {}}
@@ -60,49 +72,114 @@ def make_split_config(dataset: str = "mnist", source: object = "0-4", target: ob
                        **chosen[SplitConfig])
 
 
-def _spec(classes: object) -> str:
-    return classes if isinstance(classes, str) else ",".join(str(c) for c in classes)
+def _spec(classes: object) -> str | None:
+    return classes if classes is None or isinstance(classes, str) else ",".join(str(c) for c in classes)
 
 
 def default_run_dir(dataset: str) -> Path:
-    return Path("runs") / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{dataset}"
+    name = Path(dataset).stem or "data"  # a data set given as a path is named by its folder or archive
+    return Path("runs") / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{name}"
 
 
-def prepare_run_dir(out: Path) -> Path:
+def prepare_run_dir(out: Path, force: bool) -> None:
+    """A new or empty folder; an existing run is pointed to --resume, anything else needs --force."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the run")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder or remove it")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        if (out / STATUS_FILE).is_file() or (out / RESULTS_FILE).is_file():
+            raise UserError(f"--out {out}: holds a run already; continue it with --resume {out}, "
+                            "or choose a new --out")
+        raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder, or --force to write into it")
     try:
         (out / "weights").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+
+
+def resumable(run_dir: Path, config: SplitConfig) -> dict:
+    """The results of the run to continue; refused when its configuration differs from `config`."""
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: no such run folder")
+    status = read_status(run_dir)
+    if status is None or not (run_dir / RESULTS_FILE).is_file():
+        raise UserError(f"--resume {run_dir}: not a transferkit run folder (no {STATUS_FILE} / {RESULTS_FILE})")
+    if status["status"] == "complete":
+        raise UserError(f"--resume {run_dir}: this run is complete already; nothing to resume")
+    try:
+        previous = read_results(run_dir)
+    except ValueError:
+        raise UserError(f"--resume {run_dir}: {RESULTS_FILE} is damaged; start a new run") from None
+    differences = _differences(previous["config"], config.to_dict())
+    if differences:
+        raise UserError(f"--resume {run_dir}: this run was made with another configuration ({'; '.join(differences)}); "
+                        "repeat its original options or start a new run")
+    return previous
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in now.items():
+        old = saved.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            out += _differences(old, value, f"{prefix}{key}.")
+        elif old != value:
+            out.append(f"{prefix}{key} was {old!r}, now {value!r}")
     return out
 
 
-def run_split(dataset: str = "mnist", source: object = "0-4", target: object = "5-9", *,
-              out: str | Path | None = None, save: bool = True, verbose: bool = True,
-              **options: object) -> SplitResult:
+@contextlib.contextmanager
+def stop_on_interrupt() -> Iterator[Callable[[], bool]]:
+    """The first Ctrl-C asks training to stop after the current step; a second one stops at once."""
+    requested = []
+
+    def handler(signum, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(requested)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_split(dataset: str = "mnist", source: object = None, target: object = None, *,
+              out: str | Path | None = None, resume: str | Path | None = None, force: bool = False,
+              save: bool = True, verbose: bool = True, **options: object) -> SplitResult:
     """Run the split experiment (source, transfer, scratch) and return its SplitResult.
 
-    `options` are any field of SplitConfig, ModelConfig or TrainConfig (`epochs=5`, `limit=1000`, `head="reset"`).
-    With `save`, a run folder (default runs/<UTC time>-<dataset>) receives results.json, history.csv,
-    weights/ and figures, written after each phase so a crash loses no finished phase.
+    `source` / `target`: class names or indices (`"0-4"`, `range(5)`, `"dog,frog"`); by default the first and
+    the second half of the classes. `options` are any field of SplitConfig, ModelConfig or TrainConfig
+    (`epochs=5`, `limit=1000`, `head="reset"`). With `save`, a run folder (default runs/<UTC time>-<dataset>)
+    receives results.json, history.csv, weights/, figures and a checkpoint after every epoch; `resume` continues
+    such a folder from its last checkpoint with the same configuration.
     """
     config = make_split_config(dataset, source, target, **options)
     console = Console(quiet=not verbose, highlight=False)
-    data = load_dataset(config.dataset, config.data)
+    keep_freed_memory()
+    previous = resumable(Path(resume), config) if resume is not None else None
+    data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction, seed=config.train.seed,
+                        image_size=config.image_size)
     src, tgt = resolve_split(config.source, config.target, data.class_names)
     precision = resolve_precision(config.train.precision)
-    run_dir = prepare_run_dir(Path(out) if out is not None else default_run_dir(config.dataset)) if save else None
+    run_dir = None
+    if resume is not None:
+        run_dir = Path(resume)
+    elif save:
+        run_dir = Path(out) if out is not None else default_run_dir(config.dataset)
+        prepare_run_dir(run_dir, force)
 
     splits = {"source": split_by_class(data, src, config.limit), "target": split_by_class(data, tgt, config.limit)}
     console.print(f"[bold]transferkit[/] split experiment on {data.name} ({data.origin})")
     console.print(f"source classes {', '.join(splits['source'].class_names)} -> target classes "
                   f"{', '.join(splits['target'].class_names)}; precision {precision.name} ({precision.reason})")
-    results = {
+    results = previous or {
         "experiment": "split",
-        "status": "running",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
                     "class_names": list(data.class_names), "train_samples": len(data.y_train),
@@ -116,21 +193,40 @@ def run_split(dataset: str = "mnist", source: object = "0-4", target: object = "
     result = SplitResult(config, results, {}, run_dir=run_dir)
     figures = {"samples": samples_figure({g: (s.x_train[:16], s.y_train[:16], list(s.class_names))
                                           for g, s in splits.items()})}
-    runner = _PhaseRunner(config, data.image_shape, precision, console)
-    for phase in PHASES if config.scratch else PHASES[:2]:
-        split = splits["source" if phase == "source" else "target"]
-        model, phase_result = runner.run(phase, split, result.models.get("source"))
-        result.models[phase], result.phases[phase] = model, phase_result
-        results["phases"][phase] = phase_result.to_dict()
-        figures["curves"] = curves_figure(results["phases"])
-        figures["training_time"] = time_figure(results["phases"])
+    runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir)
+    phases = PHASES if config.scratch else PHASES[:2]
+    try:
+        with stop_on_interrupt() as should_stop:
+            for phase in phases:
+                split = splits["source" if phase == "source" else "target"]
+                if phase in results["phases"]:  # finished before the run was interrupted
+                    model, _ = load_model(run_dir / "weights" / f"{phase}.safetensors")
+                    phase_result = PhaseResult.from_dict(phase, results["phases"][phase])
+                    console.print(f"phase {phase}: finished before, test accuracy {phase_result.test_accuracy:.4f}")
+                else:
+                    if run_dir is not None:
+                        write_status(run_dir, "running", phase=phase)
+                    model, phase_result = runner.run(phase, split, result.models.get("source"), should_stop)
+                result.models[phase], result.phases[phase] = model, phase_result
+                results["phases"][phase] = phase_result.to_dict()
+                figures["curves"] = curves_figure(results["phases"])
+                figures["training_time"] = time_figure(results["phases"])
+                if run_dir is not None:
+                    save_model(run_dir / "weights", phase, model, list(split.class_names), PREPROCESSING)
+                    write_results(run_dir, results)
+                    save_figures(figures, run_dir)
+    except Interrupted as stop:
+        stop.run_dir = run_dir
         if run_dir is not None:
-            save_model(run_dir / "weights", phase, model, list(split.class_names), PREPROCESSING)
-            write_results(run_dir, results)
-            save_figures(figures, run_dir)
-    results["status"] = "complete"
+            write_status(run_dir, "interrupted", detail=str(stop))
+        raise
+    except BaseException as e:
+        if run_dir is not None:
+            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
     if run_dir is not None:
-        write_results(run_dir, results)
+        write_status(run_dir, "complete")
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the weights of every phase are saved
     result.figures = figures
     console.print(comparison_table(results["phases"]))
     console.print(result.summary(), soft_wrap=True)
@@ -143,13 +239,16 @@ class _PhaseRunner:
     """Builds, freezes and trains the network for each phase, timing what the seeds time."""
 
     def __init__(self, config: SplitConfig, image_shape: tuple[int, int, int], precision: Precision,
-                 console: Console):
+                 console: Console, run_dir: Path | None):
         self.config, self.image_shape, self.precision, self.console = config, image_shape, precision, console
+        self.checkpoint = run_dir / CHECKPOINT_FILE if run_dir is not None else None
 
-    def run(self, phase: str, split: ClassSplit, source_model: nn.Module | None) -> tuple[nn.Module, PhaseResult]:
+    def run(self, phase: str, split: ClassSplit, source_model: nn.Module | None,
+            should_stop: Callable[[], bool]) -> tuple[nn.Module, PhaseResult]:
         cfg = self.config.train
+        seed = cfg.seed * 1000 + PHASES.index(phase)
         # A seed per phase: each phase is reproducible on its own, whatever ran before it.
-        torch.manual_seed(cfg.seed * 1000 + PHASES.index(phase))
+        torch.manual_seed(seed)
         k = len(split.class_names)
         if phase == "transfer":
             model = self._transfer_model(source_model, k)
@@ -162,7 +261,8 @@ class _PhaseRunner:
         print_summary(self.console, f"{phase} model", layer_rows(model, self.image_shape), counts)
 
         optimizer = make_optimizer(trainable_parameters(model), cfg)
-        progress = ConsoleProgress(self.console, phase)
+        batches = TensorBatches(x_train, y_train, cfg.batch_size, seed=seed)
+        state, elapsed_before = self._restore(phase, model, optimizer, batches)
         autocast_dtype = self.precision.autocast_dtype
         start = time.perf_counter()
         cache_seconds = None
@@ -170,16 +270,21 @@ class _PhaseRunner:
         if phase == "transfer" and cfg.feature_cache:
             # The frozen features do not change: compute them once (in eval mode), train the classifier on them.
             prefix, tail = split_frozen(model.features)
-            x_train = compute_features(prefix, x_train, cfg.eval_batch_size, autocast_dtype)
+            batches.x = compute_features(prefix, x_train, cfg.eval_batch_size, autocast_dtype)
             x_test = compute_features(prefix, x_test, cfg.eval_batch_size, autocast_dtype)
             cache_seconds = time.perf_counter() - start
             trained = nn.Sequential(tail, model.classifier)
-            self.console.print(f"cached frozen features {tuple(x_train.shape[1:])} for {len(x_train)} + "
+            self.console.print(f"cached frozen features {tuple(batches.x.shape[1:])} for {len(x_train)} + "
                                f"{len(x_test)} images in {cache_seconds:.1f}s")
-        batches = TensorBatches(x_train, y_train, cfg.batch_size, seed=cfg.seed * 1000 + PHASES.index(phase))
-        history = fit(trained, optimizer, batches, x_test, y_test, cfg.epochs, cfg.eval_batch_size,
-                      autocast_dtype, progress)
-        seconds = time.perf_counter() - start
+
+        def checkpoint(fit_state: FitState) -> None:
+            if self.checkpoint is not None:
+                self._save(phase, model, optimizer, batches, fit_state, elapsed_before + time.perf_counter() - start)
+
+        history = fit(trained, optimizer, batches, x_test, y_test, cfg.epochs, cfg.eval_batch_size, autocast_dtype,
+                      ConsoleProgress(self.console, phase), state=state, on_checkpoint=checkpoint,
+                      should_stop=should_stop)
+        seconds = elapsed_before + time.perf_counter() - start
         model.eval()
         return model, PhaseResult(
             name=phase, classes=list(split.class_names), train_samples=len(split.y_train),
@@ -187,6 +292,35 @@ class _PhaseRunner:
             test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy, params=counts,
             history=history, feature_cache_seconds=cache_seconds,
         )
+
+    def _save(self, phase, model, optimizer, batches, fit_state: FitState, elapsed: float) -> None:
+        optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
+        batch_tensors, batch_meta = batches.state_dict()
+        rng_tensors, rng_meta = capture_rng()
+        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors, **batch_tensors,
+                   **rng_tensors}
+        meta = {"phase": phase, "fit": fit_state.to_dict(), "optimizer": optim_meta, "batches": batch_meta,
+                "rng": rng_meta, "elapsed_seconds": elapsed}
+        save_checkpoint(self.checkpoint, tensors, meta)
+
+    def _restore(self, phase, model, optimizer, batches) -> tuple[FitState | None, float]:
+        """Load this phase's checkpoint, if the run was interrupted in it; (fit state, seconds spent before)."""
+        if self.checkpoint is None or not self.checkpoint.is_file():
+            return None, 0.0
+        tensors, meta = load_checkpoint(self.checkpoint)
+        if meta.get("phase") != phase:
+            return None, 0.0
+        try:
+            model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+            optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+            batches.load_state_dict(tensors, meta["batches"])
+            restore_rng(tensors, meta["rng"])
+            state = FitState.from_dict(meta["fit"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"{self.checkpoint}: does not fit this run ({str(e).splitlines()[0][:160]}); "
+                            "start a new run") from None
+        self.console.print(f"resuming phase {phase} at epoch {state.epoch}, step {batches.position}")
+        return state, meta["elapsed_seconds"]
 
     def _transfer_model(self, source_model: nn.Module, num_classes: int) -> SeedCNN:
         model = copy.deepcopy(source_model)

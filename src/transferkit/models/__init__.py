@@ -1,6 +1,7 @@
 """Models: the seed network (`features` + `classifier`) and its parameter summary."""
 
+from .layers import FastDropout
 from .seed_cnn import SeedCNN, keras_init
 from .summary import LayerRow, ParamCounts, count_params, layer_rows
 
-__all__ = ["LayerRow", "ParamCounts", "SeedCNN", "count_params", "keras_init", "layer_rows"]
+__all__ = ["FastDropout", "LayerRow", "ParamCounts", "SeedCNN", "count_params", "keras_init", "layer_rows"]

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import UserError
+from .layers import FastDropout
 
 
 class SeedCNN(nn.Module):
@@ -38,7 +39,7 @@ class SeedCNN(nn.Module):
             conv2=nn.Conv2d(config.filters, config.filters, k),
             relu2=nn.ReLU(),
             pool=nn.MaxPool2d(p),
-            dropout=nn.Dropout(config.feature_dropout),
+            dropout=FastDropout(config.feature_dropout),
             flatten=nn.Flatten(),
         ))
         self.classifier = self._make_classifier(flat, num_classes)
@@ -49,7 +50,7 @@ class SeedCNN(nn.Module):
         return nn.Sequential(OrderedDict(
             dense1=nn.Linear(in_features, c.dense_units),
             relu=nn.ReLU(),
-            dropout=nn.Dropout(c.classifier_dropout),
+            dropout=FastDropout(c.classifier_dropout),
             dense2=nn.Linear(c.dense_units, num_classes),
         ))
 

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 
@@ -50,9 +51,21 @@ class PhaseResult:
             d["feature_cache_seconds"] = round(self.feature_cache_seconds, 4)
         return d
 
+    @classmethod
+    def from_dict(cls, name: str, d: dict) -> PhaseResult:
+        """A finished phase as results.json recorded it (for resumed runs and rebuilt reports)."""
+        return cls(name=name, classes=d["classes"], train_samples=d["train_samples"], test_samples=d["test_samples"],
+                   epochs=d["epochs"], train_seconds=d["train_seconds"], test_loss=d["test_loss"],
+                   test_accuracy=d["test_accuracy"], params=ParamCounts(**d["params"]),
+                   history=[EpochRecord(**r) for r in d["history"]],
+                   feature_cache_seconds=d.get("feature_cache_seconds"))
+
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file and a rename, so `path` is never left half-written."""
+    """Write through a temporary file, fsync and a rename, so `path` is never left half-written.
+
+    When the write fails (a full disk), the previous file stays whole and the error says so.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -61,6 +74,10 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({e.strerror or e}); the previous version is kept. "
+                        "Free disk space, then resume the run with --resume.") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -19,17 +19,37 @@ def images_to_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 class TensorBatches:
-    """Shuffled mini-batches of (x, y) in a new order each epoch, drawn from a seeded generator."""
+    """Shuffled mini-batches of (x, y), in a new order each epoch drawn from a seeded generator.
+
+    Its state (generator, the epoch's order, the position in it) can be saved and restored, so an epoch
+    stopped half-way continues with the same batches.
+    """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.generator = torch.Generator().manual_seed(seed)
+        self.order: torch.Tensor | None = None  # this epoch's permutation, while an epoch is under way
+        self.position = 0  # batches of this epoch already handed out
 
     def __len__(self) -> int:
         return -(-len(self.x) // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = torch.randperm(len(self.x), generator=self.generator)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        if self.order is None:
+            self.order, self.position = torch.randperm(len(self.x), generator=self.generator), 0
+        while self.position < len(self):
+            idx = self.order[self.position * self.batch_size : (self.position + 1) * self.batch_size]
+            self.position += 1
             yield self.x[idx], self.y[idx]
+        self.order, self.position = None, 0
+
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
+        tensors = {"batches.generator": self.generator.get_state()}
+        if self.order is not None:
+            tensors["batches.order"] = self.order
+        return tensors, {"position": self.position}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        self.generator.set_state(tensors["batches.generator"])
+        self.order = tensors.get("batches.order")
+        self.position = meta["position"] if self.order is not None else 0

@@ -7,7 +7,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .loop import channels_last, autocast, inference_copy
+from .loop import autocast, channels_last, inference_copy
 
 # Layers without parameters that may follow the frozen computation; they are re-applied on the cached
 # tensor during training, so a Dropout stays random per epoch as it would when recomputing.

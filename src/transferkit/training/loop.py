@@ -1,16 +1,19 @@
-"""One training loop: train_one_epoch, evaluate, and fit that records a history per epoch."""
+"""One training loop: train_one_epoch, evaluate, and fit that records a history per epoch and can stop
+between steps and continue from a checkpoint."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
 from torch import nn
 
+from ..errors import Interrupted
 from .batches import TensorBatches
 from .freezing import train_mode
 
@@ -26,6 +29,25 @@ class EpochRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class FitState:
+    """Where fit is: the epoch under way, what finished epochs recorded, the running sums of this epoch."""
+
+    epoch: int = 1
+    history: list[EpochRecord] = field(default_factory=list)
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    epoch_seconds: float = 0.0  # spent in this epoch before an interruption
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "history": [r.to_dict() for r in self.history]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitState:
+        return cls(**{**d, "history": [EpochRecord(**r) for r in d["history"]]})
 
 
 class ProgressListener(Protocol):
@@ -53,14 +75,15 @@ def autocast(dtype: torch.dtype | None):
 
 
 def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
-                    autocast_dtype: torch.dtype | None = None,
-                    progress: ProgressListener | None = None) -> tuple[float, float]:
-    """Train over every batch once; returns the epoch's mean loss and accuracy (as Keras reports them)."""
+                    autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None,
+                    state: FitState | None = None, should_stop: Callable[[], bool] | None = None) -> tuple[float, float]:
+    """Train over the epoch's remaining batches; returns its mean loss and accuracy (as Keras reports them).
+
+    Sums accumulate in `state`, so an epoch stopped by `should_stop` (checked after each step) can continue.
+    """
+    state = state if state is not None else FitState()
     train_mode(model)
-    total_loss = torch.zeros((), dtype=torch.float64)
-    total_correct = torch.zeros((), dtype=torch.int64)
-    seen = 0
-    for step, (x, y) in enumerate(batches, start=1):
+    for x, y in batches:
         optimizer.zero_grad(set_to_none=True)
         with autocast(autocast_dtype):
             logits = model(x)
@@ -68,18 +91,20 @@ def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.o
         loss.backward()
         optimizer.step()
         with torch.no_grad():
-            total_loss += loss.detach() * len(y)
-            total_correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
+            state.loss_sum += loss.item() * len(y)
+            state.correct += int((logits.argmax(1) == y).sum())
+        state.seen += len(y)
         if progress is not None:
-            progress.step_done(step, total_loss.item() / seen, total_correct.item() / seen)
-    return total_loss.item() / seen, total_correct.item() / seen
+            progress.step_done(batches.position, state.loss_sum / state.seen, state.correct / state.seen)
+        if should_stop is not None and should_stop():
+            break
+    return state.loss_sum / max(state.seen, 1), state.correct / max(state.seen, 1)
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` in channels-last layout.
 
-    Forward-only convolutions run about 1.5x faster channels-last on the CPUs measured here (bench/), while
+    Forward-only convolutions ran about 1.5x faster channels-last on the CPUs measured (bench/), while
     training steps ran faster in NCHW; a copy gives inference the fast layout without touching the
     parameters the optimizer holds. The copy costs a few milliseconds.
     """
@@ -107,16 +132,31 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorBatches,
         val_x: torch.Tensor, val_y: torch.Tensor, epochs: int, eval_batch_size: int = 128,
-        autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None) -> list[EpochRecord]:
-    """Train for `epochs`, validating after each; one EpochRecord per epoch."""
+        autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
+        state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
+        should_stop: Callable[[], bool] | None = None) -> list[EpochRecord]:
+    """Train until `epochs`, validating after each; one EpochRecord per epoch.
+
+    `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
+    `should_stop()` turns true between steps, after which fit raises Interrupted.
+    """
     progress = progress or SilentProgress()
-    history = []
-    for epoch in range(1, epochs + 1):
+    state = state or FitState()
+    while state.epoch <= epochs:
         start = time.perf_counter()
-        progress.epoch_started(epoch, epochs, len(train))
-        loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress)
+        progress.epoch_started(state.epoch, epochs, len(train))
+        loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop)
+        if should_stop is not None and should_stop():
+            state.epoch_seconds += time.perf_counter() - start
+            if on_checkpoint is not None:
+                on_checkpoint(state)
+            raise Interrupted(f"stopped in epoch {state.epoch} after {train.position} of {len(train)} steps")
         val_loss, val_acc = evaluate(model, val_x, val_y, eval_batch_size, autocast_dtype)
-        record = EpochRecord(epoch, loss, acc, val_loss, val_acc, time.perf_counter() - start)
-        history.append(record)
+        record = EpochRecord(state.epoch, loss, acc, val_loss, val_acc,
+                             state.epoch_seconds + time.perf_counter() - start)
+        state.history.append(record)
         progress.epoch_done(record, epochs)
-    return history
+        state.epoch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = state.epoch + 1, 0.0, 0, 0, 0.0
+        if on_checkpoint is not None:
+            on_checkpoint(state)
+    return state.history

@@ -1,0 +1,169 @@
+"""A read-only view of a folder, a .zip or a .tar(.gz) archive: list files, read bytes, never escape the root."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tarfile
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from ..errors import UserError
+
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
+class FileTree:
+    """Files under a root, addressed by relative POSIX paths; hidden files and folders are left out."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def files(self) -> dict[str, int]:
+        """Relative path -> size in bytes, plus a stamp that changes when the file does (see `stamp`)."""
+        raise NotImplementedError
+
+    def read(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    def stamp(self) -> str:
+        """What identifies this tree's content for caching: sizes and modification times."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def open_tree(path: str | Path) -> FileTree:
+    """Open a folder, a zip or a tar archive as a FileTree; archives are read in place and checked for escapes."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; give a folder of class folders, or a .zip / .tar.gz of one")
+    if path.is_dir():
+        return DirectoryTree(path)
+    name = path.name.lower()
+    try:
+        if name.endswith(".zip"):
+            return ZipTree(path)
+        if name.endswith(TAR_SUFFIXES):
+            return TarTree(path)
+    except PermissionError:
+        raise UserError(f"{path}: permission denied; make the file readable") from None
+    raise UserError(f"{path}: not a folder, .zip or .tar(.gz); give a folder of class folders or an archive of one")
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _safe_member(archive: Path, name: str) -> PurePosixPath | None:
+    """The member's path, refusing absolute paths and '..'; None for hidden entries."""
+    p = PurePosixPath(name.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or (p.parts and p.parts[0].endswith(":")):
+        raise UserError(f"{archive}: member {name!r} points outside the archive; refusing to read it")
+    return None if _hidden(p.parts) else p
+
+
+class DirectoryTree(FileTree):
+    def __init__(self, path: Path):
+        super().__init__(path)
+        self._files: dict[str, os.stat_result] = {}
+        root = path.resolve()
+        for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not _hidden((d,)))
+            for f in sorted(filenames):
+                full = Path(dirpath) / f
+                if _hidden((f,)):
+                    continue
+                if full.is_symlink() and not full.resolve().is_relative_to(root):
+                    continue  # a link out of the data set is not part of it
+                try:
+                    st = full.stat()
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode):
+                    self._files[full.relative_to(path).as_posix()] = st
+
+    def files(self) -> dict[str, int]:
+        return {n: st.st_size for n, st in self._files.items()}
+
+    def read(self, name: str) -> bytes:
+        return (self.path / name).read_bytes()
+
+    def stamp(self) -> str:
+        return "\n".join(f"{n}\t{st.st_size}\t{st.st_mtime_ns}" for n, st in sorted(self._files.items()))
+
+
+class ZipTree(FileTree):
+    def __init__(self, path: Path):
+        super().__init__(path)
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise UserError(f"{path}: not a readable zip archive ({e}); re-create or re-download it") from None
+        self._members: dict[str, zipfile.ZipInfo] = {}
+        for info in self._zip.infolist():
+            if info.is_dir():
+                continue
+            if stat.S_ISLNK(info.external_attr >> 16):
+                raise UserError(f"{path}: member {info.filename!r} is a symbolic link; refusing links in archives")
+            member = _safe_member(path, info.filename)
+            if member is not None:
+                self._members[member.as_posix()] = info
+
+    def files(self) -> dict[str, int]:
+        return {n: i.file_size for n, i in self._members.items()}
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._zip.read(self._members[name])
+        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            raise UserError(f"{self.path}: member {name!r} cannot be read ({e}); the archive is truncated or corrupt") from None
+
+    def stamp(self) -> str:
+        st = self.path.stat()
+        return f"{self.path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}"
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class TarTree(FileTree):
+    def __init__(self, path: Path):
+        super().__init__(path)
+        try:
+            self._tar = tarfile.open(path)
+            infos = self._tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise UserError(f"{path}: not a readable tar archive ({e}); re-create or re-download it") from None
+        self._members: dict[str, tarfile.TarInfo] = {}
+        for info in infos:
+            member = _safe_member(path, info.name)
+            if info.issym() or info.islnk():
+                target = PurePosixPath(info.linkname)
+                if target.is_absolute() or ".." in target.parts:
+                    raise UserError(f"{path}: link {info.name!r} points outside the archive ({info.linkname}); "
+                                    "refusing to read it")
+                continue  # links inside the archive are duplicates; skip them
+            if member is not None and info.isfile():
+                self._members[member.as_posix()] = info
+
+    def files(self) -> dict[str, int]:
+        return {n: i.size for n, i in self._members.items()}
+
+    def read(self, name: str) -> bytes:
+        try:
+            f = self._tar.extractfile(self._members[name])
+            data = f.read() if f is not None else b""
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise UserError(f"{self.path}: member {name!r} cannot be read ({e}); the archive is truncated or corrupt") from None
+        if len(data) != self._members[name].size:
+            raise UserError(f"{self.path}: member {name!r} is cut short; the archive is truncated")
+        return data
+
+    def stamp(self) -> str:
+        st = self.path.stat()
+        return f"{self.path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}"
+
+    def close(self) -> None:
+        self._tar.close()

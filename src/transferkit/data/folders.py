@@ -1,0 +1,262 @@
+"""Image folder data sets: `train/`, `val/` (and `test/`) of class folders, or one folder of class folders
+split by `val_fraction`; from a folder or an archive; decoded once into uint8 arrays and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import UserError
+from .archive import FileTree, open_tree
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SPLIT_NAMES = ("train", "val", "test")
+CACHE_VERSION = "1"
+
+
+@dataclass
+class FolderData:
+    """Decoded images per split (uint8 N,H,W[,C]) with labels into the sorted class names."""
+
+    origin: str
+    class_names: tuple[str, ...]
+    splits: dict[str, tuple[np.ndarray, np.ndarray]]
+    skipped: list[str] = field(default_factory=list)  # files that failed to decode, with the reason
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """Which files belong to which split and class, before anything is decoded."""
+
+    class_names: tuple[str, ...]
+    members: dict[str, list[tuple[str, int]]]  # split -> [(relative path, class index)]
+    split_from_train: bool  # True when val was carved out of a single folder of classes
+
+
+def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0) -> FolderLayout:
+    """Detect the layout: descend through single wrapping folders, then train/val/test or class folders."""
+    images = [PurePosixPath(n) for n in tree.files() if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+    prefix: tuple[str, ...] = ()
+    while True:
+        below = [p.parts[len(prefix):] for p in images if p.parts[: len(prefix)] == prefix]
+        tops = {parts[0] for parts in below if len(parts) > 1}
+        files_here = [parts for parts in below if len(parts) == 1]
+        if len(tops) == 1 and not files_here and not tops & set(SPLIT_NAMES):
+            prefix = prefix + (tops.pop(),)
+            continue
+        break
+    if not below:
+        raise UserError(f"{tree.path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}); "
+                        "expected class folders, e.g. train/cat/1.jpg or cat/1.jpg")
+    root = "/".join(prefix)
+    by_split: dict[str, dict[str, list[str]]] = {}
+    split_layout = "train" in tops
+    for parts in below:
+        full = "/".join(prefix + parts)
+        if split_layout:
+            if len(parts) != 3 or parts[0] not in SPLIT_NAMES:
+                continue  # not <split>/<class>/<file>
+            by_split.setdefault(parts[0], {}).setdefault(parts[1], []).append(full)
+        elif len(parts) == 2:
+            by_split.setdefault("train", {}).setdefault(parts[0], []).append(full)
+    where = f"{tree.path}{'/' + root if root else ''}"
+    if "train" not in by_split:
+        raise UserError(f"{where}: no class folders with images; expected <class>/<image> or train/<class>/<image>")
+    classes = sorted(by_split["train"])
+    _check_case_clash(where, classes)
+    for split, per_class in by_split.items():
+        unknown = sorted(set(per_class) - set(classes))
+        if unknown:
+            raise UserError(f"{where}/{split}: class folder(s) {', '.join(unknown)} are not in train/; "
+                            "every class needs training images")
+    if len(classes) < 2:
+        raise UserError(f"{where}: only one class ({classes[0]}); classification needs at least two class folders")
+    members = {s: [(f, classes.index(c)) for c in sorted(pc) for f in sorted(pc[c])] for s, pc in by_split.items()}
+    split_from_train = False
+    if "val" not in members and "test" not in members:
+        members["train"], members["val"] = stratified_split(members["train"], val_fraction, seed, where)
+        split_from_train = True
+    return FolderLayout(tuple(classes), members, split_from_train)
+
+
+def _check_case_clash(where: str, classes: list[str]) -> None:
+    lowered = Counter(c.casefold() for c in classes)
+    clashes = sorted(c for c in classes if lowered[c.casefold()] > 1)
+    if clashes:
+        raise UserError(f"{where}: class folders {', '.join(clashes)} differ only by case; rename or merge them")
+
+
+def stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, where: str):
+    """Split (path, label) pairs into train / val with `fraction` of each class in val, seeded."""
+    if not 0 < fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1, got {fraction}")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for label in sorted({lbl for _, lbl in items}):
+        group = [it for it in items if it[1] == label]
+        order = rng.permutation(len(group))
+        n_val = int(round(len(group) * fraction)) if len(group) > 1 else 0
+        val += [group[i] for i in sorted(order[:n_val])]
+        train += [group[i] for i in sorted(order[n_val:])]
+    if not val:
+        raise UserError(f"{where}: too few images to hold out {fraction:.0%} for validation; add images or a val/ folder")
+    return train, val
+
+
+def decode_image(data: bytes, size: tuple[int, int] | None, channels: int) -> np.ndarray:
+    """Decode any image Pillow reads (first frame), convert to L or RGB, resize to (width, height) when given."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.seek(0)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            scale = 257.0 if arr.max() > 255 else 1.0  # 16-bit to 8-bit
+            img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
+        elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            # Transparent pixels on white, as an image viewer shows them.
+            rgba = img.convert("RGBA")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        img = img.convert("L" if channels == 1 else "RGB")
+        if size is not None and img.size != size:
+            img = img.resize(size, Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+
+
+def probe(data: bytes) -> tuple[tuple[int, int], bool]:
+    """(size, is_colour) from an image's header, without decoding the pixels."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.size, img.mode not in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+
+
+def load_folder(path: str | Path, image_size: int | None = None, channels: int | None = None,
+                val_fraction: float = 0.2, seed: int = 0, cache_dir: Path | None = None) -> FolderData:
+    """Read a folder data set, decoding with all cores; a cache under `cache_dir` skips decoding next time.
+
+    `image_size` (square) and `channels` default to the most common size and to 3 if any image has colour.
+    Files that fail to decode are skipped, counted and listed; a class left without images is an error.
+    """
+    tree = open_tree(path)
+    try:
+        layout = find_layout(tree, val_fraction, seed)
+        key = _cache_key(tree, layout, image_size, channels, val_fraction, seed)
+        cached = _read_cache(cache_dir, key) if cache_dir else None
+        if cached is not None:
+            return cached
+        data = _decode_all(tree, layout, image_size, channels)
+        if cache_dir:
+            _write_cache(cache_dir, key, data)
+        return data
+    finally:
+        tree.close()
+
+
+def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, channels: int | None) -> FolderData:
+    raw = {s: [(f, lbl, _read_or_none(tree, f)) for f, lbl in m] for s, m in layout.members.items()}
+    skipped: list[str] = []
+    headers: dict[str, tuple[tuple[int, int], bool]] = {}
+    for items in raw.values():
+        for f, _, data in items:
+            try:
+                if data is None:
+                    raise OSError("cannot be read")
+                if not data:
+                    raise OSError("empty file")
+                headers[f] = probe(data)
+            except Image.DecompressionBombError as e:
+                raise UserError(f"{tree.path}: {f} is a decompression bomb ({e}); remove it") from None
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                skipped.append(f"{f}: {_reason(e)}")
+    if not headers:
+        raise UserError(f"{tree.path}: none of the images could be decoded")
+    if channels is None:
+        channels = 3 if any(colour for _, colour in headers.values()) else 1
+    if image_size is None:
+        (w, h), _ = Counter(size for size, _ in headers.values()).most_common(1)[0]
+        size = (w, h)
+    else:
+        size = (image_size, image_size)
+    splits = {}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
+        for split, items in raw.items():
+            todo = [(f, lbl, d) for f, lbl, d in items if f in headers]
+            results = list(pool.map(lambda it: _decode_or_reason(it[2], size, channels), todo))
+            x, y = [], []
+            for (f, lbl, _), (arr, reason) in zip(todo, results):
+                if arr is None:
+                    skipped.append(f"{f}: {reason}")
+                else:
+                    x.append(arr)
+                    y.append(lbl)
+            shape = (size[1], size[0]) if channels == 1 else (size[1], size[0], 3)
+            splits[split] = (np.stack(x) if x else np.zeros((0, *shape), np.uint8), np.asarray(y, dtype=np.int64))
+    for split, (_, y) in splits.items():
+        empty = [c for i, c in enumerate(layout.class_names) if split == "train" and not (y == i).any()]
+        if empty:
+            raise UserError(f"{tree.path}: class(es) {', '.join(empty)} have no readable training images; "
+                            "add images or remove the folder")
+    if skipped:
+        warnings.warn(f"{tree.path}: skipped {len(skipped)} file(s) that could not be decoded: "
+                      + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
+    return FolderData(str(tree.path), layout.class_names, splits, skipped)
+
+
+def _read_or_none(tree: FileTree, name: str) -> bytes | None:
+    try:
+        return tree.read(name)
+    except PermissionError:
+        return None
+
+
+def _decode_or_reason(data: bytes, size, channels) -> tuple[np.ndarray | None, str]:
+    try:
+        return decode_image(data, size, channels), ""
+    except Image.DecompressionBombError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return None, _reason(e)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:120]
+
+
+def _cache_key(tree: FileTree, layout: FolderLayout, image_size, channels, val_fraction, seed) -> str:
+    h = hashlib.sha256()
+    for part in (CACHE_VERSION, tree.stamp(), repr(layout.members), repr((image_size, channels, val_fraction, seed))):
+        h.update(part.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()[:32]
+
+
+def _read_cache(cache_dir: Path, key: str) -> FolderData | None:
+    path = cache_dir / f"{key}.npz"
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = npz["meta"].tolist()
+            class_names = tuple(npz["class_names"].tolist())
+            splits = {s: (npz[f"x_{s}"], npz[f"y_{s}"]) for s in SPLIT_NAMES if f"x_{s}" in npz.files}
+            skipped = npz["skipped"].tolist()
+    except (OSError, ValueError, KeyError):
+        return None  # a damaged cache is rebuilt
+    return FolderData(meta, class_names, splits, skipped)
+
+
+def _write_cache(cache_dir: Path, key: str, data: FolderData) -> None:
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    arrays = {"meta": np.asarray(data.origin), "class_names": np.asarray(data.class_names),
+              "skipped": np.asarray(data.skipped, dtype=str)}
+    for s, (x, y) in data.splits.items():
+        arrays[f"x_{s}"], arrays[f"y_{s}"] = x, y
+    tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **arrays)
+    tmp.replace(cache_dir / f"{key}.npz")

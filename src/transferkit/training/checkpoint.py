@@ -1,0 +1,99 @@
+"""Checkpoints: everything needed to continue a phase exactly, in one safetensors file written atomically.
+
+Tensors (model, optimizer state, RNG states, the epoch's batch order) are safetensors tensors; the rest
+(phase, epoch, history, optimizer hyper-parameters, Python and NumPy RNG) is JSON in the file's metadata.
+Nothing is ever unpickled, so a checkpoint cannot carry code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..errors import UserError
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+_META_KEY = "transferkit_checkpoint"
+
+
+def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
+    """The global RNG states (torch, NumPy, Python) as tensors and JSON."""
+    np_state = np.random.get_state()
+    tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64))}
+    meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": _python_state_to_json(random.getstate())}
+    return tensors, meta
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    name, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _python_state_to_json(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state_dict into tensors and JSON (hyper-parameters, scalar state)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, state in sd["state"].items():
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{name}"] = value.contiguous()
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for key, value in meta["scalars"].items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write through a temporary file, fsync and rename: the previous checkpoint stays whole until then."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={_META_KEY: json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write the checkpoint ({e.strerror or e}); the previous one is kept. "
+                        "Free disk space and resume.") from None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a checkpoint written by save_checkpoint; anything else is refused with a clear error."""
+    if not path.is_file():
+        raise UserError(f"{path}: no checkpoint here; --resume needs a run folder that was interrupted")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[_META_KEY])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise UserError(f"{path}: not a readable transferkit checkpoint ({str(e).splitlines()[0][:120]}); "
+                        "it may be truncated: start the run again without --resume") from None
+    return tensors, meta
