@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        cli.main(args=args, prog_name="transferkit", standalone_mode=False)
+        code = cli.main(args=args, prog_name="transferkit", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns, rather than raises, Exit(code) in this mode
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)

@@ -191,6 +191,8 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
         "phases": {},
     }
     result = SplitResult(config, results, {}, run_dir=run_dir)
+    if run_dir is not None and previous is None:
+        write_results(run_dir, results)  # the configuration, so the run can be resumed from its first epoch
     figures = {"samples": samples_figure({g: (s.x_train[:16], s.y_train[:16], list(s.class_names))
                                           for g, s in splits.items()})}
     runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir)

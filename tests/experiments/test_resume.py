@@ -1,0 +1,126 @@
+"""Kill a run (SIGKILL, Ctrl-C) mid-phase, resume it, and get what an uninterrupted run gets, to the bit."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from transferkit.training import CHECKPOINT_FILE, load_checkpoint
+
+ARGS = ["run", "mnist", "--limit", "1500", "--epochs", "3", "--batch-size", "64"]
+
+
+def _start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "transferkit", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "transferkit", *args], capture_output=True, text=True, timeout=300)
+
+
+def _wait_for_checkpoint(run_dir: Path, phase: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the run has checkpointed inside `phase` (so killing it now interrupts that phase)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        if (run_dir / CHECKPOINT_FILE).is_file():
+            _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
+            if meta["phase"] == phase and meta["fit"]["epoch"] <= 3:
+                return
+        time.sleep(0.01)
+    raise AssertionError("no checkpoint in time")
+
+
+def _metrics(run_dir: Path) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    return {name: {**{k: v for k, v in p.items() if k not in ("train_seconds", "history", "feature_cache_seconds")},
+                   "history": [{k: v for k, v in r.items() if k != "seconds"} for r in p["history"]]}
+            for name, p in results["phases"].items()}
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    assert _metrics(a) == _metrics(b)
+    for phase in ("source", "transfer", "scratch"):
+        wa, wb = load_file(a / "weights" / f"{phase}.safetensors"), load_file(b / "weights" / f"{phase}.safetensors")
+        assert wa.keys() == wb.keys()
+        for k in wa:
+            assert (wa[k] == wb[k]).all(), f"{phase} {k}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    done = _run(*ARGS, "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+@pytest.mark.parametrize("phase", ["source", "transfer"])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, phase):
+    out = tmp_path / "run"
+    proc = _start(*ARGS, "--out", str(out))
+    _wait_for_checkpoint(out, phase, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((out / "status.json").read_text())["status"] == "running"  # died without a word
+    done = _run(*ARGS, "--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    _assert_same_run(out, uninterrupted)
+
+
+def test_ctrl_c_checkpoints_mid_epoch_and_resumes(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    proc = _start(*ARGS, "--out", str(out))
+    _wait_for_checkpoint(out, "source", proc)
+    time.sleep(0.3)  # into the next epoch
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert f"--resume {out}" in err and "Traceback" not in err
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    done = _run(*ARGS, "--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    _assert_same_run(out, uninterrupted)
+
+
+def test_resume_refuses_another_configuration(uninterrupted, tmp_path):
+    out = tmp_path / "run"
+    proc = _start(*ARGS, "--out", str(out))
+    _wait_for_checkpoint(out, "source", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _run(*ARGS[:-2], "--batch-size", "32", "--resume", str(out))
+    assert done.returncode == 2
+    assert "train.batch_size was 64, now 32" in done.stderr and "Traceback" not in done.stderr
+    assert "complete" in _run(*ARGS, "--resume", str(uninterrupted)).stderr
+
+
+@pytest.mark.parametrize("damage", ["truncate", "pickle"])
+def test_damaged_checkpoint_is_refused(tmp_path, damage):
+    out = tmp_path / "run"
+    proc = _start(*ARGS, "--out", str(out))
+    _wait_for_checkpoint(out, "source", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ckpt = out / CHECKPOINT_FILE
+    if damage == "truncate":
+        ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    else:
+        import pickle
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+        ckpt.write_bytes(pickle.dumps({"model": Evil()}))
+    done = _run(*ARGS, "--resume", str(out))
+    assert done.returncode == 2 and "not a readable transferkit checkpoint" in done.stderr
+    assert not (tmp_path / "pwned").exists()
