@@ -26,6 +26,10 @@ class FileTree:
     def read(self, name: str) -> bytes:
         raise NotImplementedError
 
+    def folders(self) -> set[str]:
+        """Relative paths of the folders the tree lists, empty ones included."""
+        return self._folders
+
     def stamp(self) -> str:
         """What identifies this tree's content for caching: sizes and modification times."""
         raise NotImplementedError
@@ -68,9 +72,11 @@ class DirectoryTree(FileTree):
     def __init__(self, path: Path):
         super().__init__(path)
         self._files: dict[str, os.stat_result] = {}
+        self._folders: set[str] = set()
         root = path.resolve()
         for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
             dirnames[:] = sorted(d for d in dirnames if not _hidden((d,)))
+            self._folders.update((Path(dirpath) / d).relative_to(path).as_posix() for d in dirnames)
             for f in sorted(filenames):
                 full = Path(dirpath) / f
                 if _hidden((f,)):
@@ -102,8 +108,12 @@ class ZipTree(FileTree):
         except (zipfile.BadZipFile, EOFError, OSError) as e:
             raise UserError(f"{path}: not a readable zip archive ({e}); re-create or re-download it") from None
         self._members: dict[str, zipfile.ZipInfo] = {}
+        self._folders: set[str] = set()
         for info in self._zip.infolist():
             if info.is_dir():
+                member = _safe_member(path, info.filename.rstrip("/"))
+                if member is not None:
+                    self._folders.add(member.as_posix())
                 continue
             if stat.S_ISLNK(info.external_attr >> 16):
                 raise UserError(f"{path}: member {info.filename!r} is a symbolic link; refusing links in archives")
@@ -137,8 +147,11 @@ class TarTree(FileTree):
         except (tarfile.TarError, EOFError, OSError) as e:
             raise UserError(f"{path}: not a readable tar archive ({e}); re-create or re-download it") from None
         self._members: dict[str, tarfile.TarInfo] = {}
+        self._folders: set[str] = set()
         for info in infos:
             member = _safe_member(path, info.name)
+            if member is not None and info.isdir():
+                self._folders.add(member.as_posix())
             if info.issym() or info.islnk():
                 target = PurePosixPath(info.linkname)
                 if target.is_absolute() or ".." in target.parts:

@@ -72,6 +72,13 @@ def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0) -> Fol
     if "train" not in by_split:
         raise UserError(f"{where}: no class folders with images; expected <class>/<image> or train/<class>/<image>")
     classes = sorted(by_split["train"])
+    depth = len(prefix) + (2 if split_layout else 1)
+    train_root = prefix + (("train",) if split_layout else ())
+    empty = sorted(PurePosixPath(f).name for f in tree.folders()
+                   if len(PurePosixPath(f).parts) == depth and PurePosixPath(f).parts[:-1] == train_root
+                   and PurePosixPath(f).name not in classes)
+    if empty:
+        raise UserError(f"{where}: class folder(s) {', '.join(empty)} hold no images; add images or remove them")
     _check_case_clash(where, classes)
     for split, per_class in by_split.items():
         unknown = sorted(set(per_class) - set(classes))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def curves_figure(phases: dict[str, dict]) -> Figure:
             ax.set_xticks(epochs)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -43,7 +44,7 @@ def time_figure(phases: dict[str, dict]) -> Figure:
     ax.set_ylabel("training time (s)")
     ax.set_title("Training time per phase")
     ax.set_ylim(0, max(seconds) * 1.3 if seconds else 1)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -61,7 +62,7 @@ def samples_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], 
                 img = images[i]
                 ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
                 ax.set_title(f"{group}: {names[labels[i]]}", fontsize=7)
-    fig.tight_layout()
+    _tight(fig)
     return fig
 
 
@@ -70,7 +71,16 @@ def save_figures(figures: dict[str, Figure], directory: Path) -> list[Path]:
     for name, fig in figures.items():
         path = directory / f"{name}.png"
         tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, dpi=100, format="png")
+        with warnings.catch_warnings():
+            # Class names in scripts the default font lacks (CJK, ...) draw as boxes; a warning per glyph is noise.
+            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+            fig.savefig(tmp, dpi=100, format="png")
         tmp.replace(path)  # a finished figure is never replaced by a half-written one
         paths.append(path)
     return paths
+
+
+def _tight(fig: Figure) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.tight_layout()
