@@ -97,6 +97,99 @@ def _resume_command(run_dir: object) -> str:
     return " ".join([*args, "--resume", str(run_dir)])
 
 
+@cli.command("finetune")
+@click.argument("data", type=click.Path())
+@click.option("--backbone", default="resnet50", show_default=True,
+              help="resnet18, resnet34, resnet50, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, convnext_tiny.")
+@click.option("--weights", default="imagenet", show_default=True,
+              help="imagenet (torchvision's, from TORCH_HOME or downloaded), none (random), or a weights file "
+                   "(safetensors or a state dict), or a finetune run folder whose backbone you continue from.")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs of the frozen stage (head only).")
+@click.option("--unfreeze-epochs", type=int, default=0, show_default=True,
+              help="Epochs of the second stage, training the whole network.")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the head.")
+@click.option("--backbone-lr-mult", type=float, default=0.1, show_default=True,
+              help="The backbone's learning rate in the unfrozen stage, as a fraction of --lr.")
+@click.option("--augment/--no-augment", default=False, show_default=True,
+              help="Random resized crops (scale 0.5-1) and horizontal flips while training; turns the feature cache off.")
+@click.option("--vertical-flip", is_flag=True, help="With --augment: vertical flips too (aerial or microscope images).")
+@click.option("--head-units", type=int, default=256, show_default=True)
+@click.option("--head-dropout", type=float, default=0.5, show_default=True)
+@click.option("--image-size", type=int, default=None, help="Input size (crop). Default: the weights' (224).")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Share of each class held out when DATA has no val/ or test/ folder.")
+@click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
+              help="Frozen stage without augmentation: run the backbone once and train the head on its features.")
+@click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-finetune-<data>.")
+@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
+def finetune_command(data: str, out: str | None, force: bool, **options: object) -> None:
+    """Fine-tune a pretrained backbone on your image folders (train/ and val/ of class folders, one folder of
+    class folders, or a .zip / .tar.gz of either): a new head on the frozen backbone, then optionally the
+    whole network. The run folder holds the model for `transferkit predict`.
+
+    \b
+    Examples:
+      transferkit finetune photos/ --backbone resnet50
+      transferkit finetune photos.zip --backbone efficientnet_b0 --augment --unfreeze-epochs 3
+      transferkit finetune photos/ --backbone resnet18 --weights none --image-size 64 --epochs 1
+    """
+    from .experiments import finetune
+
+    try:
+        finetune(data, out=out, force=force, **options)
+    except Interrupted:
+        click.echo("interrupted; the run folder says so in status.json", err=True)
+        raise click.exceptions.Exit(130) from None
+
+
+@cli.command("predict")
+@click.argument("run_dir", type=click.Path())
+@click.argument("images", nargs=-1, required=True)
+@click.option("--top-k", type=int, default=3, show_default=True, help="Classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list, one object per image).")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, rank, class, probability, error.")
+def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: bool, as_csv: bool) -> None:
+    """Predict the classes of IMAGES (files or folders) with the model of RUN_DIR (from `run` or `finetune`).
+
+    \b
+    Examples:
+      transferkit predict runs/20261123T101200Z-mnist digit.png
+      transferkit predict runs/my-finetune photos/new/ --top-k 1 --csv
+    """
+    import csv
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .experiments import predict
+
+    predictions = predict(run_dir, list(images), top_k=top_k)
+    if as_json:
+        click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "rank", "class", "probability", "error"])
+        for p in predictions:
+            rows = [[p.path, r + 1, c, f"{prob:.6f}", ""] for r, (c, prob) in enumerate(p.top)]
+            writer.writerows(rows or [[p.path, "", "", "", p.error]])
+    else:
+        table = Table(title_justify="left")
+        for col in ("image", *(f"#{i + 1}" for i in range(top_k))):
+            table.add_column(col, overflow="fold")
+        for p in predictions:
+            cells = [f"{c} {prob:.1%}" for c, prob in p.top] if not p.error else [f"[red]{p.error}[/]"]
+            table.add_row(p.path, *cells)
+        Console(highlight=False).print(table)
+    failed = sum(1 for p in predictions if p.error)
+    if failed:
+        click.echo(f"{failed} of {len(predictions)} file(s) could not be read", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line on stderr and exit status 2 (tracebacks with --debug)."""
     args = sys.argv[1:] if argv is None else argv

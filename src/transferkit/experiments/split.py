@@ -33,7 +33,6 @@ from ..training.runtime import keep_freed_memory
 from ..training.checkpoint import capture_rng, optimizer_from_tensors, optimizer_to_tensors, restore_rng
 
 PHASES = ("source", "transfer", "scratch")
-PREPROCESSING = {"scale": "x / 255", "layout": "NCHW float32"}
 
 
 @dataclass
@@ -189,6 +188,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                    "target_classes": list(splits["target"].class_names)},
         "environment": describe_environment(precision),
         "phases": {},
+        "model": "weights/transfer.safetensors",  # what `transferkit predict` uses: the target classifier
     }
     result = SplitResult(config, results, {}, run_dir=run_dir)
     if run_dir is not None and previous is None:
@@ -196,6 +196,8 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     figures = {"samples": samples_figure({g: (s.x_train[:16], s.y_train[:16], list(s.class_names))
                                           for g, s in splits.items()})}
     runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir)
+    # What predict needs to feed the saved networks: resize to the data set's size, scale to [0, 1].
+    preprocessing = {"kind": "scale", "channels": data.image_shape[0], "size": list(data.image_shape[1:])}
     phases = PHASES if config.scratch else PHASES[:2]
     try:
         with stop_on_interrupt() as should_stop:
@@ -214,7 +216,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                 figures["curves"] = curves_figure(results["phases"])
                 figures["training_time"] = time_figure(results["phases"])
                 if run_dir is not None:
-                    save_model(run_dir / "weights", phase, model, list(split.class_names), PREPROCESSING)
+                    save_model(run_dir / "weights", phase, model, list(split.class_names), preprocessing)
                     write_results(run_dir, results)
                     save_figures(figures, run_dir)
     except Interrupted as stop:

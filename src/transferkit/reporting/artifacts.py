@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from safetensors import SafetensorError
@@ -10,21 +11,28 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import UserError
-from ..models import SeedCNN
+from ..models import BackboneClassifier, SeedCNN
 from .results import write_text_atomic
 
-ARCHITECTURES = {"seed_cnn": SeedCNN}
+ARCHITECTURES = {"seed_cnn": SeedCNN, "backbone": BackboneClassifier}
 
 
-def save_model(directory: Path, name: str, model: SeedCNN, class_names: list[str], preprocessing: dict) -> Path:
+def save_model(directory: Path, name: str, model: nn.Module, class_names: list[str], preprocessing: dict) -> Path:
     """Write `<name>.safetensors` and `<name>.json` (architecture, class names, preprocessing)."""
     directory.mkdir(parents=True, exist_ok=True)
     spec = {**model.spec(), "class_names": list(class_names), "preprocessing": preprocessing}
     weights = directory / f"{name}.safetensors"
     tmp = weights.with_name(f".{weights.name}.tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"transferkit_spec": json.dumps(spec)})
-    tmp.replace(weights)
+    try:
+        save_file(state, str(tmp), metadata={"transferkit_spec": json.dumps(spec)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, weights)
+    except (OSError, SafetensorError) as e:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"{weights}: cannot write ({getattr(e, 'strerror', None) or e}); the previous version is "
+                        "kept. Free disk space, then resume the run with --resume.") from None
     write_text_atomic(directory / f"{name}.json", json.dumps(spec, indent=2) + "\n")
     return weights
 

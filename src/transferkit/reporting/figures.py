@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from ..errors import UserError
 from matplotlib.figure import Figure  # Figure objects, not pyplot: no global state, no display needed
 
 PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728"}
@@ -71,11 +72,16 @@ def save_figures(figures: dict[str, Figure], directory: Path) -> list[Path]:
     for name, fig in figures.items():
         path = directory / f"{name}.png"
         tmp = path.with_name(f".{path.name}.tmp")
-        with warnings.catch_warnings():
-            # Class names in scripts the default font lacks (CJK, ...) draw as boxes; a warning per glyph is noise.
-            warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-            fig.savefig(tmp, dpi=100, format="png")
-        tmp.replace(path)  # a finished figure is never replaced by a half-written one
+        try:
+            with warnings.catch_warnings():
+                # Class names in scripts the default font lacks (CJK, ...) draw as boxes; a warning per glyph is noise.
+                warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+                fig.savefig(tmp, dpi=100, format="png")
+            tmp.replace(path)  # a finished figure is never replaced by a half-written one
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"{path}: cannot write ({e.strerror or e}); the previous version is kept. "
+                            "Free disk space, then resume the run with --resume.") from None
         paths.append(path)
     return paths
 
@@ -84,3 +90,41 @@ def _tight(fig: Figure) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()
+
+
+def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Figure:
+    """Counts of true (rows) against predicted (columns) classes, with the names on both axes."""
+    k = len(class_names)
+    fig = Figure(figsize=(2 + 0.6 * k, 1.6 + 0.6 * k))
+    ax = fig.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_title("Confusion matrix (validation)")
+    _tight(fig)
+    return fig
+
+
+def misclassified_figure(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
+                         class_names: list[str]) -> Figure:
+    """Validation images the model got wrong, titled 'true -> predicted'."""
+    cols = 6
+    rows = max(1, -(-len(images) // cols))
+    fig = Figure(figsize=(cols * 1.6, rows * 1.8))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(images[i], cmap="gray" if images[i].ndim == 2 else None, vmin=0, vmax=255)
+            ax.set_title(f"{class_names[truth[i]]} -> {class_names[predicted[i]]}", fontsize=7, color="#b00")
+    if len(images) == 0:
+        axes[0][0].text(0, 0.5, "no misclassified images", fontsize=10)
+    fig.suptitle("Misclassified validation images (true -> predicted)", fontsize=9)
+    _tight(fig)
+    return fig

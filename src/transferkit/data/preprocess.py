@@ -1,0 +1,37 @@
+"""Turning uint8 images into what a model eats, as its saved preprocessing record says."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+
+class InputTransform(nn.Module):
+    """uint8 NCHW batch -> normalised float batch; random crops and flips per image in training mode.
+
+    Put in front of a model, it lets the plain training loop feed uint8 tensors held in memory (4x less than
+    float) and augment on the fly, while evaluation centre-crops.
+    """
+
+    def __init__(self, crop: int, mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False,
+                 vertical_flip: bool = False, min_scale: float = 0.5):
+        super().__init__()
+        self.crop, self.augment = crop, augment
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+        flips = [v2.RandomHorizontalFlip()] + ([v2.RandomVerticalFlip()] if vertical_flip else [])
+        self.random = v2.Compose([v2.RandomResizedCrop(crop, scale=(min_scale, 1.0), antialias=True), *flips])
+        self.centre = v2.CenterCrop(crop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.augment:
+            x = torch.stack([self.random(img) for img in x])
+        else:
+            x = self.centre(x)
+        return (x.float() / 255.0 - self.mean) / self.std
+
+
+def scale_images(x: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float in [0, 1], the seed network's preprocessing."""
+    return x.float() / 255.0

@@ -1,0 +1,215 @@
+"""Fine-tuning a pretrained backbone on the user's image folders (seed 004): a frozen stage that trains a
+new head, then optionally an unfrozen stage that trains everything with a smaller rate for the backbone."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from rich.console import Console
+from torch import nn
+
+from ..config import PRECISIONS
+from ..data import cache_dir, load_folder
+from ..data.preprocess import InputTransform
+from ..errors import UserError
+from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, load_backbone_weights
+from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
+from ..reporting.console import ConsoleProgress, comparison_table
+from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, save_figures
+from ..training import (TensorBatches, compute_features, fit, freeze, resolve_precision,
+                        trainable_parameters)
+from ..training.runtime import keep_freed_memory
+from .split import prepare_run_dir, stop_on_interrupt
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    data: str
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    epochs: int = 5
+    unfreeze_epochs: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    backbone_lr_mult: float = 0.1
+    augment: bool = False
+    vertical_flip: bool = False
+    head: HeadConfig = field(default_factory=HeadConfig)
+    image_size: int | None = None
+    val_fraction: float = 0.2
+    limit: int | None = None
+    seed: int = 0
+    precision: str = "auto"
+    feature_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise UserError(f"--backbone {self.backbone}: unknown; choose one of {', '.join(BACKBONES)}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.unfreeze_epochs < 0:
+            raise UserError(f"--unfreeze-epochs must be 0 or more, got {self.unfreeze_epochs}")
+        if not self.lr > 0 or not self.backbone_lr_mult > 0:
+            raise UserError("--lr and --backbone-lr-mult must be positive")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
+        if self.image_size is not None and self.image_size < 16:
+            raise UserError(f"--image-size must be at least 16, got {self.image_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FinetuneResult:
+    config: FinetuneConfig
+    results: dict
+    phases: dict[str, PhaseResult]
+    model: nn.Module
+    figures: dict[str, Figure]
+    run_dir: Path | None
+
+    def summary(self) -> str:
+        last = list(self.phases.values())[-1]
+        return (f"{self.config.backbone} on {len(self.results['classes'])} classes: validation accuracy "
+                f"{last.test_accuracy:.4f} after {', '.join(f'{p.epochs} {n}' for n, p in self.phases.items())} epochs")
+
+
+def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = False, save: bool = True,
+             verbose: bool = True, head_units: int = 256, head_dropout: float = 0.5, **options: object) -> FinetuneResult:
+    """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
+
+    `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`).
+    """
+    config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
+                            **{k: v for k, v in options.items() if v is not None})
+    console = Console(quiet=not verbose, highlight=False)
+    keep_freed_memory()
+    torch.manual_seed(config.seed)
+    model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
+    pre = load_backbone_weights(model, config.weights)
+    if config.image_size is not None:  # keep the weights' resize/crop ratio at the size asked for
+        pre = type(pre)(resize=round(config.image_size * pre.resize / pre.crop), crop=config.image_size,
+                        mean=pre.mean, std=pre.std)
+    folder = load_folder(config.data, image_size=pre.resize, channels=3, val_fraction=config.val_fraction,
+                         seed=config.seed, cache_dir=cache_dir() / "images")
+    classes = list(folder.class_names)
+    x_train, y_train = _limited(folder.splits["train"], config.limit)
+    x_val, y_val = _limited(folder.splits.get("val", folder.splits.get("test")), config.limit)
+    model.classifier[-1] = nn.Linear(config.head.units, len(classes))
+    precision = resolve_precision(config.precision)
+    run_dir = None
+    if save:
+        run_dir = Path(out) if out is not None else Path("runs") / (
+            f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-finetune-{Path(config.data).stem}")
+        prepare_run_dir(run_dir, force)
+    console.print(f"[bold]transferkit finetune[/] {config.backbone} ({config.weights} weights) on {folder.origin}: "
+                  f"{len(classes)} classes, {len(y_train)} train / {len(y_val)} validation images, "
+                  f"input {pre.crop}px, precision {precision.name}")
+    if folder.skipped:
+        console.print(f"[yellow]skipped {len(folder.skipped)} unreadable file(s)[/]: " + "; ".join(folder.skipped[:3]))
+    results = {
+        "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"origin": folder.origin, "class_names": classes, "train_samples": len(y_train),
+                    "val_samples": len(y_val), "skipped": folder.skipped},
+        "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
+        "environment": describe_environment(precision), "phases": {}, "model": "weights/model.safetensors",
+    }
+    if run_dir is not None:
+        write_results(run_dir, results)
+        write_status(run_dir, "running", phase="frozen")
+
+    transform = InputTransform(pre.crop, pre.mean, pre.std, augment=config.augment,
+                               vertical_flip=config.vertical_flip)
+    xt, xv = _nchw(x_train), _nchw(x_val)
+    yt, yv = torch.from_numpy(y_train), torch.from_numpy(y_val)
+    dtype = precision.autocast_dtype
+    phases: dict[str, PhaseResult] = {}
+    try:
+        with stop_on_interrupt() as should_stop:
+            # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
+            freeze(model.features)
+            start = time.perf_counter()
+            if config.feature_cache and not config.augment:
+                prefix = nn.Sequential(transform, model.features)
+                train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype) for x in (xt, xv))
+                trained = model.classifier
+            else:
+                train_in, val_in, trained = xt, xv, nn.Sequential(transform, model)
+            optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
+            history = fit(trained, optimizer, TensorBatches(train_in, yt, config.batch_size, config.seed), val_in,
+                          yv, config.epochs, config.batch_size, dtype, ConsoleProgress(console, "frozen"),
+                          should_stop=should_stop)
+            phases["frozen"] = _phase("frozen", classes, len(yt), len(yv), history, time.perf_counter() - start,
+                                      count_params(model))
+            results["phases"]["frozen"] = phases["frozen"].to_dict()
+            if config.unfreeze_epochs:
+                # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does.
+                model.features.requires_grad_(True)
+                optimizer = torch.optim.Adam([
+                    {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
+                    {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
+                start = time.perf_counter()
+                history = fit(nn.Sequential(transform, model), optimizer,
+                              TensorBatches(xt, yt, config.batch_size, config.seed + 1), xv, yv,
+                              config.unfreeze_epochs, config.batch_size, dtype, ConsoleProgress(console, "unfrozen"),
+                              should_stop=should_stop)
+                phases["unfrozen"] = _phase("unfrozen", classes, len(yt), len(yv), history,
+                                            time.perf_counter() - start, count_params(model))
+                results["phases"]["unfrozen"] = phases["unfrozen"].to_dict()
+    except BaseException as e:
+        if run_dir is not None:
+            write_status(run_dir, "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
+                         error=f"{type(e).__name__}: {e}")
+        raise
+    model.eval()
+    predictions = _predict(nn.Sequential(transform, model), xv, config.batch_size)
+    results["confusion_matrix"] = _confusion(yv.numpy(), predictions, len(classes)).tolist()
+    wrong = np.flatnonzero(predictions != y_val)[:24]
+    figures = {"curves": curves_figure(results["phases"]),
+               "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes),
+               "misclassified": misclassified_figure(x_val[wrong], y_val[wrong], predictions[wrong], classes)}
+    if run_dir is not None:
+        save_model(run_dir / "weights", "model", model, classes, pre.to_dict())
+        write_results(run_dir, results)
+        save_figures(figures, run_dir)
+        write_status(run_dir, "complete")
+    result = FinetuneResult(config, results, phases, model, figures, run_dir)
+    console.print(comparison_table(results["phases"]))
+    console.print(result.summary())
+    if run_dir is not None:
+        console.print(f"run folder: {run_dir}\npredict with: transferkit predict {run_dir} IMAGES...")
+    return result
+
+
+def _limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    x, y = split
+    return x[:limit], y[:limit]
+
+
+def _nchw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _phase(name, classes, n_train, n_val, history, seconds, counts) -> PhaseResult:
+    return PhaseResult(name=name, classes=classes, train_samples=n_train, test_samples=n_val, epochs=len(history),
+                       train_seconds=seconds, test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy,
+                       params=counts, history=history)
+
+
+@torch.inference_mode()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).numpy()
+
+
+def _confusion(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
+    matrix = np.zeros((k, k), dtype=np.int64)
+    np.add.at(matrix, (truth, predicted), 1)
+    return matrix

@@ -1,0 +1,166 @@
+"""Pretrained backbones by name (torchvision), each split into `features` and a new `classifier` head."""
+
+from __future__ import annotations
+
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import UserError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+             "convnext_tiny")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Seed 004's head on pooled features: Dropout, Linear(units) + ReLU, Dropout, Linear(classes)."""
+
+    units: int = 256
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.units < 1:
+            raise UserError(f"--head-units must be at least 1, got {self.units}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--head-dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What the weights expect: resize to `resize` (square), centre-crop `crop`, scale to [0, 1], normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def to_dict(self) -> dict:
+        return {"kind": "normalize", **asdict(self)}
+
+
+class BackboneClassifier(nn.Module):
+    """A torchvision model without its last Linear (`features`, giving pooled vectors) and a new `classifier`."""
+
+    def __init__(self, backbone: str, num_classes: int, head: HeadConfig = HeadConfig()):
+        super().__init__()
+        if backbone not in BACKBONES:
+            raise UserError(f"--backbone {backbone}: unknown; choose one of {', '.join(BACKBONES)}")
+        self.backbone, self.head_config = backbone, head
+        model = torchvision.models.get_model(backbone, weights=None)
+        qualified, last = _last_linear(model)
+        parent_name, _, name = qualified.rpartition(".")
+        setattr(model.get_submodule(parent_name), name, nn.Identity())  # what remains gives pooled features
+        self.replaced = qualified  # e.g. "fc" or "classifier.3": its weights are ImageNet's head, not loaded
+        self.features = model
+        self.num_features = last.in_features
+        self.classifier = nn.Sequential(
+            nn.Dropout(head.dropout), nn.Linear(last.in_features, head.units), nn.ReLU(),
+            nn.Dropout(head.dropout), nn.Linear(head.units, num_classes))
+
+    @property
+    def num_classes(self) -> int:
+        return self.classifier[-1].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def spec(self) -> dict:
+        return {"architecture": "backbone", "backbone": self.backbone, "head": asdict(self.head_config),
+                "num_classes": self.num_classes}
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> BackboneClassifier:
+        return cls(spec["backbone"], spec["num_classes"], HeadConfig(**spec["head"]))
+
+
+def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The qualified name and module of the model's last Linear layer (its ImageNet classifier)."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UserError("this backbone has no Linear classifier to replace")
+    return linears[-1]
+
+
+def imagenet_weights_file(backbone: str) -> tuple[Path, object]:
+    """Where torchvision keeps the ImageNet weights of `backbone` (TORCH_HOME/hub/checkpoints/<file>)."""
+    weights = torchvision.models.get_model_weights(backbone).DEFAULT
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name, weights
+
+
+def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: float = 10.0) -> Preprocessing:
+    """Fill `model.features` from `weights` (imagenet, none, or a file); returns the preprocessing they want."""
+    default = Preprocessing(resize=256, crop=224)
+    if weights == "none":
+        return default
+    if weights == "imagenet":
+        path, meta = imagenet_weights_file(model.backbone)
+        if not path.is_file():
+            _download(meta.url, path, timeout)
+        state = _read_state(path)
+        t = meta.transforms()
+        preprocessing = Preprocessing(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
+                                      mean=tuple(t.mean), std=tuple(t.std))
+    else:
+        path = Path(weights)
+        if path.is_dir():  # a finetune run folder: its model's features become this backbone
+            path = path / "weights" / "model.safetensors"
+        if not path.is_file():
+            raise UserError(f"--weights {weights}: not imagenet, none, a weights file or a finetune run folder")
+        state = _read_state(path)
+        preprocessing = default
+    if _saved_by_transferkit(path):  # a finetune run's model: its features are this backbone
+        state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    state = {k: v for k, v in state.items() if not k.startswith(f"{model.replaced}.")}
+    missing, unexpected = model.features.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"--weights {path}: does not fit {model.backbone} ({len(missing)} missing, "
+                        f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]})")
+    return preprocessing
+
+
+def _download(url: str, path: Path, timeout: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+        tmp.replace(path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"ImageNet weights are not here and cannot be downloaded (no network?): put {path.name} "
+                        f"(from {url}) in {path.parent}, or use --weights none / --weights FILE") from None
+
+
+def _saved_by_transferkit(path: Path) -> bool:
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return "transferkit_spec" in (f.metadata() or {})
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    """safetensors, or a state dict saved by torch.save read with weights_only=True (never arbitrary pickle)."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+        raise UserError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:160]}); "
+                        "give safetensors or a plain state dict") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: not a state dict of tensors")
+    return state

@@ -1,0 +1,133 @@
+"""finetune on tiny generated folders with random weights, then predict; the ImageNet weights lookup."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from transferkit import UserError, finetune, predict
+from transferkit.cli import main
+from transferkit.models import BackboneClassifier, load_backbone_weights
+from transferkit.models.backbones import imagenet_weights_file
+
+
+def photo(color, size=(40, 30)) -> bytes:
+    rng = np.random.default_rng(sum(color))
+    arr = np.clip(np.array(color, dtype=np.int16) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
+    buf = io.BytesIO()
+    Image.fromarray(arr.astype(np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos") / "photos"
+    for c, color in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}.items():
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            (root / c / f"{i}.jpg").write_bytes(photo((color[0] + i, color[1], color[2])))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tuned(photos, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(cache))
+        out = tmp_path_factory.mktemp("runs") / "ft"
+        main(["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
+              "--epochs", "2", "--batch-size", "4", "--out", str(out)])
+    return out
+
+
+def test_run_folder(tuned):
+    results = json.loads((tuned / "results.json").read_text())
+    assert results["experiment"] == "finetune" and results["classes"] == ["blue", "green", "red"]
+    assert list(results["phases"]) == ["frozen"]
+    frozen = results["phases"]["frozen"]
+    assert frozen["train_samples"] + frozen["test_samples"] == 18 and len(frozen["history"]) == 2
+    assert frozen["params"]["non_trainable"] == sum(
+        p.numel() for p in BackboneClassifier("resnet18", 3).features.parameters())
+    assert np.asarray(results["confusion_matrix"]).sum() == frozen["test_samples"]
+    assert results["preprocessing"] == {"kind": "normalize", "resize": 37, "crop": 32,
+                                        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    for name in ("curves", "confusion_matrix", "misclassified"):
+        assert (tuned / f"{name}.png").stat().st_size > 1000
+    assert json.loads((tuned / "status.json").read_text())["status"] == "complete"
+
+
+def test_predict_reports_bad_files_and_goes_on(tuned, photos, tmp_path, capsys):
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    good = photos / "red" / "0.jpg"
+    predictions = predict(tuned, [good, tmp_path / "broken.jpg", photos / "blue"], top_k=2)
+    assert [p.path for p in predictions][:2] == [str(good), str(tmp_path / "broken.jpg")]
+    assert len(predictions) == 2 + 6
+    assert predictions[1].error and not predictions[1].top
+    first = predictions[0]
+    assert len(first.top) == 2 and {c for c, _ in first.top} <= {"blue", "green", "red"}
+    assert 0 < first.top[1][1] <= first.top[0][1] <= 1
+    main(["predict", str(tuned), str(good), "--csv", "--top-k", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "path,rank,class,probability,error" and lines[1].startswith(f"{good},1,")
+    main(["predict", str(tuned), str(good), "--json"])
+    assert json.loads(capsys.readouterr().out)[0]["predictions"][0]["class"] in {"blue", "green", "red"}
+
+
+def test_frozen_stage_keeps_the_backbone_and_unfreezing_trains_it(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    options = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, save=False, verbose=False)
+    torch.manual_seed(0)
+    initial = BackboneClassifier("resnet18", 2).features.state_dict()
+    frozen = finetune(photos, epochs=1, **options).model.features.state_dict()
+    assert all(torch.equal(initial[k], frozen[k]) for k in initial)  # BatchNorm statistics included
+    both = finetune(photos, epochs=1, unfreeze_epochs=1, augment=True, **options)
+    assert list(both.phases) == ["frozen", "unfrozen"]
+    assert not torch.equal(both.model.features.conv1.weight, initial["conv1.weight"])
+
+
+def test_imagenet_weights_come_from_torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path, _ = imagenet_weights_file("resnet18")
+    assert path.parent == tmp_path / "torch" / "hub" / "checkpoints"
+    path.parent.mkdir(parents=True)
+    reference = torchvision.models.resnet18()
+    torch.nn.init.constant_(reference.conv1.weight, 0.125)
+    torch.save(reference.state_dict(), path)  # the file torchvision would have downloaded
+    model = BackboneClassifier("resnet18", 4)
+    pre = load_backbone_weights(model, "imagenet")
+    assert (model.features.conv1.weight == 0.125).all()
+    assert (pre.resize, pre.crop) == (256, 224)
+
+
+def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    model = BackboneClassifier("resnet18", 4)
+    with pytest.raises(UserError, match=r"put resnet18-f37072fd.pth \(from https://.*\) in .*hub/checkpoints"):
+        load_backbone_weights(model, "imagenet", timeout=3)
+
+
+def test_weights_from_a_finetune_run(tuned):
+    model = BackboneClassifier("resnet18", 5)
+    load_backbone_weights(model, str(tuned))  # the run folder stands for its weights/model.safetensors
+    saved = BackboneClassifier.from_spec(json.loads((tuned / "weights" / "model.json").read_text()))
+    from safetensors.torch import load_file
+
+    saved.load_state_dict(load_file(tuned / "weights" / "model.safetensors"))
+    assert torch.equal(model.features.conv1.weight, saved.features.conv1.weight)
+
+
+def test_predict_with_a_split_run(tmp_path):
+    from transferkit.data import load_mnist
+
+    out = tmp_path / "run"
+    main(["run", "mnist", "--limit", "300", "--epochs", "1", "--out", str(out), "--no-scratch"])
+    mnist = load_mnist()
+    digit = tmp_path / "seven.png"
+    Image.fromarray(mnist.x_test[mnist.y_test == 7][0]).save(digit)
+    [p] = predict(out, [digit], top_k=5)
+    assert sorted(c for c, _ in p.top) == ["5", "6", "7", "8", "9"]
+    assert sum(prob for _, prob in p.top) == pytest.approx(1, abs=1e-5)
