@@ -54,3 +54,13 @@ def test_split_remaps_labels_in_given_order(arrays):
     assert np.array_equal(split.x_train, arrays["x_train"][np.isin(arrays["y_train"], [5, 7])])
     limited = split_by_class(data, [7, 5], limit=3)
     assert len(limited.y_train) == 3 and len(limited.y_test) == 3
+
+
+def test_limit_samples_across_classes_not_the_first_images():
+    # Folder data sets come sorted by class: the first N images would all be one class.
+    y = np.repeat(np.arange(4), 50)
+    data = ArrayDataset("t", np.zeros((200, 8, 8), np.uint8), y, np.zeros((200, 8, 8), np.uint8), y,
+                        tuple("abcd"), "test")
+    limited = split_by_class(data, [0, 1, 2, 3], limit=40)
+    assert len(set(limited.y_train.tolist())) == 4
+    assert np.array_equal(limited.y_train, split_by_class(data, [0, 1, 2, 3], limit=40).y_train)  # stable

@@ -78,13 +78,23 @@ def resolve_split(source: object, target: object, class_names: Sequence[str]) ->
     return src, tgt
 
 
+def subsample(indices: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most `limit` of `indices`, drawn at random (fixed seed) and kept in order.
+
+    Not the first `limit`: folder data sets are sorted by class, so their first images are all one class.
+    """
+    if limit is None or len(indices) <= limit:
+        return indices
+    return np.sort(np.random.default_rng(0).choice(indices, size=limit, replace=False))
+
+
 def split_by_class(data: ArrayDataset, classes: Sequence[int], limit: int | None = None) -> ClassSplit:
     """Keep the images of `classes`, relabelled 0..k-1 in that order; at most `limit` per split."""
     remap = np.full(len(data.class_names), -1, dtype=np.int64)
     remap[list(classes)] = np.arange(len(classes))
     parts = []
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
-        keep = np.flatnonzero(remap[y] >= 0)[:limit]
+        keep = subsample(np.flatnonzero(remap[y] >= 0), limit)
         parts += [x[keep], remap[y[keep]]]
     names = tuple(data.class_names[i] for i in classes)
     for split, labels in (("train", parts[1]), ("test", parts[3])):

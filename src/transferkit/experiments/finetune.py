@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import PRECISIONS
 from ..data import cache_dir, load_folder
+from ..data.splits import subsample
 from ..data.preprocess import InputTransform
 from ..errors import UserError
 from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, load_backbone_weights
@@ -191,7 +192,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
 
 def _limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     x, y = split
-    return x[:limit], y[:limit]
+    keep = subsample(np.arange(len(y)), limit)
+    return x[keep], y[keep]
 
 
 def _nchw(x: np.ndarray) -> torch.Tensor:
