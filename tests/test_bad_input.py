@@ -65,6 +65,14 @@ def written(path: Path, data: bytes) -> Path:
     return path
 
 
+def resnet18_file(root: Path) -> Path:
+    import torch
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), root / "r18.pth")
+    return root / "r18.pth"
+
+
 def without_images(root: Path, cls: str) -> Path:
     for f in (root / "train" / cls).iterdir():
         f.unlink()
@@ -135,6 +143,22 @@ CASES = [
     ("negative batch size", lambda t: ["mnist", "--batch-size", "-1"], "--batch-size must be at least 1"),
     ("lr nan", lambda t: ["mnist", "--lr", "nan"], "--lr must be positive"),
     ("val fraction", lambda t: ["mnist", "--val-fraction", "1.5"], "--val-fraction must be between 0 and 1"),
+    ("negative seed", lambda t: ["mnist", "--seed", "-1"], "--seed must be 0 or more"),
+    ("not a choice", lambda t: ["mnist", "--head", "foo"], "Invalid value for '--head'"),
+    ("not a number", lambda t: ["mnist", "--epochs", "abc"], "'abc' is not a valid integer"),
+    ("kernel too large for the images", lambda t: ["mnist", "--kernel-size", "15", "--out", str(t / "r")],
+     "too small for two 15x15 convolutions"),
+    ("single class in a flat folder", lambda t: [str(image_folder(t / "set", classes=("ant",), splits=("",)))],
+     "only one class (ant)"),
+    ("finetune limit 0", lambda t: ["finetune", str(image_folder(t / "set")), "--limit", "0"],
+     "--limit must be at least 1"),
+    ("finetune weights of another architecture",
+     lambda t: ["finetune", str(image_folder(t / "set")), "--backbone", "resnet50", "--weights", str(resnet18_file(t))],
+     "does not fit resnet50"),
+    ("finetune weights that are no weights",
+     lambda t: ["finetune", str(image_folder(t / "set")), "--weights", str(written(t / "w.pt", b"text"))],
+     "not a readable weights file"),
+    ("predict on a folder that is no run", lambda t: ["predict", str(t), "x.png"], "not a transferkit run folder"),
 ]
 
 
@@ -146,15 +170,18 @@ def test_bad_input(tmp_path, monkeypatch, capsys, name, setup, fragment):
     monkeypatch.chdir(work)
     args = setup(tmp_path)
     before = set(tmp_path.rglob("*"))
+    command = args if args[0] in ("finetune", "predict") else ["run", *args]
+    if command[0] == "run" and "--epochs" not in args:
+        command += ["--limit", "50", "--epochs", "1"]
     with pytest.raises(SystemExit) as exit_info:
-        main(["run", *args, "--limit", "50", "--epochs", "1"] if "--epochs" not in args else ["run", *args])
+        main(command)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2, err
     assert fragment in err, err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
-    written = {p for p in set(tmp_path.rglob("*")) - before if "cache" not in p.parts}
-    assert not written, f"wrote {written}"
+    new = {p for p in set(tmp_path.rglob("*")) - before if "cache" not in p.parts}
+    assert not new, f"wrote {new}"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -164,6 +191,32 @@ def test_unreadable_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["run", "mnist", "--data", str(path)])
     assert "permission denied" in capsys.readouterr().err
+
+
+def test_npz_with_a_channel_axis_runs(tmp_path):
+    arrays = make_arrays()
+    path = npz(tmp_path, x_train=arrays["x_train"][..., None], x_test=arrays["x_test"][..., None])
+    main(["run", "mnist", "--data", str(path), "--epochs", "1", "--out", str(tmp_path / "run"), "--no-scratch"])
+    assert (tmp_path / "run" / "samples.png").is_file()
+
+
+def test_damaged_image_cache_is_rebuilt(tmp_path):
+    from transferkit.data import load_folder
+
+    root = image_folder(tmp_path / "set")
+    cache = tmp_path / "cache"
+    first = load_folder(root, cache_dir=cache)
+    [entry] = cache.glob("*.npz")
+    entry.write_bytes(b"")
+    again = load_folder(root, cache_dir=cache)
+    assert np.array_equal(first.splits["train"][0], again.splits["train"][0])
+
+
+def test_predict_fails_when_no_file_is_readable(tmp_path, capsys):
+    main(["run", "mnist", "--limit", "100", "--epochs", "1", "--no-scratch", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path / "run"), str(tmp_path / "missing.png")])
+    assert e.value.code == 1 and "1 of 1 file(s) could not be read" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 
 import click
@@ -14,10 +15,9 @@ from .errors import Interrupted, UserError
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="transferkit")
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
-@click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(debug: bool) -> None:
     """Transfer learning for image classification: fast, measurable, reproducible."""
-    ctx.obj = {"debug": debug}
+    # --debug is read by main(), which decides how errors are shown.
 
 
 @cli.command("run")
@@ -94,7 +94,7 @@ def _resume_command(run_dir: object) -> str:
             skip = True
         elif arg != "--force" and not arg.startswith(("--out=", "--resume=")):
             args.append(arg)
-    return " ".join([*args, "--resume", str(run_dir)])
+    return shlex.join([*args, "--resume", str(run_dir)])
 
 
 @cli.command("finetune")
@@ -164,6 +164,7 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
     import json
 
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from .experiments import predict
@@ -182,12 +183,14 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
         for col in ("image", *(f"#{i + 1}" for i in range(top_k))):
             table.add_column(col, overflow="fold")
         for p in predictions:
-            cells = [f"{c} {prob:.1%}" for c, prob in p.top] if not p.error else [f"[red]{p.error}[/]"]
-            table.add_row(p.path, *cells)
+            cells = [escape(f"{c} {prob:.1%}") for c, prob in p.top] if not p.error else [f"[red]{escape(p.error)}[/]"]
+            table.add_row(escape(p.path), *cells)
         Console(highlight=False).print(table)
     failed = sum(1 for p in predictions if p.error)
     if failed:
         click.echo(f"{failed} of {len(predictions)} file(s) could not be read", err=True)
+    if failed == len(predictions):
+        raise click.exceptions.Exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -201,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # a bad option or argument: one line, as for other user mistakes
+        command = e.ctx.command_path if e.ctx is not None else "transferkit"
+        click.echo(f"error: {e.format_message()} (see '{command} --help')", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -68,6 +68,8 @@ class TrainConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or more, got {self.seed}")
 
     @property
     def learning_rate(self) -> float:

@@ -9,6 +9,11 @@ class UserError(Exception):
     """
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    return str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 class Interrupted(Exception):
     """Training stopped between two steps (Ctrl-C) after writing a checkpoint; `run_dir` can be resumed."""
 

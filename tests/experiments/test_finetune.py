@@ -84,6 +84,9 @@ def test_frozen_stage_keeps_the_backbone_and_unfreezing_trains_it(photos, tmp_pa
     initial = BackboneClassifier("resnet18", 2).features.state_dict()
     frozen = finetune(photos, epochs=1, **options).model.features.state_dict()
     assert all(torch.equal(initial[k], frozen[k]) for k in initial)  # BatchNorm statistics included
+    # also when augmentation makes the backbone run inside the training loop
+    augmented = finetune(photos, epochs=1, augment=True, **options).model.features.state_dict()
+    assert all(torch.equal(initial[k], augmented[k]) for k in initial)
     both = finetune(photos, epochs=1, unfreeze_epochs=1, augment=True, **options)
     assert list(both.phases) == ["frozen", "unfrozen"]
     assert not torch.equal(both.model.features.conv1.weight, initial["conv1.weight"])

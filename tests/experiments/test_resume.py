@@ -38,6 +38,15 @@ def _wait_for_checkpoint(run_dir: Path, phase: str, proc: subprocess.Popen, time
     raise AssertionError("no checkpoint in time")
 
 
+def _killed_in(phase: str, out: Path) -> Path:
+    """A run started, then killed with SIGKILL once it has checkpointed inside `phase`."""
+    proc = _start(*ARGS, "--out", str(out))
+    _wait_for_checkpoint(out, phase, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return out
+
+
 def _metrics(run_dir: Path) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     return {name: {**{k: v for k, v in p.items() if k not in ("train_seconds", "history", "feature_cache_seconds")},
@@ -64,11 +73,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("phase", ["source", "transfer"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, phase):
-    out = tmp_path / "run"
-    proc = _start(*ARGS, "--out", str(out))
-    _wait_for_checkpoint(out, phase, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out = _killed_in(phase, tmp_path / "run")
     assert json.loads((out / "status.json").read_text())["status"] == "running"  # died without a word
     done = _run(*ARGS, "--resume", str(out))
     assert done.returncode == 0, done.stderr
@@ -92,11 +97,7 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resumes(tmp_path, uninterrupted):
 
 
 def test_resume_refuses_another_configuration(uninterrupted, tmp_path):
-    out = tmp_path / "run"
-    proc = _start(*ARGS, "--out", str(out))
-    _wait_for_checkpoint(out, "source", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out = _killed_in("source", tmp_path / "run")
     done = _run(*ARGS[:-2], "--batch-size", "32", "--resume", str(out))
     assert done.returncode == 2
     assert "train.batch_size was 64, now 32" in done.stderr and "Traceback" not in done.stderr
@@ -105,11 +106,7 @@ def test_resume_refuses_another_configuration(uninterrupted, tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "pickle"])
 def test_damaged_checkpoint_is_refused(tmp_path, damage):
-    out = tmp_path / "run"
-    proc = _start(*ARGS, "--out", str(out))
-    _wait_for_checkpoint(out, "source", proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    out = _killed_in("source", tmp_path / "run")
     ckpt = out / CHECKPOINT_FILE
     if damage == "truncate":
         ckpt.write_bytes(ckpt.read_bytes()[:1000])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import platformdirs
 
+from ..download import download
 from ..errors import UserError
 from .arrays import ArrayDataset
 from .cifar import ARCHIVE_NAME, is_python_version, load_cifar10_python
@@ -13,7 +14,6 @@ from .folders import FolderData, load_folder
 from .mnist import load_mnist
 from .splits import ClassSplit, parse_classes, resolve_split, split_by_class
 
-NAMED = ("mnist", "cifar10")
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
@@ -53,23 +53,12 @@ def find_or_download_cifar10(timeout: float = 10.0, url: str = CIFAR10_URL) -> P
     target = cache_dir() / "cifar10" / ARCHIVE_NAME
     if target.is_file():
         return target
-    import urllib.request
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-        tmp.replace(target)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise UserError(
-            f"CIFAR-10 is not here and cannot be downloaded (no network?): put {ARCHIVE_NAME} in {target.parent}, "
-            "or pass --data PATH (the archive, its extracted folder, or a folder/zip of class folders such as "
-            "cifar10-jpg.zip)") from None
+    download(url, target, timeout, if_offline=(
+        f"CIFAR-10 is not here and cannot be downloaded (no network?): put {ARCHIVE_NAME} in {target.parent}, "
+        "or pass --data PATH (the archive, its extracted folder, or a folder/zip of class folders such as "
+        "cifar10-jpg.zip)"))
     return target
 
 
-__all__ = ["ArrayDataset", "ClassSplit", "FolderData", "NAMED", "cache_dir", "from_folder", "load_dataset",
+__all__ = ["ArrayDataset", "ClassSplit", "FolderData", "cache_dir", "from_folder", "load_dataset",
            "load_folder", "load_mnist", "parse_classes", "resolve_split", "split_by_class"]

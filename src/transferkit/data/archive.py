@@ -32,7 +32,19 @@ class FileTree:
 
     def stamp(self) -> str:
         """What identifies this tree's content for caching: sizes and modification times."""
-        raise NotImplementedError
+        st = self.path.stat()  # an archive: the file itself
+        return f"{self.path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}"
+
+    def read_many(self, names: list[str]) -> dict[str, bytes | None]:
+        """Bytes of each name (None where unreadable), read in the tree's own order (cheap for .tar.gz)."""
+        order = {n: i for i, n in enumerate(self.files())}
+        out = {}
+        for name in sorted(names, key=order.__getitem__):
+            try:
+                out[name] = self.read(name)
+            except PermissionError:
+                out[name] = None
+        return out
 
     def close(self) -> None:
         pass
@@ -46,13 +58,10 @@ def open_tree(path: str | Path) -> FileTree:
     if path.is_dir():
         return DirectoryTree(path)
     name = path.name.lower()
-    try:
-        if name.endswith(".zip"):
-            return ZipTree(path)
-        if name.endswith(TAR_SUFFIXES):
-            return TarTree(path)
-    except PermissionError:
-        raise UserError(f"{path}: permission denied; make the file readable") from None
+    if name.endswith(".zip"):
+        return ZipTree(path)
+    if name.endswith(TAR_SUFFIXES):
+        return TarTree(path)
     raise UserError(f"{path}: not a folder, .zip or .tar(.gz); give a folder of class folders or an archive of one")
 
 
@@ -130,10 +139,6 @@ class ZipTree(FileTree):
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
             raise UserError(f"{self.path}: member {name!r} cannot be read ({e}); the archive is truncated or corrupt") from None
 
-    def stamp(self) -> str:
-        st = self.path.stat()
-        return f"{self.path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}"
-
     def close(self) -> None:
         self._zip.close()
 
@@ -173,10 +178,6 @@ class TarTree(FileTree):
         if len(data) != self._members[name].size:
             raise UserError(f"{self.path}: member {name!r} is cut short; the archive is truncated")
         return data
-
-    def stamp(self) -> str:
-        st = self.path.stat()
-        return f"{self.path.resolve()}\t{st.st_size}\t{st.st_mtime_ns}"
 
     def close(self) -> None:
         self._tar.close()

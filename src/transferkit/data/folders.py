@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import warnings
+import zipfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .archive import FileTree, open_tree
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -69,6 +70,8 @@ def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0) -> Fol
         elif len(parts) == 2:
             by_split.setdefault("train", {}).setdefault(parts[0], []).append(full)
     where = f"{tree.path}{'/' + root if root else ''}"
+    if "train" not in by_split and prefix and files_here:
+        raise UserError(f"{tree.path}: only one class ({prefix[-1]}); classification needs at least two class folders")
     if "train" not in by_split:
         raise UserError(f"{where}: no class folders with images; expected <class>/<image> or train/<class>/<image>")
     classes = sorted(by_split["train"])
@@ -111,7 +114,7 @@ def stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, w
     for label in sorted({lbl for _, lbl in items}):
         group = [it for it in items if it[1] == label]
         order = rng.permutation(len(group))
-        n_val = int(round(len(group) * fraction)) if len(group) > 1 else 0
+        n_val = min(int(round(len(group) * fraction)), len(group) - 1)  # keep a training image per class
         val += [group[i] for i in sorted(order[:n_val])]
         train += [group[i] for i in sorted(order[n_val:])]
     if not val:
@@ -166,7 +169,8 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
 
 
 def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, channels: int | None) -> FolderData:
-    raw = {s: [(f, lbl, _read_or_none(tree, f)) for f, lbl in m] for s, m in layout.members.items()}
+    contents = tree.read_many([f for m in layout.members.values() for f, _ in m])
+    raw = {s: [(f, lbl, contents[f]) for f, lbl in m] for s, m in layout.members.items()}
     skipped: list[str] = []
     headers: dict[str, tuple[tuple[int, int], bool]] = {}
     for items in raw.values():
@@ -215,13 +219,6 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
     return FolderData(str(tree.path), layout.class_names, splits, skipped)
 
 
-def _read_or_none(tree: FileTree, name: str) -> bytes | None:
-    try:
-        return tree.read(name)
-    except PermissionError:
-        return None
-
-
 def _decode_or_reason(data: bytes, size, channels) -> tuple[np.ndarray | None, str]:
     try:
         return decode_image(data, size, channels), ""
@@ -232,8 +229,7 @@ def _decode_or_reason(data: bytes, size, channels) -> tuple[np.ndarray | None, s
 
 
 def _reason(e: BaseException) -> str:
-    text = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return text[:120]
+    return first_line(e)[:120]
 
 
 def _cache_key(tree: FileTree, layout: FolderLayout, image_size, channels, val_fraction, seed) -> str:
@@ -253,17 +249,28 @@ def _read_cache(cache_dir: Path, key: str) -> FolderData | None:
             class_names = tuple(npz["class_names"].tolist())
             splits = {s: (npz[f"x_{s}"], npz[f"y_{s}"]) for s in SPLIT_NAMES if f"x_{s}" in npz.files}
             skipped = npz["skipped"].tolist()
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None  # a damaged cache is rebuilt
     return FolderData(meta, class_names, splits, skipped)
 
 
 def _write_cache(cache_dir: Path, key: str, data: FolderData) -> None:
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    """Best effort: a cache that cannot be written costs the next run a decode, nothing more."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        warnings.warn(f"{cache_dir}: cannot cache decoded images ({e.strerror}); they will be decoded again",
+                      stacklevel=3)
+        return
     arrays = {"meta": np.asarray(data.origin), "class_names": np.asarray(data.class_names),
               "skipped": np.asarray(data.skipped, dtype=str)}
     for s, (x, y) in data.splits.items():
         arrays[f"x_{s}"], arrays[f"y_{s}"] = x, y
     tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **arrays)
-    tmp.replace(cache_dir / f"{key}.npz")
+    try:
+        np.savez(tmp, **arrays)
+        tmp.replace(cache_dir / f"{key}.npz")
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        warnings.warn(f"{cache_dir}: cannot cache decoded images ({e.strerror}); they will be decoded again",
+                      stacklevel=3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .arrays import ArrayDataset
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -69,7 +69,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except PermissionError:
         raise UserError(f"{path}: permission denied; make the file readable") from None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable .npz file ({_reason(e)}); re-download or re-save it") from None
+        raise UserError(f"{path}: not a readable .npz file ({first_line(e)}); re-download or re-save it") from None
 
 
 def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
@@ -91,7 +91,7 @@ def read_idx(path: Path) -> np.ndarray:
     except PermissionError:
         raise UserError(f"{path}: permission denied; make the file readable") from None
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"{path}: cannot be read ({_reason(e)}); re-download it") from None
+        raise UserError(f"{path}: cannot be read ({first_line(e)}); re-download it") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise UserError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = raw[3]
@@ -108,5 +108,3 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def _reason(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__

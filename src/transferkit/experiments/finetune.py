@@ -18,13 +18,13 @@ from ..config import PRECISIONS
 from ..data import cache_dir, load_folder
 from ..data.splits import subsample
 from ..data.preprocess import InputTransform
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
 from ..reporting.console import ConsoleProgress, comparison_table
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, save_figures
-from ..training import (TensorBatches, compute_features, fit, freeze, resolve_precision,
-                        trainable_parameters)
+from ..training import (TensorBatches, compute_features, fit, freeze, resolve_precision, trainable_parameters,
+                        unfreeze)
 from ..training.runtime import keep_freed_memory
 from .split import prepare_run_dir, stop_on_interrupt
 
@@ -63,6 +63,12 @@ class FinetuneConfig:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
         if self.image_size is not None and self.image_size < 16:
             raise UserError(f"--image-size must be at least 16, got {self.image_size}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or more, got {self.seed}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -136,7 +142,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
     try:
         with stop_on_interrupt() as should_stop:
             # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
-            freeze(model.features)
+            freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
             start = time.perf_counter()
             if config.feature_cache and not config.augment:
                 prefix = nn.Sequential(transform, model.features)
@@ -153,7 +159,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
             results["phases"]["frozen"] = phases["frozen"].to_dict()
             if config.unfreeze_epochs:
                 # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does.
-                model.features.requires_grad_(True)
+                unfreeze(model.features)
                 optimizer = torch.optim.Adam([
                     {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
                     {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
@@ -165,10 +171,13 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
                 phases["unfrozen"] = _phase("unfrozen", classes, len(yt), len(yv), history,
                                             time.perf_counter() - start, count_params(model))
                 results["phases"]["unfrozen"] = phases["unfrozen"].to_dict()
+    except (Interrupted, KeyboardInterrupt) as e:
+        if run_dir is not None:
+            write_status(run_dir, "interrupted", detail=str(e) or "Ctrl-C")
+        raise
     except BaseException as e:
         if run_dir is not None:
-            write_status(run_dir, "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted",
-                         error=f"{type(e).__name__}: {e}")
+            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
     model.eval()
     predictions = _predict(nn.Sequential(transform, model), xv, config.batch_size)

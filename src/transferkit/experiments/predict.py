@@ -32,7 +32,10 @@ def model_file(run_dir: Path) -> Path:
     """The model a run folder offers for prediction (results.json names it)."""
     if not (run_dir / RESULTS_FILE).is_file():
         raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE}); give the folder of a run")
-    return run_dir / read_results(run_dir).get("model", "weights/transfer.safetensors")
+    try:
+        return run_dir / read_results(run_dir).get("model", "weights/transfer.safetensors")
+    except (ValueError, AttributeError):
+        raise UserError(f"{run_dir / RESULTS_FILE}: damaged; the run's weights are in {run_dir / 'weights'}") from None
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:

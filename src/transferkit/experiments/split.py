@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from rich.console import Console
@@ -19,6 +20,7 @@ from torch import nn
 
 from ..config import PRESETS, ModelConfig, SplitConfig, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
+from ..data.splits import subsample
 from ..errors import Interrupted, UserError
 from ..models import SeedCNN, count_params, keras_init, layer_rows
 from ..reporting import (STATUS_FILE, PhaseResult, describe_environment, load_model, read_results, read_status,
@@ -166,12 +168,15 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                         image_size=config.image_size)
     src, tgt = resolve_split(config.source, config.target, data.class_names)
     precision = resolve_precision(config.train.precision)
+    # Sizes that do not fit the images fail here, before a run folder exists.
+    SeedCNN(config.model, data.image_shape[0], data.image_shape[1:], len(src))
     run_dir = None
     if resume is not None:
         run_dir = Path(resume)
     elif save:
         run_dir = Path(out) if out is not None else default_run_dir(config.dataset)
         prepare_run_dir(run_dir, force)
+        write_status(run_dir, "running", phase="setup")
 
     splits = {"source": split_by_class(data, src, config.limit), "target": split_by_class(data, tgt, config.limit)}
     console.print(f"[bold]transferkit[/] split experiment on {data.name} ({data.origin})")
@@ -193,7 +198,8 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     result = SplitResult(config, results, {}, run_dir=run_dir)
     if run_dir is not None and previous is None:
         write_results(run_dir, results)  # the configuration, so the run can be resumed from its first epoch
-    figures = {"samples": samples_figure({g: (s.x_train[:16], s.y_train[:16], list(s.class_names))
+    shown = {g: subsample(np.arange(len(s.y_train)), 16) for g, s in splits.items()}  # every class, not the first
+    figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]], list(s.class_names))
                                           for g, s in splits.items()})}
     runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir)
     # What predict needs to feed the saved networks: resize to the data set's size, scale to [0, 1].
@@ -223,6 +229,10 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
         stop.run_dir = run_dir
         if run_dir is not None:
             write_status(run_dir, "interrupted", detail=str(stop))
+        raise
+    except KeyboardInterrupt:
+        if run_dir is not None:
+            write_status(run_dir, "interrupted", detail="stopped at once by a second Ctrl-C; resume from the last epoch")
         raise
     except BaseException as e:
         if run_dir is not None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 import torchvision
-from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from ..download import download
 from ..errors import UserError
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
@@ -61,7 +60,6 @@ class BackboneClassifier(nn.Module):
         setattr(model.get_submodule(parent_name), name, nn.Identity())  # what remains gives pooled features
         self.replaced = qualified  # e.g. "fc" or "classifier.3": its weights are ImageNet's head, not loaded
         self.features = model
-        self.num_features = last.in_features
         self.classifier = nn.Sequential(
             nn.Dropout(head.dropout), nn.Linear(last.in_features, head.units), nn.ReLU(),
             nn.Dropout(head.dropout), nn.Linear(head.units, num_classes))
@@ -104,7 +102,9 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
     if weights == "imagenet":
         path, meta = imagenet_weights_file(model.backbone)
         if not path.is_file():
-            _download(meta.url, path, timeout)
+            download(meta.url, path, timeout, if_offline=(
+                f"ImageNet weights are not here and cannot be downloaded (no network?): put {path.name} "
+                f"(from {meta.url}) in {path.parent}, or use --weights none / --weights FILE"))
         state = _read_state(path)
         t = meta.transforms()
         preprocessing = Preprocessing(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),
@@ -120,25 +120,16 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
     if _saved_by_transferkit(path):  # a finetune run's model: its features are this backbone
         state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
     state = {k: v for k, v in state.items() if not k.startswith(f"{model.replaced}.")}
-    missing, unexpected = model.features.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.features.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # tensors of other shapes: weights of another architecture
+        lines = str(e).splitlines()
+        raise UserError(f"--weights {path}: does not fit {model.backbone} "
+                        f"({lines[1].strip() if len(lines) > 1 else lines[0]})") from None
     if missing or unexpected:
         raise UserError(f"--weights {path}: does not fit {model.backbone} ({len(missing)} missing, "
                         f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]})")
     return preprocessing
-
-
-def _download(url: str, path: Path, timeout: float) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
-        tmp.replace(path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"ImageNet weights are not here and cannot be downloaded (no network?): put {path.name} "
-                        f"(from {url}) in {path.parent}, or use --weights none / --weights FILE") from None
 
 
 def _saved_by_transferkit(path: Path) -> bool:
@@ -156,7 +147,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, OSError, EOFError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types on a file that is no state dict
         raise UserError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:160]}); "
                         "give safetensors or a plain state dict") from None
     if isinstance(state, dict) and "state_dict" in state:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import write_atomic
 from ..errors import UserError
 from ..models import BackboneClassifier, SeedCNN
 from .results import write_text_atomic
@@ -22,17 +22,8 @@ def save_model(directory: Path, name: str, model: nn.Module, class_names: list[s
     directory.mkdir(parents=True, exist_ok=True)
     spec = {**model.spec(), "class_names": list(class_names), "preprocessing": preprocessing}
     weights = directory / f"{name}.safetensors"
-    tmp = weights.with_name(f".{weights.name}.tmp")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    try:
-        save_file(state, str(tmp), metadata={"transferkit_spec": json.dumps(spec)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, weights)
-    except (OSError, SafetensorError) as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{weights}: cannot write ({getattr(e, 'strerror', None) or e}); the previous version is "
-                        "kept. Free disk space, then resume the run with --resume.") from None
+    write_atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"transferkit_spec": json.dumps(spec)}))
     write_text_atomic(directory / f"{name}.json", json.dumps(spec, indent=2) + "\n")
     return weights
 
@@ -46,10 +37,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
             raise UserError(f"{f}: not found; point at a <phase>.safetensors in a run's weights/ folder")
     try:
         spec = json.loads(spec_file.read_text(encoding="utf-8"))
-        arch = ARCHITECTURES[spec["architecture"]]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise UserError(f"{spec_file}: not a transferkit model description ({e})") from None
-    model = arch.from_spec(spec)
+        model = ARCHITECTURES[spec["architecture"]].from_spec(spec)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{spec_file}: not a transferkit model description ({type(e).__name__}: {e})") from None
     try:
         state = load_file(str(weights))
         model.load_state_dict(state)

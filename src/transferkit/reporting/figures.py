@@ -6,7 +6,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from ..errors import UserError
+from ..atomic import write_atomic
 from matplotlib.figure import Figure  # Figure objects, not pyplot: no global state, no display needed
 
 PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728"}
@@ -60,8 +60,7 @@ def samples_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], 
             ax = axes[g * rows_per_group + i // cols][i % cols]
             ax.axis("off")
             if i < min(per_group, len(images)):
-                img = images[i]
-                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+                _show(ax, images[i])
                 ax.set_title(f"{group}: {names[labels[i]]}", fontsize=7)
     _tight(fig)
     return fig
@@ -71,19 +70,23 @@ def save_figures(figures: dict[str, Figure], directory: Path) -> list[Path]:
     paths = []
     for name, fig in figures.items():
         path = directory / f"{name}.png"
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with warnings.catch_warnings():
-                # Class names in scripts the default font lacks (CJK, ...) draw as boxes; a warning per glyph is noise.
-                warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-                fig.savefig(tmp, dpi=100, format="png")
-            tmp.replace(path)  # a finished figure is never replaced by a half-written one
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise UserError(f"{path}: cannot write ({e.strerror or e}); the previous version is kept. "
-                            "Free disk space, then resume the run with --resume.") from None
+        write_atomic(path, lambda tmp, fig=fig: _savefig(fig, tmp))
         paths.append(path)
     return paths
+
+
+def _show(ax, img: np.ndarray) -> None:
+    """A uint8 image (H, W), (H, W, 1) or (H, W, 3) at its true brightness."""
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
+
+
+def _savefig(fig: Figure, path: Path) -> None:
+    with warnings.catch_warnings():
+        # Class names in scripts the default font lacks (CJK, ...) draw as boxes; a warning per glyph is noise.
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        fig.savefig(path, dpi=100, format="png")
 
 
 def _tight(fig: Figure) -> None:
@@ -121,7 +124,7 @@ def misclassified_figure(images: np.ndarray, truth: np.ndarray, predicted: np.nd
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(images):
-            ax.imshow(images[i], cmap="gray" if images[i].ndim == 2 else None, vmin=0, vmax=255)
+            _show(ax, images[i])
             ax.set_title(f"{class_names[truth[i]]} -> {class_names[predicted[i]]}", fontsize=7, color="#b00")
     if len(images) == 0:
         axes[0][0].text(0, 0.5, "no misclassified images", fontsize=10)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import UserError
-from ..models import LayerRow, ParamCounts
+from ..atomic import write_atomic
+from ..models import ParamCounts
 from ..training import EpochRecord
 
 RESULTS_FILE = "results.json"
@@ -32,7 +30,6 @@ class PhaseResult:
     test_accuracy: float
     params: ParamCounts
     history: list[EpochRecord]
-    layers: list[LayerRow] = field(default_factory=list)
     feature_cache_seconds: float | None = None  # part of train_seconds, when the frozen features were cached
 
     def to_dict(self) -> dict:
@@ -62,25 +59,8 @@ class PhaseResult:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a temporary file, fsync and a rename, so `path` is never left half-written.
-
-    When the write fails (a full disk), the previous file stays whole and the error says so.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({e.strerror or e}); the previous version is kept. "
-                        "Free disk space, then resume the run with --resume.") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `text` so that `path` is never left half-written (see atomic.write_atomic)."""
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_results(run_dir: Path, results: dict) -> None:

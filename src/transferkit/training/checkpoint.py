@@ -8,7 +8,6 @@ Nothing is ever unpickled, so a checkpoint cannot carry code.
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..atomic import write_atomic
 from ..errors import UserError
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -72,17 +72,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write through a temporary file, fsync and rename: the previous checkpoint stays whole until then."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={_META_KEY: json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write the checkpoint ({e.strerror or e}); the previous one is kept. "
-                        "Free disk space and resume.") from None
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)}))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

@@ -7,10 +7,21 @@ from torch import nn
 NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def freeze(module: nn.Module) -> None:
-    """Stop `module` from learning: its parameters get no gradients and its BatchNorm stays in eval mode."""
+def freeze(module: nn.Module, eval_mode: bool = False) -> None:
+    """Stop `module` from learning: its parameters get no gradients and its BatchNorm stays in eval mode.
+
+    With `eval_mode`, the whole module stays in eval mode while the rest trains (dropout and stochastic
+    depth off), as a pretrained backbone should; without, its Dropout still acts, as in Keras' trainable=False.
+    """
     module.requires_grad_(False)
     module.eval()
+    module.frozen_eval = eval_mode
+
+
+def unfreeze(module: nn.Module) -> None:
+    """Undo freeze: gradients again, and training mode follows the model's."""
+    module.requires_grad_(True)
+    module.frozen_eval = False
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -22,6 +33,8 @@ def train_mode(model: nn.Module) -> None:
     """model.train(), except that normalisation layers with frozen parameters keep their running statistics."""
     model.train()
     for m in model.modules():
+        if getattr(m, "frozen_eval", False):
+            m.eval()
         params = list(m.parameters(recurse=False))
         if isinstance(m, NORM_TYPES) and params and not any(p.requires_grad for p in params):
             m.eval()
