@@ -126,7 +126,9 @@ def _resume_command(run_dir: object) -> str:
               help="Frozen stage without augmentation: run the backbone once and train the head on its features.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-finetune-<data>.")
 @click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
-def finetune_command(data: str, out: str | None, force: bool, **options: object) -> None:
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
+def finetune_command(data: str, out: str | None, force: bool, resume: str | None, **options: object) -> None:
     """Fine-tune a pretrained backbone on your image folders (train/ and val/ of class folders, one folder of
     class folders, or a .zip / .tar.gz of either): a new head on the frozen backbone, then optionally the
     whole network. The run folder holds the model for `transferkit predict`.
@@ -139,10 +141,13 @@ def finetune_command(data: str, out: str | None, force: bool, **options: object)
     """
     from .experiments import finetune
 
+    if resume is not None and out is not None:
+        raise UserError("--resume continues the given run folder; drop --out")
     try:
-        finetune(data, out=out, force=force, **options)
-    except Interrupted:
-        click.echo("interrupted; the run folder says so in status.json", err=True)
+        finetune(data, out=out, resume=resume, force=force, **options)
+    except Interrupted as stop:
+        click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
+                   f"  transferkit {_resume_command(stop.run_dir)}", err=True)
         raise click.exceptions.Exit(130) from None
 
 

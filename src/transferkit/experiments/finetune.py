@@ -25,8 +25,9 @@ from ..reporting.console import ConsoleProgress, comparison_table
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, save_figures
 from ..training import (TensorBatches, compute_features, fit, freeze, resolve_precision, trainable_parameters,
                         unfreeze)
+from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.runtime import keep_freed_memory
-from .split import prepare_run_dir, stop_on_interrupt
+from .split import prepare_run_dir, resumable, stop_on_interrupt
 
 
 @dataclass(frozen=True)
@@ -89,11 +90,13 @@ class FinetuneResult:
                 f"{last.test_accuracy:.4f} after {', '.join(f'{p.epochs} {n}' for n, p in self.phases.items())} epochs")
 
 
-def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = False, save: bool = True,
+def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | Path | None = None,
+             force: bool = False, save: bool = True,
              verbose: bool = True, head_units: int = 256, head_dropout: float = 0.5, **options: object) -> FinetuneResult:
     """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
 
     `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`).
+    `resume` continues an interrupted run folder from its last checkpoint (same options).
     """
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **{k: v for k, v in options.items() if v is not None})
@@ -112,8 +115,9 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
     x_val, y_val = _limited(folder.splits.get("val", folder.splits.get("test")), config.limit)
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
     precision = resolve_precision(config.precision)
-    run_dir = None
-    if save:
+    previous = resumable(Path(resume), config) if resume is not None else None
+    run_dir = Path(resume) if resume is not None else None
+    if save and resume is None:
         run_dir = Path(out) if out is not None else Path("runs") / (
             f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-finetune-{Path(config.data).stem}")
         prepare_run_dir(run_dir, force)
@@ -122,16 +126,16 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
                   f"input {pre.crop}px, precision {precision.name}")
     if folder.skipped:
         console.print(f"[yellow]skipped {len(folder.skipped)} unreadable file(s)[/]: " + "; ".join(folder.skipped[:3]))
-    results = {
+    results = previous or {
         "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"origin": folder.origin, "class_names": classes, "train_samples": len(y_train),
                     "val_samples": len(y_val), "skipped": folder.skipped},
         "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
         "environment": describe_environment(precision), "phases": {}, "model": "weights/model.safetensors",
     }
+    checkpoints = Checkpointer(run_dir / CHECKPOINT_FILE) if run_dir is not None else None
     if run_dir is not None:
         write_results(run_dir, results)
-        write_status(run_dir, "running", phase="frozen")
 
     transform = InputTransform(pre.crop, pre.mean, pre.std, augment=config.augment,
                                vertical_flip=config.vertical_flip)
@@ -139,41 +143,59 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
     yt, yv = torch.from_numpy(y_train), torch.from_numpy(y_val)
     dtype = precision.autocast_dtype
     phases: dict[str, PhaseResult] = {}
+
+    def stage(name: str, trained: nn.Module, optimizer: torch.optim.Optimizer, train_in: torch.Tensor,
+              val_in: torch.Tensor, epochs: int, seed: int, start: float, should_stop) -> None:
+        """Train one stage with a checkpoint after every epoch; record its PhaseResult."""
+        if run_dir is not None:
+            write_status(run_dir, "running", phase=name)
+        batches = TensorBatches(train_in, yt, config.batch_size, seed)
+        state, before = checkpoints.restore(name, model, optimizer, batches, console) if checkpoints else (None, 0.0)
+
+        def checkpoint(fit_state) -> None:
+            if checkpoints is not None:
+                checkpoints.save(name, model, optimizer, batches, fit_state, before + time.perf_counter() - start)
+
+        history = fit(trained, optimizer, batches, val_in, yv, epochs, config.batch_size, dtype,
+                      ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop)
+        phases[name] = _phase(name, classes, len(yt), len(yv), history, before + time.perf_counter() - start,
+                              count_params(model))
+        results["phases"][name] = phases[name].to_dict()
+        if run_dir is not None:
+            write_results(run_dir, results)
+
     try:
         with stop_on_interrupt() as should_stop:
             # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
             freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
-            start = time.perf_counter()
-            if config.feature_cache and not config.augment:
-                prefix = nn.Sequential(transform, model.features)
-                train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype) for x in (xt, xv))
-                trained = model.classifier
+            if checkpoints is not None and resume is not None and checkpoints.phase() == "unfrozen":
+                phases["frozen"] = PhaseResult.from_dict("frozen", results["phases"]["frozen"])  # done before
             else:
-                train_in, val_in, trained = xt, xv, nn.Sequential(transform, model)
-            optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
-            history = fit(trained, optimizer, TensorBatches(train_in, yt, config.batch_size, config.seed), val_in,
-                          yv, config.epochs, config.batch_size, dtype, ConsoleProgress(console, "frozen"),
-                          should_stop=should_stop)
-            phases["frozen"] = _phase("frozen", classes, len(yt), len(yv), history, time.perf_counter() - start,
-                                      count_params(model))
-            results["phases"]["frozen"] = phases["frozen"].to_dict()
+                start = time.perf_counter()
+                if config.feature_cache and not config.augment:
+                    prefix = nn.Sequential(transform, model.features)
+                    train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype) for x in (xt, xv))
+                    trained = model.classifier
+                else:
+                    train_in, val_in, trained = xt, xv, nn.Sequential(transform, model)
+                optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
+                stage("frozen", trained, optimizer, train_in, val_in, config.epochs, config.seed, start, should_stop)
             if config.unfreeze_epochs:
                 # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does.
                 unfreeze(model.features)
                 optimizer = torch.optim.Adam([
                     {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
                     {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
-                start = time.perf_counter()
-                history = fit(nn.Sequential(transform, model), optimizer,
-                              TensorBatches(xt, yt, config.batch_size, config.seed + 1), xv, yv,
-                              config.unfreeze_epochs, config.batch_size, dtype, ConsoleProgress(console, "unfrozen"),
-                              should_stop=should_stop)
-                phases["unfrozen"] = _phase("unfrozen", classes, len(yt), len(yv), history,
-                                            time.perf_counter() - start, count_params(model))
-                results["phases"]["unfrozen"] = phases["unfrozen"].to_dict()
-    except (Interrupted, KeyboardInterrupt) as e:
+                stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, xv, config.unfreeze_epochs,
+                      config.seed + 1, time.perf_counter(), should_stop)
+    except Interrupted as e:
+        e.run_dir = run_dir
         if run_dir is not None:
-            write_status(run_dir, "interrupted", detail=str(e) or "Ctrl-C")
+            write_status(run_dir, "interrupted", detail=str(e))
+        raise
+    except KeyboardInterrupt:
+        if run_dir is not None:
+            write_status(run_dir, "interrupted", detail="stopped at once by a second Ctrl-C; resume from the last epoch")
         raise
     except BaseException as e:
         if run_dir is not None:
@@ -191,6 +213,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, force: bool = F
         write_results(run_dir, results)
         save_figures(figures, run_dir)
         write_status(run_dir, "complete")
+        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the model is saved
     result = FinetuneResult(config, results, phases, model, figures, run_dir)
     console.print(comparison_table(results["phases"]))
     console.print(result.summary())

@@ -28,11 +28,10 @@ from ..reporting import (STATUS_FILE, PhaseResult, describe_environment, load_mo
 from ..reporting.console import ConsoleProgress, comparison_table, print_summary, transfer_verdict
 from ..reporting.figures import curves_figure, samples_figure, save_figures, time_figure
 from ..reporting.results import RESULTS_FILE
-from ..training import (CHECKPOINT_FILE, FitState, Precision, TensorBatches, compute_features, fit,
-                        freeze, images_to_tensor, load_checkpoint, make_optimizer, resolve_precision,
-                        save_checkpoint, split_frozen, trainable_parameters)
+from ..training import (CHECKPOINT_FILE, FitState, Precision, TensorBatches, compute_features, fit, freeze,
+                        images_to_tensor, make_optimizer, resolve_precision, split_frozen, trainable_parameters)
 from ..training.runtime import keep_freed_memory
-from ..training.checkpoint import capture_rng, optimizer_from_tensors, optimizer_to_tensors, restore_rng
+from ..training.checkpoint import Checkpointer
 
 PHASES = ("source", "transfer", "scratch")
 
@@ -255,7 +254,7 @@ class _PhaseRunner:
     def __init__(self, config: SplitConfig, image_shape: tuple[int, int, int], precision: Precision,
                  console: Console, run_dir: Path | None):
         self.config, self.image_shape, self.precision, self.console = config, image_shape, precision, console
-        self.checkpoint = run_dir / CHECKPOINT_FILE if run_dir is not None else None
+        self.checkpoints = Checkpointer(run_dir / CHECKPOINT_FILE) if run_dir is not None else None
 
     def run(self, phase: str, split: ClassSplit, source_model: nn.Module | None,
             should_stop: Callable[[], bool]) -> tuple[nn.Module, PhaseResult]:
@@ -276,7 +275,8 @@ class _PhaseRunner:
 
         optimizer = make_optimizer(trainable_parameters(model), cfg)
         batches = TensorBatches(x_train, y_train, cfg.batch_size, seed=seed)
-        state, elapsed_before = self._restore(phase, model, optimizer, batches)
+        state, elapsed_before = (self.checkpoints.restore(phase, model, optimizer, batches, self.console)
+                                 if self.checkpoints is not None else (None, 0.0))
         autocast_dtype = self.precision.autocast_dtype
         start = time.perf_counter()
         cache_seconds = None
@@ -292,8 +292,9 @@ class _PhaseRunner:
                                f"{len(x_test)} images in {cache_seconds:.1f}s")
 
         def checkpoint(fit_state: FitState) -> None:
-            if self.checkpoint is not None:
-                self._save(phase, model, optimizer, batches, fit_state, elapsed_before + time.perf_counter() - start)
+            if self.checkpoints is not None:
+                self.checkpoints.save(phase, model, optimizer, batches, fit_state,
+                                      elapsed_before + time.perf_counter() - start)
 
         history = fit(trained, optimizer, batches, x_test, y_test, cfg.epochs, cfg.eval_batch_size, autocast_dtype,
                       ConsoleProgress(self.console, phase), state=state, on_checkpoint=checkpoint,
@@ -306,35 +307,6 @@ class _PhaseRunner:
             test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy, params=counts,
             history=history, feature_cache_seconds=cache_seconds,
         )
-
-    def _save(self, phase, model, optimizer, batches, fit_state: FitState, elapsed: float) -> None:
-        optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
-        batch_tensors, batch_meta = batches.state_dict()
-        rng_tensors, rng_meta = capture_rng()
-        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors, **batch_tensors,
-                   **rng_tensors}
-        meta = {"phase": phase, "fit": fit_state.to_dict(), "optimizer": optim_meta, "batches": batch_meta,
-                "rng": rng_meta, "elapsed_seconds": elapsed}
-        save_checkpoint(self.checkpoint, tensors, meta)
-
-    def _restore(self, phase, model, optimizer, batches) -> tuple[FitState | None, float]:
-        """Load this phase's checkpoint, if the run was interrupted in it; (fit state, seconds spent before)."""
-        if self.checkpoint is None or not self.checkpoint.is_file():
-            return None, 0.0
-        tensors, meta = load_checkpoint(self.checkpoint)
-        if meta.get("phase") != phase:
-            return None, 0.0
-        try:
-            model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-            optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
-            batches.load_state_dict(tensors, meta["batches"])
-            restore_rng(tensors, meta["rng"])
-            state = FitState.from_dict(meta["fit"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise UserError(f"{self.checkpoint}: does not fit this run ({str(e).splitlines()[0][:160]}); "
-                            "start a new run") from None
-        self.console.print(f"resuming phase {phase} at epoch {state.epoch}, step {batches.position}")
-        return state, meta["elapsed_seconds"]
 
     def _transfer_model(self, source_model: nn.Module, num_classes: int) -> SeedCNN:
         model = copy.deepcopy(source_model)

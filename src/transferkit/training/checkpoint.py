@@ -88,3 +88,47 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError(f"{path}: not a readable transferkit checkpoint ({str(e).splitlines()[0][:120]}); "
                         "it may be truncated: start the run again without --resume") from None
     return tensors, meta
+
+
+class Checkpointer:
+    """Saves and restores one phase's training state (model, optimizer, batch order, RNGs, fit state)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, phase: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches, fit_state,
+             elapsed: float) -> None:
+        optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
+        batch_tensors, batch_meta = batches.state_dict()
+        rng_tensors, rng_meta = capture_rng()
+        tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors, **batch_tensors,
+                   **rng_tensors}
+        meta = {"phase": phase, "fit": fit_state.to_dict(), "optimizer": optim_meta, "batches": batch_meta,
+                "rng": rng_meta, "elapsed_seconds": elapsed}
+        save_checkpoint(self.path, tensors, meta)
+
+    def phase(self) -> str | None:
+        """The phase the last checkpoint was written in, if there is one."""
+        return load_checkpoint(self.path)[1].get("phase") if self.path.is_file() else None
+
+    def restore(self, phase: str, model, optimizer, batches, console=None):
+        """Load the checkpoint into these objects if it was written in `phase`: (FitState, seconds before)."""
+        from .loop import FitState
+
+        if not self.path.is_file():
+            return None, 0.0
+        tensors, meta = load_checkpoint(self.path)
+        if meta.get("phase") != phase:
+            return None, 0.0
+        try:
+            model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+            optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+            batches.load_state_dict(tensors, meta["batches"])
+            restore_rng(tensors, meta["rng"])
+            state = FitState.from_dict(meta["fit"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise UserError(f"{self.path}: does not fit this run ({str(e).splitlines()[0][:160]}); "
+                            "start a new run") from None
+        if console is not None:
+            console.print(f"resuming phase {phase} at epoch {state.epoch}, step {batches.position}")
+        return state, meta["elapsed_seconds"]
