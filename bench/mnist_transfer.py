@@ -20,7 +20,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.table import Table
@@ -33,9 +32,16 @@ from transferkit.config import ModelConfig, TrainConfig  # noqa: E402
 from transferkit.data import load_mnist, split_by_class  # noqa: E402
 from transferkit.models import SeedCNN  # noqa: E402
 from transferkit.reporting.environment import cpu_model  # noqa: E402
+from transferkit.training import (  # noqa: E402
+    TensorBatches,
+    autocast,
+    cpu_flags,
+    images_to_tensor,
+    make_optimizer,
+    resolve_precision,
+    train_one_epoch,
+)
 from transferkit.training.runtime import keep_freed_memory  # noqa: E402
-from transferkit.training import (TensorBatches, autocast, cpu_flags, images_to_tensor,  # noqa: E402
-                                  make_optimizer, resolve_precision, train_one_epoch)
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 

@@ -8,7 +8,7 @@ import sys
 import click
 
 from . import __version__
-from .config import HEADS, OPTIMIZERS, PRECISIONS, DEFAULT_LR
+from .config import DEFAULT_LR, HEADS, OPTIMIZERS, PRECISIONS
 from .errors import Interrupted, UserError
 
 
@@ -74,10 +74,15 @@ def run_command(dataset: str, out: str | None, force: bool, resume: str | None, 
     """
     from .experiments import run_split  # torch loads here, not for --help
 
+    _resumable(run_split, dataset, out=out, resume=resume, force=force, **options)
+
+
+def _resumable(command, *args, out: str | None, resume: str | None, **kwargs) -> None:
+    """Run an experiment; on Ctrl-C print the command that resumes it and exit 130."""
     if resume is not None and out is not None:
         raise UserError("--resume continues the given run folder; drop --out")
     try:
-        run_split(dataset, out=out, resume=resume, force=force, **options)
+        command(*args, out=out, resume=resume, **kwargs)
     except Interrupted as stop:
         click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
                    f"  transferkit {_resume_command(stop.run_dir)}", err=True)
@@ -141,14 +146,7 @@ def finetune_command(data: str, out: str | None, force: bool, resume: str | None
     """
     from .experiments import finetune
 
-    if resume is not None and out is not None:
-        raise UserError("--resume continues the given run folder; drop --out")
-    try:
-        finetune(data, out=out, resume=resume, force=force, **options)
-    except Interrupted as stop:
-        click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
-                   f"  transferkit {_resume_command(stop.run_dir)}", err=True)
-        raise click.exceptions.Exit(130) from None
+    _resumable(finetune, data, out=out, resume=resume, force=force, **options)
 
 
 @cli.command("predict")

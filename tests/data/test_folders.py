@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferkit.data import load_dataset, load_folder
 from transferkit.data import folders as folders_module
+from transferkit.data import load_dataset, load_folder
 from transferkit.errors import UserError
 
 

@@ -3,6 +3,7 @@ new head, then optionally an unfrozen stage that trains everything with a smalle
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -16,15 +17,15 @@ from torch import nn
 
 from ..config import PRECISIONS
 from ..data import cache_dir, load_folder
-from ..data.splits import subsample
 from ..data.preprocess import InputTransform
-from ..errors import Interrupted, UserError
+from ..data.splits import subsample
+from ..errors import UserError
 from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
 from ..reporting.console import ConsoleProgress, comparison_table
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, save_figures
-from ..training import (TensorBatches, compute_features, fit, freeze, resolve_precision, trainable_parameters,
-                        unfreeze)
+from ..reporting.status import recording_status
+from ..training import TensorBatches, compute_features, fit, freeze, resolve_precision, trainable_parameters, unfreeze
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.runtime import keep_freed_memory
 from .split import prepare_run_dir, resumable, stop_on_interrupt
@@ -100,7 +101,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     """
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **{k: v for k, v in options.items() if v is not None})
-    console = Console(quiet=not verbose, highlight=False)
+    console = Console(quiet=not verbose, highlight=False, width=None if sys.stdout.isatty() else 120)  # logs: wide tables
     keep_freed_memory()
     torch.manual_seed(config.seed)
     model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
@@ -164,43 +165,29 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         if run_dir is not None:
             write_results(run_dir, results)
 
-    try:
-        with stop_on_interrupt() as should_stop:
-            # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
-            freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
-            if checkpoints is not None and resume is not None and checkpoints.phase() == "unfrozen":
-                phases["frozen"] = PhaseResult.from_dict("frozen", results["phases"]["frozen"])  # done before
+    with recording_status(run_dir), stop_on_interrupt() as should_stop:
+        # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
+        freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
+        if checkpoints is not None and resume is not None and checkpoints.phase() == "unfrozen":
+            phases["frozen"] = PhaseResult.from_dict("frozen", results["phases"]["frozen"])  # done before
+        else:
+            start = time.perf_counter()
+            if config.feature_cache and not config.augment:
+                prefix = nn.Sequential(transform, model.features)
+                train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype) for x in (xt, xv))
+                trained = model.classifier
             else:
-                start = time.perf_counter()
-                if config.feature_cache and not config.augment:
-                    prefix = nn.Sequential(transform, model.features)
-                    train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype) for x in (xt, xv))
-                    trained = model.classifier
-                else:
-                    train_in, val_in, trained = xt, xv, nn.Sequential(transform, model)
-                optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
-                stage("frozen", trained, optimizer, train_in, val_in, config.epochs, config.seed, start, should_stop)
-            if config.unfreeze_epochs:
-                # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does.
-                unfreeze(model.features)
-                optimizer = torch.optim.Adam([
-                    {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
-                    {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
-                stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, xv, config.unfreeze_epochs,
-                      config.seed + 1, time.perf_counter(), should_stop)
-    except Interrupted as e:
-        e.run_dir = run_dir
-        if run_dir is not None:
-            write_status(run_dir, "interrupted", detail=str(e))
-        raise
-    except KeyboardInterrupt:
-        if run_dir is not None:
-            write_status(run_dir, "interrupted", detail="stopped at once by a second Ctrl-C; resume from the last epoch")
-        raise
-    except BaseException as e:
-        if run_dir is not None:
-            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
-        raise
+                train_in, val_in, trained = xt, xv, nn.Sequential(transform, model)
+            optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
+            stage("frozen", trained, optimizer, train_in, val_in, config.epochs, config.seed, start, should_stop)
+        if config.unfreeze_epochs:
+            # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does.
+            unfreeze(model.features)
+            optimizer = torch.optim.Adam([
+                {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
+                {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
+            stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, xv, config.unfreeze_epochs,
+                  config.seed + 1, time.perf_counter(), should_stop)
     model.eval()
     predictions = _predict(nn.Sequential(transform, model), xv, config.batch_size)
     results["confusion_matrix"] = _confusion(yv.numpy(), predictions, len(classes)).tolist()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
@@ -21,17 +22,39 @@ from torch import nn
 from ..config import PRESETS, ModelConfig, SplitConfig, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..data.splits import subsample
-from ..errors import Interrupted, UserError
+from ..errors import UserError
 from ..models import SeedCNN, count_params, keras_init, layer_rows
-from ..reporting import (STATUS_FILE, PhaseResult, describe_environment, load_model, read_results, read_status,
-                         save_model, write_results, write_status)
+from ..reporting import (
+    STATUS_FILE,
+    PhaseResult,
+    describe_environment,
+    load_model,
+    read_results,
+    read_status,
+    save_model,
+    write_results,
+    write_status,
+)
 from ..reporting.console import ConsoleProgress, comparison_table, print_summary, transfer_verdict
 from ..reporting.figures import curves_figure, samples_figure, save_figures, time_figure
 from ..reporting.results import RESULTS_FILE
-from ..training import (CHECKPOINT_FILE, FitState, Precision, TensorBatches, compute_features, fit, freeze,
-                        images_to_tensor, make_optimizer, resolve_precision, split_frozen, trainable_parameters)
-from ..training.runtime import keep_freed_memory
+from ..reporting.status import recording_status
+from ..training import (
+    CHECKPOINT_FILE,
+    FitState,
+    Precision,
+    TensorBatches,
+    compute_features,
+    fit,
+    freeze,
+    images_to_tensor,
+    make_optimizer,
+    resolve_precision,
+    split_frozen,
+    trainable_parameters,
+)
 from ..training.checkpoint import Checkpointer
+from ..training.runtime import keep_freed_memory
 
 PHASES = ("source", "transfer", "scratch")
 
@@ -160,7 +183,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     such a folder from its last checkpoint with the same configuration.
     """
     config = make_split_config(dataset, source, target, **options)
-    console = Console(quiet=not verbose, highlight=False)
+    console = Console(quiet=not verbose, highlight=False, width=None if sys.stdout.isatty() else 120)  # logs: wide tables
     keep_freed_memory()
     previous = resumable(Path(resume), config) if resume is not None else None
     data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction, seed=config.train.seed,
@@ -204,39 +227,25 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     # What predict needs to feed the saved networks: resize to the data set's size, scale to [0, 1].
     preprocessing = {"kind": "scale", "channels": data.image_shape[0], "size": list(data.image_shape[1:])}
     phases = PHASES if config.scratch else PHASES[:2]
-    try:
-        with stop_on_interrupt() as should_stop:
-            for phase in phases:
-                split = splits["source" if phase == "source" else "target"]
-                if phase in results["phases"]:  # finished before the run was interrupted
-                    model, _ = load_model(run_dir / "weights" / f"{phase}.safetensors")
-                    phase_result = PhaseResult.from_dict(phase, results["phases"][phase])
-                    console.print(f"phase {phase}: finished before, test accuracy {phase_result.test_accuracy:.4f}")
-                else:
-                    if run_dir is not None:
-                        write_status(run_dir, "running", phase=phase)
-                    model, phase_result = runner.run(phase, split, result.models.get("source"), should_stop)
-                result.models[phase], result.phases[phase] = model, phase_result
-                results["phases"][phase] = phase_result.to_dict()
-                figures["curves"] = curves_figure(results["phases"])
-                figures["training_time"] = time_figure(results["phases"])
+    with recording_status(run_dir), stop_on_interrupt() as should_stop:
+        for phase in phases:
+            split = splits["source" if phase == "source" else "target"]
+            if phase in results["phases"]:  # finished before the run was interrupted
+                model, _ = load_model(run_dir / "weights" / f"{phase}.safetensors")
+                phase_result = PhaseResult.from_dict(phase, results["phases"][phase])
+                console.print(f"phase {phase}: finished before, test accuracy {phase_result.test_accuracy:.4f}")
+            else:
                 if run_dir is not None:
-                    save_model(run_dir / "weights", phase, model, list(split.class_names), preprocessing)
-                    write_results(run_dir, results)
-                    save_figures(figures, run_dir)
-    except Interrupted as stop:
-        stop.run_dir = run_dir
-        if run_dir is not None:
-            write_status(run_dir, "interrupted", detail=str(stop))
-        raise
-    except KeyboardInterrupt:
-        if run_dir is not None:
-            write_status(run_dir, "interrupted", detail="stopped at once by a second Ctrl-C; resume from the last epoch")
-        raise
-    except BaseException as e:
-        if run_dir is not None:
-            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
-        raise
+                    write_status(run_dir, "running", phase=phase)
+                model, phase_result = runner.run(phase, split, result.models.get("source"), should_stop)
+            result.models[phase], result.phases[phase] = model, phase_result
+            results["phases"][phase] = phase_result.to_dict()
+            figures["curves"] = curves_figure(results["phases"])
+            figures["training_time"] = time_figure(results["phases"])
+            if run_dir is not None:
+                save_model(run_dir / "weights", phase, model, list(split.class_names), preprocessing)
+                write_results(run_dir, results)
+                save_figures(figures, run_dir)
     if run_dir is not None:
         write_status(run_dir, "complete")
         (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the weights of every phase are saved

@@ -6,8 +6,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from ..atomic import write_atomic
 from matplotlib.figure import Figure  # Figure objects, not pyplot: no global state, no display needed
+
+from ..atomic import write_atomic
 
 PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728"}
 

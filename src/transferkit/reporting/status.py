@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..errors import Interrupted
 from .results import write_text_atomic
 
 STATUS_FILE = "status.json"
@@ -21,3 +24,23 @@ def read_status(run_dir: Path) -> dict | None:
         return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+@contextlib.contextmanager
+def recording_status(run_dir: Path | None) -> Iterator[None]:
+    """Training inside: status.json becomes interrupted (Ctrl-C) or failed (with the error) when it ends early."""
+    try:
+        yield
+    except Interrupted as stop:
+        stop.run_dir = run_dir
+        if run_dir is not None:
+            write_status(run_dir, "interrupted", detail=str(stop))
+        raise
+    except KeyboardInterrupt:
+        if run_dir is not None:
+            write_status(run_dir, "interrupted", detail="stopped at once by a second Ctrl-C; resume from the last epoch")
+        raise
+    except BaseException as e:
+        if run_dir is not None:
+            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise

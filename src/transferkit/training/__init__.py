@@ -1,11 +1,10 @@
 """Training: one loop, freezing, the feature cache, precision."""
 
 from .batches import TensorBatches, images_to_tensor
+from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
 from .feature_cache import compute_features, split_frozen
 from .freezing import freeze, train_mode, trainable_parameters, unfreeze
-from .checkpoint import CHECKPOINT_FILE, load_checkpoint, save_checkpoint
-from .loop import (EpochRecord, FitState, ProgressListener, SilentProgress, autocast, evaluate, fit,
-                   train_one_epoch)
+from .loop import EpochRecord, FitState, ProgressListener, SilentProgress, autocast, evaluate, fit, train_one_epoch
 from .optim import make_optimizer
 from .precision import Precision, cpu_flags, resolve_precision
 
