@@ -163,3 +163,17 @@ def test_run_dataset_from_folder(tmp_path, monkeypatch):
     data = load_dataset(str(root))
     assert data.class_names == ("a", "b", "c", "d") and data.x_test.shape[0] == 16
     assert data.image_shape == (3, 10, 12)
+
+
+def test_cover_keeps_the_aspect_ratio():
+    from transferkit.data.folders import decode_image
+
+    img = np.zeros((10, 40, 3), np.uint8)
+    img[:, 15:25] = 255  # a white bar in the middle of a wide image
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    stretched = decode_image(buf.getvalue(), (10, 10), 3)
+    covered = decode_image(buf.getvalue(), (10, 10), 3, cover=True)
+    assert covered.shape == stretched.shape == (10, 10, 3)
+    assert covered[:, 5].min() == 255 and covered[:, 0].max() == 255 and covered[:, 0].min() == 255
+    assert stretched[:, 0].max() == 0  # stretched: the bar is squeezed into the middle

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import UserError, first_line
 from .archive import FileTree, open_tree
@@ -122,8 +122,12 @@ def stratified_split(items: list[tuple[str, int]], fraction: float, seed: int, w
     return train, val
 
 
-def decode_image(data: bytes, size: tuple[int, int] | None, channels: int) -> np.ndarray:
-    """Decode any image Pillow reads (first frame), convert to L or RGB, resize to (width, height) when given."""
+def decode_image(data: bytes, size: tuple[int, int] | None, channels: int, cover: bool = False) -> np.ndarray:
+    """Decode any image Pillow reads (first frame), convert to L or RGB, resize to (width, height) when given.
+
+    `cover` keeps the aspect ratio: scale until the image covers `size`, then crop the centre (as torchvision's
+    Resize + CenterCrop); otherwise the image is stretched to `size`.
+    """
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -136,7 +140,8 @@ def decode_image(data: bytes, size: tuple[int, int] | None, channels: int) -> np
             img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
         img = img.convert("L" if channels == 1 else "RGB")
         if size is not None and img.size != size:
-            img = img.resize(size, Image.Resampling.BILINEAR)
+            img = (ImageOps.fit(img, size, Image.Resampling.BILINEAR) if cover
+                   else img.resize(size, Image.Resampling.BILINEAR))
         return np.asarray(img, dtype=np.uint8)
 
 
@@ -147,20 +152,22 @@ def probe(data: bytes) -> tuple[tuple[int, int], bool]:
 
 
 def load_folder(path: str | Path, image_size: int | None = None, channels: int | None = None,
-                val_fraction: float = 0.2, seed: int = 0, cache_dir: Path | None = None) -> FolderData:
+                val_fraction: float = 0.2, seed: int = 0, cache_dir: Path | None = None,
+                cover: bool = False) -> FolderData:
     """Read a folder data set, decoding with all cores; a cache under `cache_dir` skips decoding next time.
 
-    `image_size` (square) and `channels` default to the most common size and to 3 if any image has colour.
+    `image_size` (square) and `channels` default to the most common size and to 3 if any image has colour;
+    `cover` resizes keeping the aspect ratio and crops the centre (see decode_image).
     Files that fail to decode are skipped, counted and listed; a class left without images is an error.
     """
     tree = open_tree(path)
     try:
         layout = find_layout(tree, val_fraction, seed)
-        key = _cache_key(tree, layout, image_size, channels, val_fraction, seed)
+        key = _cache_key(tree, layout, (image_size, channels, val_fraction, seed, cover))
         cached = _read_cache(cache_dir, key) if cache_dir else None
         if cached is not None:
             return cached
-        data = _decode_all(tree, layout, image_size, channels)
+        data = _decode_all(tree, layout, image_size, channels, cover)
         if cache_dir:
             _write_cache(cache_dir, key, data)
         return data
@@ -168,7 +175,8 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
         tree.close()
 
 
-def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, channels: int | None) -> FolderData:
+def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, channels: int | None,
+                cover: bool) -> FolderData:
     contents = tree.read_many([f for m in layout.members.values() for f, _ in m])
     raw = {s: [(f, lbl, contents[f]) for f, lbl in m] for s, m in layout.members.items()}
     skipped: list[str] = []
@@ -198,7 +206,7 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
         for split, items in raw.items():
             todo = [(f, lbl, d) for f, lbl, d in items if f in headers]
-            results = list(pool.map(lambda it: _decode_or_reason(it[2], size, channels), todo))
+            results = list(pool.map(lambda it: _decode_or_reason(it[2], size, channels, cover), todo))
             x, y = [], []
             for (f, lbl, _), (arr, reason) in zip(todo, results):
                 if arr is None:
@@ -219,9 +227,9 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
     return FolderData(str(tree.path), layout.class_names, splits, skipped)
 
 
-def _decode_or_reason(data: bytes, size, channels) -> tuple[np.ndarray | None, str]:
+def _decode_or_reason(data: bytes, size, channels, cover) -> tuple[np.ndarray | None, str]:
     try:
-        return decode_image(data, size, channels), ""
+        return decode_image(data, size, channels, cover), ""
     except Image.DecompressionBombError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -232,9 +240,9 @@ def _reason(e: BaseException) -> str:
     return first_line(e)[:120]
 
 
-def _cache_key(tree: FileTree, layout: FolderLayout, image_size, channels, val_fraction, seed) -> str:
+def _cache_key(tree: FileTree, layout: FolderLayout, options: tuple) -> str:
     h = hashlib.sha256()
-    for part in (CACHE_VERSION, tree.stamp(), repr(layout.members), repr((image_size, channels, val_fraction, seed))):
+    for part in (CACHE_VERSION, tree.stamp(), repr(layout.members), repr(options)):
         h.update(part.encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
 

@@ -110,7 +110,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         pre = type(pre)(resize=round(config.image_size * pre.resize / pre.crop), crop=config.image_size,
                         mean=pre.mean, std=pre.std)
     folder = load_folder(config.data, image_size=pre.resize, channels=3, val_fraction=config.val_fraction,
-                         seed=config.seed, cache_dir=cache_dir() / "images")
+                         seed=config.seed, cache_dir=cache_dir() / "images", cover=True)
     classes = list(folder.class_names)
     x_train, y_train = _limited(folder.splits["train"], config.limit)
     x_val, y_val = _limited(folder.splits.get("val", folder.splits.get("test")), config.limit)

@@ -57,6 +57,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     model, spec = load_model(model_file(Path(run_dir)))
     names, pre = spec["class_names"], spec["preprocessing"]
     size, channels, prepare = _preparation(spec, pre)
+    cover = pre.get("kind") == "normalize"  # backbones were trained on aspect-kept, centre-cropped images
     out: list[Prediction] = []
     pending: list[tuple[str, np.ndarray]] = []
 
@@ -74,7 +75,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
 
     for path in image_files(inputs):
         try:
-            pending.append((str(path), decode_image(path.read_bytes(), size, channels)))
+            pending.append((str(path), decode_image(path.read_bytes(), size, channels, cover)))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
             flush()
             out.append(Prediction(str(path), [], f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
