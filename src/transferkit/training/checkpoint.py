@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from ..atomic import write_atomic
 from ..errors import UserError
+from .loop import FitState
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _META_KEY = "transferkit_checkpoint"
@@ -108,13 +109,17 @@ class Checkpointer:
         save_checkpoint(self.path, tensors, meta)
 
     def phase(self) -> str | None:
-        """The phase the last checkpoint was written in, if there is one."""
-        return load_checkpoint(self.path)[1].get("phase") if self.path.is_file() else None
+        """The phase the last checkpoint was written in, if there is one (reads the metadata only)."""
+        if not self.path.is_file():
+            return None
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                return json.loads((f.metadata() or {})[_META_KEY]).get("phase")
+        except (SafetensorError, OSError, KeyError, ValueError):
+            return None  # restore() names the problem when it reads the whole file
 
     def restore(self, phase: str, model, optimizer, batches, console=None):
         """Load the checkpoint into these objects if it was written in `phase`: (FitState, seconds before)."""
-        from .loop import FitState
-
         if not self.path.is_file():
             return None, 0.0
         tensors, meta = load_checkpoint(self.path)
