@@ -44,6 +44,16 @@ def cli(debug: bool) -> None:
               help="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32.  [default: auto]")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Compute the frozen features once for the transfer phase instead of every epoch.")
+@click.option("--backbone", default=None, metavar="NAME",
+              help="A pretrained backbone instead of the seed network (e.g. efficientnet_lite0, resnet50; see "
+              "finetune --help): its ImageNet training is the source, so only the target phase (frozen backbone, "
+              "new head on cached features) and the scratch control run.")
+@click.option("--weights", default=None, metavar="imagenet|FILE",
+              help="With --backbone: its weights.  [default: imagenet]")
+@click.option("--shots", type=int, default=None,
+              help="Train the target phases on N images per class (the small-data case transfer is for).")
+@click.option("--train-fraction", type=float, default=None,
+              help="Or on this share of each target class's training images.")
 @click.option("--filters", type=int, help="Filters per conv layer.  [default: 32; cifar10: 64]")
 @click.option("--kernel-size", type=int, help="[default: 3]")
 @click.option("--pool-size", type=int, help="[default: 2]")
@@ -71,6 +81,7 @@ def run_command(dataset: str, out: str | None, force: bool, resume: str | None, 
       transferkit run mnist --limit 2000 --epochs 1 --out runs/quick
       transferkit run cifar10 --data ../shared/data/cifar10-jpg.zip
       transferkit run photos/ --source cat,dog --target fox,wolf
+      transferkit run cifar10 --data ../shared/data/cifar10-jpg.zip --backbone efficientnet_lite0 --shots 500
     """
     from .experiments import run_split  # torch loads here, not for --help
 

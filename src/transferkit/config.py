@@ -89,6 +89,12 @@ class SplitConfig:
     val_fraction: float = 0.2  # folder data sets without val/ or test/: share of each class held out
     image_size: int | None = None  # folder data sets: square side to resize to (default: most common size)
     scratch: bool = True  # the control; off only to save time where it is not needed (e.g. extra bench seeds)
+    # A pretrained backbone instead of the seed network: its weights are the source (ImageNet), so only the
+    # target phase (frozen backbone, new head) and the scratch control (same network, random weights) run.
+    backbone: str | None = None
+    weights: str = "imagenet"
+    shots: int | None = None  # training images per target class (the small-data case); None: all
+    train_fraction: float | None = None  # or this share of each target class
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -101,6 +107,17 @@ class SplitConfig:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.image_size is not None and self.image_size < 8:
             raise UserError(f"--image-size must be at least 8, got {self.image_size}")
+        if self.backbone is not None and self.source is not None:
+            raise UserError(f"--source: with --backbone {self.backbone} the source is the backbone's pretraining "
+                            "(ImageNet); give --target only")
+        if self.backbone is None and self.weights != "imagenet":
+            raise UserError("--weights is for --backbone; the seed network starts from random weights")
+        if self.shots is not None and self.shots < 1:
+            raise UserError(f"--shots must be at least 1, got {self.shots}")
+        if self.train_fraction is not None and not 0 < self.train_fraction <= 1:
+            raise UserError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
+        if self.shots is not None and self.train_fraction is not None:
+            raise UserError("--shots and --train-fraction both shrink the training set; give one of them")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import platformdirs
-
 from ..download import download
 from ..errors import UserError
+from ..paths import cache_dir
 from .arrays import ArrayDataset
 from .cifar import ARCHIVE_NAME, is_python_version, load_cifar10_python
 from .folders import FolderData, load_folder
@@ -15,11 +14,6 @@ from .mnist import load_mnist
 from .splits import ClassSplit, parse_classes, resolve_split, split_by_class
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-
-
-def cache_dir() -> Path:
-    """transferkit's per-user cache (decoded image folders, downloads); XDG_CACHE_HOME moves it."""
-    return Path(platformdirs.user_cache_dir("transferkit", appauthor=False))
 
 
 def load_dataset(name: str, data: str | None = None, *, val_fraction: float = 0.2, seed: int = 0,

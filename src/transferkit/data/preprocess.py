@@ -15,9 +15,11 @@ class InputTransform(nn.Module):
     """
 
     def __init__(self, crop: int, mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False,
-                 vertical_flip: bool = False, min_scale: float = 0.5):
+                 vertical_flip: bool = False, min_scale: float = 0.5, resize: int | None = None):
         super().__init__()
-        self.crop, self.augment = crop, augment
+        # `resize`: scale whole images to this square size first (small images such as CIFAR's 32 px, kept
+        # small in memory and enlarged per batch for a backbone trained at 224 px).
+        self.crop, self.augment, self.resize = crop, augment, resize
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
         flips = [v2.RandomHorizontalFlip()] + ([v2.RandomVerticalFlip()] if vertical_flip else [])
@@ -25,6 +27,8 @@ class InputTransform(nn.Module):
         self.centre = v2.CenterCrop(crop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
+            x = v2.functional.resize(x, [self.resize, self.resize], antialias=True)
         if self.training and self.augment:
             x = torch.stack([self.random(img) for img in x])
         else:

@@ -101,3 +101,22 @@ def split_by_class(data: ArrayDataset, classes: Sequence[int], limit: int | None
         if len(labels) == 0:
             raise UserError(f"{data.origin}: no {split} images for classes {', '.join(names)}")
     return ClassSplit(names, *parts)
+
+
+def fewer_training_images(split: ClassSplit, shots: int | None = None, fraction: float | None = None,
+                          seed: int = 0) -> ClassSplit:
+    """Keep `shots` training images per class (or that `fraction` of each class), drawn with `seed`; the test
+    images stay all there, so small-data runs are measured on the same test set as full ones."""
+    if shots is None and fraction is None:
+        return split
+    rng = np.random.default_rng(seed)
+    keep = []
+    for label, name in enumerate(split.class_names):
+        members = np.flatnonzero(split.y_train == label)
+        n = shots if shots is not None else max(1, round(fraction * len(members)))
+        if n > len(members):
+            raise UserError(f"--shots {shots}: class {name!r} has only {len(members)} training images; "
+                            f"give --shots {len(members)} or fewer")
+        keep.append(rng.choice(members, size=n, replace=False))
+    keep = np.sort(np.concatenate(keep))
+    return ClassSplit(split.class_names, split.x_train[keep], split.y_train[keep], split.x_test, split.y_test)

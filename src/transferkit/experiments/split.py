@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import signal
 import sys
 import time
@@ -21,9 +22,19 @@ from torch import nn
 
 from ..config import PRESETS, ModelConfig, SplitConfig, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
-from ..data.splits import subsample
+from ..data.preprocess import InputTransform
+from ..data.splits import fewer_training_images, subsample
 from ..errors import UserError
-from ..models import SeedCNN, count_params, keras_init, layer_rows
+from ..models import (
+    BackboneClassifier,
+    Preprocessing,
+    SeedCNN,
+    count_params,
+    keras_init,
+    layer_rows,
+    load_backbone_weights,
+)
+from ..paths import cache_dir
 from ..reporting import (
     STATUS_FILE,
     PhaseResult,
@@ -35,7 +46,13 @@ from ..reporting import (
     write_results,
     write_status,
 )
-from ..reporting.console import ConsoleProgress, comparison_table, print_summary, transfer_verdict
+from ..reporting.console import (
+    ConsoleProgress,
+    comparison_table,
+    feature_pass_progress,
+    print_summary,
+    transfer_verdict,
+)
 from ..reporting.figures import curves_figure, samples_figure, save_figures, time_figure
 from ..reporting.results import RESULTS_FILE
 from ..reporting.status import recording_status
@@ -51,6 +68,7 @@ from ..training import (
     make_optimizer,
     resolve_precision,
     split_frozen,
+    stored_features,
     trainable_parameters,
 )
 from ..training.checkpoint import Checkpointer
@@ -190,8 +208,10 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                         image_size=config.image_size)
     src, tgt = resolve_split(config.source, config.target, data.class_names)
     precision = resolve_precision(config.train.precision)
-    # Sizes that do not fit the images fail here, before a run folder exists.
-    SeedCNN(config.model, data.image_shape[0], data.image_shape[1:], len(src))
+    # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
+    backbone = _PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
+    if backbone is None:
+        SeedCNN(config.model, data.image_shape[0], data.image_shape[1:], len(src))
     run_dir = None
     if resume is not None:
         run_dir = Path(resume)
@@ -200,10 +220,17 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
         prepare_run_dir(run_dir, force)
         write_status(run_dir, "running", phase="setup")
 
-    splits = {"source": split_by_class(data, src, config.limit), "target": split_by_class(data, tgt, config.limit)}
+    target = fewer_training_images(split_by_class(data, tgt, config.limit), config.shots, config.train_fraction,
+                                   config.train.seed)
+    splits = {"target": target} if backbone else {"source": split_by_class(data, src, config.limit), "target": target}
+    if backbone:
+        source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"
+                       else f"{config.backbone} with weights {config.weights}")
+    else:
+        source_text = f"classes {', '.join(splits['source'].class_names)}"
     console.print(f"[bold]transferkit[/] split experiment on {data.name} ({data.origin})")
-    console.print(f"source classes {', '.join(splits['source'].class_names)} -> target classes "
-                  f"{', '.join(splits['target'].class_names)}; precision {precision.name} ({precision.reason})")
+    console.print(f"source {source_text} -> target classes {', '.join(target.class_names)} "
+                  f"({len(target.y_train)} training images); precision {precision.name} ({precision.reason})")
     results = previous or {
         "experiment": "split",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -211,8 +238,9 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                     "class_names": list(data.class_names), "train_samples": len(data.y_train),
                     "test_samples": len(data.y_test)},
         "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
-                   "source_classes": list(splits["source"].class_names),
-                   "target_classes": list(splits["target"].class_names)},
+                   "source_classes": list(splits["source"].class_names) if "source" in splits else [],
+                   "target_classes": list(target.class_names)},
+        "source": source_text,
         "environment": describe_environment(precision),
         "phases": {},
         "model": "weights/transfer.safetensors",  # what `transferkit predict` uses: the target classifier
@@ -223,10 +251,10 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     shown = {g: subsample(np.arange(len(s.y_train)), 16) for g, s in splits.items()}  # every class, not the first
     figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]], list(s.class_names))
                                           for g, s in splits.items()})}
-    runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir)
+    runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir, backbone)
     # What predict needs to feed the saved networks: resize to the data set's size, scale to [0, 1].
     preprocessing = {"kind": "scale", "channels": data.image_shape[0], "size": list(data.image_shape[1:])}
-    phases = PHASES if config.scratch else PHASES[:2]
+    phases = [p for p in PHASES if (p != "source" or not backbone) and (p != "scratch" or config.scratch)]
     with recording_status(run_dir), stop_on_interrupt() as should_stop:
         for phase in phases:
             split = splits["source" if phase == "source" else "target"]
@@ -240,10 +268,13 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                 model, phase_result = runner.run(phase, split, result.models.get("source"), should_stop)
             result.models[phase], result.phases[phase] = model, phase_result
             results["phases"][phase] = phase_result.to_dict()
+            if runner.feature_pass is not None:
+                results["feature_pass"] = runner.feature_pass
             figures["curves"] = curves_figure(results["phases"])
             figures["training_time"] = time_figure(results["phases"])
             if run_dir is not None:
-                save_model(run_dir / "weights", phase, model, list(split.class_names), preprocessing)
+                save_model(run_dir / "weights", phase, model, list(split.class_names),
+                           backbone.preprocessing(phase).to_dict() if backbone else preprocessing)
                 write_results(run_dir, results)
                 save_figures(figures, run_dir)
     if run_dir is not None:
@@ -261,8 +292,10 @@ class _PhaseRunner:
     """Builds, freezes and trains the network for each phase, timing what the seeds time."""
 
     def __init__(self, config: SplitConfig, image_shape: tuple[int, int, int], precision: Precision,
-                 console: Console, run_dir: Path | None):
+                 console: Console, run_dir: Path | None, backbone: _PretrainedBackbone | None = None):
         self.config, self.image_shape, self.precision, self.console = config, image_shape, precision, console
+        self.backbone = backbone
+        self.feature_pass: dict | None = None  # the frozen backbone's pass: images, seconds, from the store
         self.checkpoints = Checkpointer(run_dir / CHECKPOINT_FILE) if run_dir is not None else None
 
     def run(self, phase: str, split: ClassSplit, source_model: nn.Module | None,
@@ -272,7 +305,10 @@ class _PhaseRunner:
         # A seed per phase: each phase is reproducible on its own, whatever ran before it.
         torch.manual_seed(seed)
         k = len(split.class_names)
-        if phase == "transfer":
+        inputs = None  # the pretrained backbones' resizing and normalisation, in front of the model
+        if self.backbone is not None:
+            model, inputs = self.backbone.model(phase)
+        elif phase == "transfer":
             model = self._transfer_model(source_model, k)
         else:
             model = SeedCNN(self.config.model, self.image_shape[0], self.image_shape[1:], k)
@@ -280,7 +316,9 @@ class _PhaseRunner:
         y_train, y_test = torch.from_numpy(split.y_train), torch.from_numpy(split.y_test)
         counts = count_params(model)
         self.console.rule(f"phase {phase}: {', '.join(split.class_names)}")
-        print_summary(self.console, f"{phase} model", layer_rows(model, self.image_shape), counts)
+        shown = (model, self.image_shape, None) if inputs is None else (
+            model, (self.image_shape[0], inputs.crop, inputs.crop), 2)
+        print_summary(self.console, f"{phase} model", layer_rows(*shown), counts)
 
         optimizer = make_optimizer(trainable_parameters(model), cfg)
         batches = TensorBatches(x_train, y_train, cfg.batch_size, seed=seed)
@@ -289,8 +327,28 @@ class _PhaseRunner:
         autocast_dtype = self.precision.autocast_dtype
         start = time.perf_counter()
         cache_seconds = None
-        trained = model
-        if phase == "transfer" and cfg.feature_cache:
+        trained = model if inputs is None else nn.Sequential(inputs, model)
+        if phase == "transfer" and cfg.feature_cache and self.backbone is not None:
+            # The frozen backbone's features, kept on disk: a second run on the same images does no pass at all.
+            prefix = nn.Sequential(inputs, model.features)
+            identity = self.backbone.identity(self.precision)
+            computed = []
+            with feature_pass_progress(self.console, len(x_train) + len(x_test)) as advance:
+                for name, x in (("train", x_train), ("test", x_test)):
+                    features, hit = stored_features(prefix, x, identity, cache_dir() / "features",
+                                                    cfg.eval_batch_size, autocast_dtype, advance)
+                    computed.append((features, hit))
+            (batches.x, train_hit), (x_test, test_hit) = computed
+            cache_seconds = time.perf_counter() - start
+            trained = model.classifier
+            n = len(x_train) + len(x_test)
+            self.feature_pass = {"images": n, "seconds": round(cache_seconds, 3), "from_store": train_hit and test_hit,
+                                 "images_per_second": round(n / cache_seconds, 2), "input_size": inputs.crop}
+            how = ("read from the feature store" if train_hit and test_hit
+                   else f"computed at {n / cache_seconds:.1f} images/s")
+            self.console.print(f"frozen {self.config.backbone} features {tuple(batches.x.shape[1:])} for "
+                               f"{len(x_train)} + {len(x_test)} images {how} ({cache_seconds:.1f}s)")
+        elif phase == "transfer" and cfg.feature_cache:
             # The frozen features do not change: compute them once (in eval mode), train the classifier on them.
             prefix, tail = split_frozen(model.features)
             batches.x = compute_features(prefix, x_train, cfg.eval_batch_size, autocast_dtype)
@@ -327,3 +385,42 @@ class _PhaseRunner:
             model.classifier.dense2 = nn.Linear(model.classifier.dense2.in_features, num_classes)
             keras_init(model.classifier.dense2)
         return model
+
+
+class _PretrainedBackbone:
+    """The split experiment on a pretrained backbone: the transfer phase freezes it (ImageNet weights) and
+    trains a new head on its features at the weights' input size; the scratch control trains the same network
+    from random weights at the data's own size (enlarging 32 px images to 224 px adds no information, and
+    training a backbone at 224 px would take hours on a CPU)."""
+
+    def __init__(self, config: SplitConfig, image_shape: tuple[int, int, int], num_classes: int):
+        if image_shape[0] != 3:
+            raise UserError(f"--backbone {config.backbone}: needs colour images; this data set has "
+                            f"{image_shape[0]} channel(s)")
+        self.config, self.image_shape, self.num_classes = config, image_shape, num_classes
+        self.pretrained = BackboneClassifier(config.backbone, num_classes)
+        self.weights = load_backbone_weights(self.pretrained, config.weights)  # errors now, before a run folder
+
+    def preprocessing(self, phase: str) -> Preprocessing:
+        """What the phase's network eats: the weights' size for transfer, the data's own size for scratch."""
+        size = self.weights.crop if phase == "transfer" else max(self.image_shape[1:])
+        return Preprocessing(resize=size, crop=size, mean=self.weights.mean, std=self.weights.std)
+
+    def model(self, phase: str) -> tuple[BackboneClassifier, InputTransform]:
+        """The phase's network (transfer: pretrained and frozen; scratch: random) and its input transform."""
+        pre = self.preprocessing(phase)
+        if phase == "transfer":
+            model = copy.deepcopy(self.pretrained)
+            freeze(model.features, eval_mode=True)  # BatchNorm statistics stay ImageNet's
+        else:
+            model = BackboneClassifier(self.config.backbone, self.num_classes)
+        return model, InputTransform(pre.crop, pre.mean, pre.std, resize=pre.resize)
+
+    def identity(self, precision: Precision) -> str:
+        """What determines the frozen features besides the images: network, weights, input size, precision."""
+        digest = hashlib.blake2b(digest_size=16)
+        for name, tensor in self.pretrained.features.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
+        return f"{self.config.backbone}|{digest.hexdigest()}|{self.preprocessing('transfer')}|{precision.name}"
+

@@ -1,4 +1,5 @@
-"""Pretrained backbones by name (torchvision), each split into `features` and a new `classifier` head."""
+"""Pretrained backbones by name (torchvision's, and timm's EfficientNet-Lite), each split into `features` and a
+new `classifier` head."""
 
 from __future__ import annotations
 
@@ -13,9 +14,12 @@ from torch import nn
 
 from ..download import download
 from ..errors import UserError
+from ..paths import cache_dir
+from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_WEIGHTS, build_lite, lite_imagenet_state, map_reference_state
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
-             "convnext_tiny")
+TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
+                         "efficientnet_b0", "convnext_tiny")
+BACKBONES = TORCHVISION_BACKBONES + tuple(LITE_WEIGHTS)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -54,7 +58,7 @@ class BackboneClassifier(nn.Module):
         if backbone not in BACKBONES:
             raise UserError(f"--backbone {backbone}: unknown; choose one of {', '.join(BACKBONES)}")
         self.backbone, self.head_config = backbone, head
-        model = torchvision.models.get_model(backbone, weights=None)
+        model = build_lite(backbone) if backbone in LITE_WEIGHTS else torchvision.models.get_model(backbone)
         qualified, last = _last_linear(model)
         parent_name, _, name = qualified.rpartition(".")
         setattr(model.get_submodule(parent_name), name, nn.Identity())  # what remains gives pooled features
@@ -94,12 +98,25 @@ def imagenet_weights_file(backbone: str) -> tuple[Path, object]:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name, weights
 
 
+def default_preprocessing(backbone: str) -> Preprocessing:
+    """The backbone's usual input: 224 px crops of 256 px images, ImageNet statistics (EfficientNet-Lite: its
+    own size and (pixel - 127) / 128, as its weights were trained)."""
+    if backbone in LITE_WEIGHTS:
+        size = LITE_WEIGHTS[backbone].size
+        return Preprocessing(resize=round(size / 0.875), crop=size, mean=LITE_MEAN, std=LITE_STD)
+    return Preprocessing(resize=256, crop=224)
+
+
 def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: float = 10.0) -> Preprocessing:
     """Fill `model.features` from `weights` (imagenet, none, or a file); returns the preprocessing they want."""
-    default = Preprocessing(resize=256, crop=224)
+    default = default_preprocessing(model.backbone)
     if weights == "none":
         return default
-    if weights == "imagenet":
+    if weights == "imagenet" and model.backbone in LITE_WEIGHTS:  # from the weights package, no download
+        path = Path(LITE_WEIGHTS[model.backbone].package)  # named in errors
+        state = lite_imagenet_state(model.backbone, cache_dir() / "weights")
+        preprocessing = default
+    elif weights == "imagenet":
         path, meta = imagenet_weights_file(model.backbone)
         if not path.is_file():
             download(meta.url, path, timeout, if_offline=(
@@ -116,6 +133,8 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
         if not path.is_file():
             raise UserError(f"--weights {weights}: not imagenet, none, a weights file or a finetune run folder")
         state = _read_state(path)
+        if model.backbone in LITE_WEIGHTS and "_conv_stem.weight" in state:  # the reference implementation's names
+            state = map_reference_state(state, build_lite(model.backbone), str(path))
         preprocessing = default
     if _saved_by_transferkit(path):  # a finetune run's model: its features are this backbone
         state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}

@@ -34,10 +34,20 @@ def count_params(model: nn.Module) -> ParamCounts:
     return ParamCounts(total, trainable, total - trainable)
 
 
-def layer_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
-    """One row per leaf layer, with output shapes found by running one zero image through the model."""
+def layer_rows(model: nn.Module, input_shape: tuple[int, ...], max_depth: int | None = None) -> list[LayerRow]:
+    """One row per leaf layer, with output shapes found by running one zero image through the model.
+
+    `max_depth` stops at modules that deep (`features.blocks` for 2), so a pretrained backbone's hundreds of
+    layers read as its stages.
+    """
     shapes: dict[str, tuple[int, ...]] = {}
-    leaves = [(n, m) for n, m in model.named_modules() if n and not list(m.children())]
+
+    def shown(name: str, module: nn.Module) -> bool:
+        depth = name.count(".") + 1
+        return bool(name) and (not list(module.children()) or depth == max_depth) and (
+            max_depth is None or depth <= max_depth)
+
+    leaves = [(n, m) for n, m in model.named_modules() if shown(n, m)]
     hooks = [m.register_forward_hook(_recorder(shapes, n)) for n, m in leaves]
     was_training = model.training
     try:

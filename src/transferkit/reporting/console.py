@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -86,3 +89,32 @@ def transfer_verdict(phases: dict[str, dict]) -> str | None:
     return (f"transfer vs scratch on {','.join(t['classes'])}: accuracy {t['test_accuracy']:.4f} vs "
             f"{s['test_accuracy']:.4f} ({gain:+.2f} points), time {t['train_seconds']:.1f} s vs "
             f"{s['train_seconds']:.1f} s ({speedup:.1f}x faster)")
+
+
+@contextlib.contextmanager
+def feature_pass_progress(console: Console, total: int) -> Iterator[Callable[[int, int], None]]:
+    """A bar over the backbone's pass (minutes on a CPU); in logs a line every 20%."""
+    done_before, last_logged = [0], [0]
+
+    def advance(done: int, of: int) -> None:
+        if done == of:
+            done_before[0] += of
+        now = done_before[0] + (done if done < of else 0)
+        if progress is not None:
+            progress.update(task, completed=now)
+        elif now * 5 // total > last_logged[0]:
+            last_logged[0] = now * 5 // total
+            console.print(f"feature pass: {now}/{total} images")
+
+    progress = task = None
+    if console.is_terminal:
+        progress = Progress(TextColumn("[bold]feature pass[/]"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                            transient=True)
+        task = progress.add_task("features", total=total)
+        progress.start()
+    try:
+        yield advance
+    finally:
+        if progress is not None:
+            progress.stop()

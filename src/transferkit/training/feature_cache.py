@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..atomic import write_atomic
+from ..errors import UserError
 from .loop import autocast, channels_last, inference_copy
 
 # Layers without parameters that may follow the frozen computation; they are re-applied on the cached
@@ -26,8 +32,12 @@ def split_frozen(features: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]
 # no_grad, not inference_mode: the result is later an input of training, which inference tensors cannot be.
 @torch.no_grad()
 def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 128,
-                     autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Run the frozen `prefix` in eval mode over `x`; the float32 result (NCHW) is kept in memory."""
+                     autocast_dtype: torch.dtype | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """Run the frozen `prefix` in eval mode over `x`; the float32 result (NCHW) is kept in memory.
+
+    `progress(done, total)` is called after every batch (a pretrained backbone's pass can take minutes).
+    """
     prefix = inference_copy(prefix)
     out = None
     for start in range(0, len(x), batch_size):
@@ -36,4 +46,30 @@ def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 128,
         if out is None:
             out = torch.empty((len(x), *y.shape[1:]), dtype=torch.float32)
         out[start : start + len(y)] = y
+        if progress is not None:
+            progress(start + len(y), len(x))
     return out
+
+
+def stored_features(prefix: nn.Module, x: torch.Tensor, identity: str, store: Path, batch_size: int = 128,
+                    autocast_dtype: torch.dtype | None = None,
+                    progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, bool]:
+    """compute_features, kept on disk in `store` so that the same images through the same frozen network are
+    computed once: the key is `identity` (which network, weights, preprocessing, precision) and the images'
+    bytes. Returns (features, whether they came from the store)."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{identity}|{torch.__version__}|{tuple(x.shape)}|{x.dtype}".encode())
+    digest.update(x.contiguous().numpy().data)
+    path = store / f"{digest.hexdigest()}.safetensors"
+    if path.is_file():
+        try:
+            return load_file(str(path))["features"], True
+        except Exception:  # noqa: BLE001 - a damaged file is recomputed and replaced
+            pass
+    features = compute_features(prefix, x, batch_size, autocast_dtype, progress)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: save_file({"features": features}, str(tmp), metadata={"identity": identity}))
+    except (OSError, UserError):  # a full or read-only cache costs the next run a pass, not this run its work
+        pass
+    return features, False
