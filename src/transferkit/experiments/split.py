@@ -212,6 +212,9 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     backbone = _PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
     if backbone is None:
         SeedCNN(config.model, data.image_shape[0], data.image_shape[1:], len(src))
+    target = fewer_training_images(split_by_class(data, tgt, config.limit), config.shots, config.train_fraction,
+                                   config.train.seed)
+    splits = {"target": target} if backbone else {"source": split_by_class(data, src, config.limit), "target": target}
     run_dir = None
     if resume is not None:
         run_dir = Path(resume)
@@ -220,9 +223,6 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
         prepare_run_dir(run_dir, force)
         write_status(run_dir, "running", phase="setup")
 
-    target = fewer_training_images(split_by_class(data, tgt, config.limit), config.shots, config.train_fraction,
-                                   config.train.seed)
-    splits = {"target": target} if backbone else {"source": split_by_class(data, src, config.limit), "target": target}
     if backbone:
         source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"
                        else f"{config.backbone} with weights {config.weights}")
@@ -409,11 +409,10 @@ class _PretrainedBackbone:
     def model(self, phase: str) -> tuple[BackboneClassifier, InputTransform]:
         """The phase's network (transfer: pretrained and frozen; scratch: random) and its input transform."""
         pre = self.preprocessing(phase)
+        model = BackboneClassifier(self.config.backbone, self.num_classes)  # the head drawn from the phase's seed
         if phase == "transfer":
-            model = copy.deepcopy(self.pretrained)
+            model.features.load_state_dict(self.pretrained.features.state_dict())
             freeze(model.features, eval_mode=True)  # BatchNorm statistics stay ImageNet's
-        else:
-            model = BackboneClassifier(self.config.backbone, self.num_classes)
         return model, InputTransform(pre.crop, pre.mean, pre.std, resize=pre.resize)
 
     def identity(self, precision: Precision) -> str:
