@@ -1,4 +1,8 @@
+import copy
+
+import pytest
 import torch
+from torch import nn
 
 from transferkit import run_split
 from transferkit.config import ModelConfig
@@ -28,3 +32,21 @@ def test_training_on_cache_equals_training_through_frozen_layers():
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
     assert cached.phases["transfer"].feature_cache_seconds is not None
     assert direct.phases["transfer"].feature_cache_seconds is None
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small", "efficientnet_lite0"])
+def test_folding_batchnorm_keeps_the_features(backbone):
+    from transferkit.models import BackboneClassifier
+    from transferkit.training.fusion import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = BackboneClassifier(backbone, 3).features.eval()
+    for m in model.modules():  # statistics other than the defaults, so folding has something to do
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5)
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+        folded = fold_batchnorm(copy.deepcopy(model), x[:2])
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)

@@ -341,11 +341,13 @@ class _PhaseRunner:
             (batches.x, train_hit), (x_test, test_hit) = computed
             cache_seconds = time.perf_counter() - start
             trained = model.classifier
-            n = len(x_train) + len(x_test)
-            self.feature_pass = {"images": n, "seconds": round(cache_seconds, 3), "from_store": train_hit and test_hit,
-                                 "images_per_second": round(n / cache_seconds, 2), "input_size": inputs.crop}
-            how = ("read from the feature store" if train_hit and test_hit
-                   else f"computed at {n / cache_seconds:.1f} images/s")
+            computed = sum(len(x) for x, hit in ((x_train, train_hit), (x_test, test_hit)) if not hit)
+            self.feature_pass = {"images": len(x_train) + len(x_test), "computed": computed,
+                                 "seconds": round(cache_seconds, 3), "from_store": computed == 0,
+                                 "images_per_second": round(computed / cache_seconds, 2) if computed else None,
+                                 "input_size": inputs.crop}
+            how = ("read from the feature store" if computed == 0
+                   else f"{computed} computed at {computed / cache_seconds:.1f} images/s")
             self.console.print(f"frozen {self.config.backbone} features {tuple(batches.x.shape[1:])} for "
                                f"{len(x_train)} + {len(x_test)} images {how} ({cache_seconds:.1f}s)")
         elif phase == "transfer" and cfg.feature_cache:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..errors import UserError
+from .fusion import fold_batchnorm
 from .loop import autocast, channels_last, inference_copy
 
 # Layers without parameters that may follow the frozen computation; they are re-applied on the cached
@@ -39,6 +40,8 @@ def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 128,
     `progress(done, total)` is called after every batch (a pretrained backbone's pass can take minutes).
     """
     prefix = inference_copy(prefix)
+    if len(x):
+        prefix = fold_batchnorm(prefix, channels_last(x[:2]))
     out = None
     for start in range(0, len(x), batch_size):
         with autocast(autocast_dtype):
