@@ -332,13 +332,10 @@ class _PhaseRunner:
             # The frozen backbone's features, kept on disk: a second run on the same images does no pass at all.
             prefix = nn.Sequential(inputs, model.features)
             identity = self.backbone.identity(self.precision)
-            computed = []
             with feature_pass_progress(self.console, len(x_train) + len(x_test)) as advance:
-                for name, x in (("train", x_train), ("test", x_test)):
-                    features, hit = stored_features(prefix, x, identity, cache_dir() / "features",
-                                                    cfg.eval_batch_size, autocast_dtype, advance)
-                    computed.append((features, hit))
-            (batches.x, train_hit), (x_test, test_hit) = computed
+                (batches.x, train_hit), (x_test, test_hit) = (
+                    stored_features(prefix, x, identity, cache_dir() / "features", cfg.eval_batch_size,
+                                    autocast_dtype, advance) for x in (x_train, x_test))
             cache_seconds = time.perf_counter() - start
             trained = model.classifier
             computed = sum(len(x) for x, hit in ((x_train, train_hit), (x_test, test_hit)) if not hit)
