@@ -312,7 +312,8 @@ class _PhaseRunner:
             model = self._transfer_model(source_model, k)
         else:
             model = SeedCNN(self.config.model, self.image_shape[0], self.image_shape[1:], k)
-        x_train, x_test = images_to_tensor(split.x_train), images_to_tensor(split.x_test)
+        # uint8 for the backbones: their InputTransform scales and normalises as the weights want.
+        x_train, x_test = (images_to_tensor(x, scale=inputs is None) for x in (split.x_train, split.x_test))
         y_train, y_test = torch.from_numpy(split.y_train), torch.from_numpy(split.y_test)
         counts = count_params(model)
         self.console.rule(f"phase {phase}: {', '.join(split.class_names)}")
