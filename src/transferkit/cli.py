@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -10,6 +11,9 @@ import click
 from . import __version__
 from .config import DEFAULT_LR, HEADS, OPTIMIZERS, PRECISIONS
 from .errors import Interrupted, UserError
+
+DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's "
+               "Distributed section) each process trains on its share of the data, on the GPU of its local rank.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -69,6 +73,7 @@ def cli(debug: bool) -> None:
 @click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 def run_command(dataset: str, out: str | None, force: bool, resume: str | None, **options: object) -> None:
     """The split-class transfer experiment on DATASET: train on --source classes, freeze the convolutional
     features, fine-tune the classifier on --target classes, and train the same network from scratch as the
@@ -95,9 +100,16 @@ def _resumable(command, *args, out: str | None, resume: str | None, **kwargs) ->
     try:
         command(*args, out=out, resume=resume, **kwargs)
     except Interrupted as stop:
-        click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
-                   f"  transferkit {_resume_command(stop.run_dir)}", err=True)
+        if stop.run_dir is not None:  # rank 0 (the one that writes) tells how to resume
+            click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
+                       f"  {_launcher()}transferkit {_resume_command(stop.run_dir)}", err=True)
         raise click.exceptions.Exit(130) from None
+
+
+def _launcher() -> str:
+    """How the run was started: torchrun's processes resume under torchrun, with as many processes."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    return f"torchrun <the same options: {world_size} processes in all> -m " if world_size > 1 else ""
 
 
 def _resume_command(run_dir: object) -> str:
@@ -144,6 +156,7 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 def finetune_command(data: str, out: str | None, force: bool, resume: str | None, **options: object) -> None:
     """Fine-tune a pretrained backbone on your image folders (train/ and val/ of class folders, one folder of
     class folders, or a .zip / .tar.gz of either): a new head on the frozen backbone, then optionally the

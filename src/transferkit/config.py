@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from .errors import UserError
 
 OPTIMIZERS = ("adadelta", "adam", "sgd")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only
 HEADS = ("reuse", "reset")
 
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,

@@ -25,8 +25,19 @@ from ..reporting import PhaseResult, describe_environment, save_model, write_res
 from ..reporting.console import ConsoleProgress, comparison_table
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, save_figures
 from ..reporting.status import recording_status
-from ..training import TensorBatches, compute_features, fit, freeze, resolve_precision, trainable_parameters, unfreeze
+from ..training import (
+    FitState,
+    TensorBatches,
+    compute_features,
+    fit,
+    freeze,
+    resolve_precision,
+    trainable_parameters,
+    unfreeze,
+)
+from ..training.batches import to_device
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
+from ..training.distributed import gather_to_main, init_distributed, on_main
 from ..training.runtime import keep_freed_memory
 from .split import prepare_run_dir, resumable, stop_on_interrupt
 
@@ -92,16 +103,19 @@ class FinetuneResult:
 
 
 def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | Path | None = None,
-             force: bool = False, save: bool = True,
-             verbose: bool = True, head_units: int = 256, head_dropout: float = 0.5, **options: object) -> FinetuneResult:
+             force: bool = False, save: bool = True, verbose: bool = True, head_units: int = 256,
+             head_dropout: float = 0.5, device: str = "auto", **options: object) -> FinetuneResult:
     """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
 
     `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`).
-    `resume` continues an interrupted run folder from its last checkpoint (same options).
+    `resume` continues an interrupted run folder from its last checkpoint (same options). `device`: auto, cpu,
+    cuda or cuda:N. Started by torchrun, each process trains on its shard and rank 0 alone prints and writes.
     """
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **{k: v for k, v in options.items() if v is not None})
-    console = Console(quiet=not verbose, highlight=False, width=None if sys.stdout.isatty() else 120)  # logs: wide tables
+    ranks = init_distributed(device)
+    console = Console(quiet=not verbose or not ranks.is_main, highlight=False,
+                      width=None if sys.stdout.isatty() else 120)  # logs: wide tables
     keep_freed_memory()
     torch.manual_seed(config.seed)
     model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
@@ -115,13 +129,19 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     x_train, y_train = _limited(folder.splits["train"], config.limit)
     x_val, y_val = _limited(folder.splits.get("val", folder.splits.get("test")), config.limit)
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
-    precision = resolve_precision(config.precision)
-    previous = resumable(Path(resume), config) if resume is not None else None
+    model.to(ranks.device)
+    precision = resolve_precision(config.precision, device=ranks.device)
+    previous = resumable(Path(resume), config, ranks.world_size) if resume is not None else None
     run_dir = Path(resume) if resume is not None else None
     if save and resume is None:
-        run_dir = Path(out) if out is not None else Path("runs") / (
-            f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-finetune-{Path(config.data).stem}")
-        prepare_run_dir(run_dir, force)
+        def create() -> Path:  # by rank 0: the default name follows its clock
+            new = Path(out) if out is not None else Path("runs") / (
+                f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-finetune-{Path(config.data).stem}")
+            prepare_run_dir(new, force)
+            return new
+
+        run_dir = on_main(create)
+    writes = run_dir if ranks.is_main else None  # rank 0 alone writes; every rank reads (checkpoints, --resume)
     console.print(f"[bold]transferkit finetune[/] {config.backbone} ({config.weights} weights) on {folder.origin}: "
                   f"{len(classes)} classes, {len(y_train)} train / {len(y_val)} validation images, "
                   f"input {pre.crop}px, precision {precision.name}")
@@ -132,40 +152,44 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         "dataset": {"origin": folder.origin, "class_names": classes, "train_samples": len(y_train),
                     "val_samples": len(y_val), "skipped": folder.skipped},
         "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
-        "environment": describe_environment(precision), "phases": {}, "model": "weights/model.safetensors",
+        "environment": describe_environment(precision, ranks.device), "phases": {}, "model": "weights/model.safetensors",
     }
+    results.setdefault("distributed", ranks.describe(config.batch_size, config.lr))
     checkpoints = Checkpointer(run_dir / CHECKPOINT_FILE) if run_dir is not None else None
-    if run_dir is not None:
-        write_results(run_dir, results)
+    if writes is not None:
+        write_results(writes, results)
 
     transform = InputTransform(pre.crop, pre.mean, pre.std, augment=config.augment,
-                               vertical_flip=config.vertical_flip)
-    xt, xv = _nchw(x_train), _nchw(x_val)
-    yt, yv = torch.from_numpy(y_train), torch.from_numpy(y_val)
+                               vertical_flip=config.vertical_flip).to(ranks.device)
+    # Each rank trains on its shard and validates on its share of the validation images.
+    xt, yt = ranks.training_shard(_nchw(x_train), torch.from_numpy(y_train), config.seed)
+    xv, yv = ranks.evaluation_shard(_nchw(x_val), torch.from_numpy(y_val))
     dtype = precision.autocast_dtype
     phases: dict[str, PhaseResult] = {}
 
     def stage(name: str, trained: nn.Module, optimizer: torch.optim.Optimizer, train_in: torch.Tensor,
               val_in: torch.Tensor, epochs: int, seed: int, start: float, should_stop) -> None:
         """Train one stage with a checkpoint after every epoch; record its PhaseResult."""
-        if run_dir is not None:
-            write_status(run_dir, "running", phase=name)
-        batches = TensorBatches(train_in, yt, config.batch_size, seed)
+        if writes is not None:
+            write_status(writes, "running", phase=name)
+        batches = TensorBatches(train_in, yt, config.batch_size, seed, device=ranks.device)
         state, before = checkpoints.restore(name, model, optimizer, batches, console) if checkpoints else (None, 0.0)
+        state = state if state is not None else FitState()
 
         def checkpoint(fit_state) -> None:
             if checkpoints is not None:
                 checkpoints.save(name, model, optimizer, batches, fit_state, before + time.perf_counter() - start)
 
-        history = fit(trained, optimizer, batches, val_in, yv, epochs, config.batch_size, dtype,
+        history = fit(ranks.wrap(trained), optimizer, batches, val_in, yv, epochs, config.batch_size, dtype,
                       ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop)
-        phases[name] = _phase(name, classes, len(yt), len(yv), history, before + time.perf_counter() - start,
+        phases[name] = _phase(name, classes, len(y_train), len(y_val), history, before + time.perf_counter() - start,
                               count_params(model))
         results["phases"][name] = phases[name].to_dict()
-        if run_dir is not None:
-            write_results(run_dir, results)
+        results["distributed"].setdefault("steps_per_rank", {})[name] = gather_to_main(state.steps)
+        if writes is not None:
+            write_results(writes, results)
 
-    with recording_status(run_dir), stop_on_interrupt() as should_stop:
+    with recording_status(writes), stop_on_interrupt() as should_stop:
         # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
         freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
         if checkpoints is not None and resume is not None and checkpoints.phase() == "unfrozen":
@@ -174,7 +198,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             start = time.perf_counter()
             if config.feature_cache and not config.augment:
                 prefix = nn.Sequential(transform, model.features)
-                train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype) for x in (xt, xv))
+                train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype, device=ranks.device)
+                                    for x in (xt, xv))
                 trained = model.classifier
             else:
                 train_in, val_in, trained = xt, xv, nn.Sequential(transform, model)
@@ -189,18 +214,19 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, xv, config.unfreeze_epochs,
                   config.seed + 1, time.perf_counter(), should_stop)
     model.eval()
-    predictions = _predict(nn.Sequential(transform, model), xv, config.batch_size)
-    results["confusion_matrix"] = _confusion(yv.numpy(), predictions, len(classes)).tolist()
+    predictions = _predict(nn.Sequential(transform, model), _nchw(x_val), config.batch_size, ranks.device)
+    results["confusion_matrix"] = _confusion(y_val, predictions, len(classes)).tolist()
+    model.cpu()  # the model returned and saved lives on the CPU, wherever it trained
     wrong = np.flatnonzero(predictions != y_val)[:24]
     figures = {"curves": curves_figure(results["phases"]),
                "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes),
                "misclassified": misclassified_figure(x_val[wrong], y_val[wrong], predictions[wrong], classes)}
-    if run_dir is not None:
-        save_model(run_dir / "weights", "model", model, classes, pre.to_dict())
-        write_results(run_dir, results)
-        save_figures(figures, run_dir)
-        write_status(run_dir, "complete")
-        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the model is saved
+    if writes is not None:
+        save_model(writes / "weights", "model", model, classes, pre.to_dict())
+        write_results(writes, results)
+        save_figures(figures, writes)
+        write_status(writes, "complete")
+        (writes / CHECKPOINT_FILE).unlink(missing_ok=True)  # the model is saved
     result = FinetuneResult(config, results, phases, model, figures, run_dir)
     console.print(comparison_table(results["phases"]))
     console.print(result.summary())
@@ -226,8 +252,9 @@ def _phase(name, classes, n_train, n_val, history, seconds, counts) -> PhaseResu
 
 
 @torch.inference_mode()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
-    return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]).numpy()
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+    return torch.cat([model(to_device(x[i : i + batch_size], device)).argmax(1).cpu()
+                      for i in range(0, len(x), batch_size)]).numpy()
 
 
 def _confusion(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:

@@ -72,6 +72,7 @@ from ..training import (
     trainable_parameters,
 )
 from ..training.checkpoint import Checkpointer
+from ..training.distributed import Distributed, any_rank, gather_to_main, init_distributed, on_main
 from ..training.runtime import keep_freed_memory
 
 PHASES = ("source", "transfer", "scratch")
@@ -137,8 +138,8 @@ def prepare_run_dir(out: Path, force: bool) -> None:
         raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
 
 
-def resumable(run_dir: Path, config: SplitConfig) -> dict:
-    """The results of the run to continue; refused when its configuration differs from `config`."""
+def resumable(run_dir: Path, config: SplitConfig, world_size: int = 1) -> dict:
+    """The results of the run to continue; refused when its configuration or its number of processes differs."""
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such run folder")
     status = read_status(run_dir)
@@ -154,6 +155,10 @@ def resumable(run_dir: Path, config: SplitConfig) -> dict:
     if differences:
         raise UserError(f"--resume {run_dir}: this run was made with another configuration ({'; '.join(differences)}); "
                         "repeat its original options or start a new run")
+    before = previous.get("distributed", {}).get("world_size", 1)
+    if before != world_size:  # each rank's shard and its batch order depend on the world size
+        raise UserError(f"--resume {run_dir}: this run was trained by {before} process(es), now {world_size}; "
+                        f"resume it with as many (torchrun --nproc-per-node ... in all {before})")
     return previous
 
 
@@ -170,7 +175,10 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
 
 @contextlib.contextmanager
 def stop_on_interrupt() -> Iterator[Callable[[], bool]]:
-    """The first Ctrl-C asks training to stop after the current step; a second one stops at once."""
+    """The first Ctrl-C asks training to stop after the current step; a second one stops at once.
+
+    Under torchrun the agent passes Ctrl-C on to every rank; the ranks agree to stop after the same step.
+    """
     requested = []
 
     def handler(signum, frame):
@@ -184,30 +192,33 @@ def stop_on_interrupt() -> Iterator[Callable[[], bool]]:
         yield lambda: False
         return
     try:
-        yield lambda: bool(requested)
+        yield lambda: any_rank(bool(requested))
     finally:
         signal.signal(signal.SIGINT, previous)
 
 
 def run_split(dataset: str = "mnist", source: object = None, target: object = None, *,
               out: str | Path | None = None, resume: str | Path | None = None, force: bool = False,
-              save: bool = True, verbose: bool = True, **options: object) -> SplitResult:
+              save: bool = True, verbose: bool = True, device: str = "auto", **options: object) -> SplitResult:
     """Run the split experiment (source, transfer, scratch) and return its SplitResult.
 
     `source` / `target`: class names or indices (`"0-4"`, `range(5)`, `"dog,frog"`); by default the first and
     the second half of the classes. `options` are any field of SplitConfig, ModelConfig or TrainConfig
     (`epochs=5`, `limit=1000`, `head="reset"`). With `save`, a run folder (default runs/<UTC time>-<dataset>)
     receives results.json, history.csv, weights/, figures and a checkpoint after every epoch; `resume` continues
-    such a folder from its last checkpoint with the same configuration.
+    such a folder from its last checkpoint with the same configuration. `device`: auto, cpu, cuda or cuda:N.
+    Started by torchrun, each process trains on its shard of the data and rank 0 alone prints and writes.
     """
     config = make_split_config(dataset, source, target, **options)
-    console = Console(quiet=not verbose, highlight=False, width=None if sys.stdout.isatty() else 120)  # logs: wide tables
+    ranks = init_distributed(device)
+    console = Console(quiet=not verbose or not ranks.is_main, highlight=False,
+                      width=None if sys.stdout.isatty() else 120)  # logs: wide tables
     keep_freed_memory()
-    previous = resumable(Path(resume), config) if resume is not None else None
+    previous = resumable(Path(resume), config, ranks.world_size) if resume is not None else None
     data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction, seed=config.train.seed,
                         image_size=config.image_size)
     src, tgt = resolve_split(config.source, config.target, data.class_names)
-    precision = resolve_precision(config.train.precision)
+    precision = resolve_precision(config.train.precision, device=ranks.device)
     # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
     backbone = _PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
     if backbone is None:
@@ -219,9 +230,14 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     if resume is not None:
         run_dir = Path(resume)
     elif save:
-        run_dir = Path(out) if out is not None else default_run_dir(config.dataset)
-        prepare_run_dir(run_dir, force)
-        write_status(run_dir, "running", phase="setup")
+        def create() -> Path:  # by rank 0: the default name follows its clock
+            new = Path(out) if out is not None else default_run_dir(config.dataset)
+            prepare_run_dir(new, force)
+            write_status(new, "running", phase="setup")
+            return new
+
+        run_dir = on_main(create)
+    writes = run_dir if ranks.is_main else None  # rank 0 alone writes; every rank reads (checkpoints, --resume)
 
     if backbone:
         source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"
@@ -241,21 +257,22 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                    "source_classes": list(splits["source"].class_names) if "source" in splits else [],
                    "target_classes": list(target.class_names)},
         "source": source_text,
-        "environment": describe_environment(precision),
+        "environment": describe_environment(precision, ranks.device),
         "phases": {},
         "model": "weights/transfer.safetensors",  # what `transferkit predict` uses: the target classifier
     }
+    results.setdefault("distributed", ranks.describe(config.train.batch_size, config.train.learning_rate))
     result = SplitResult(config, results, {}, run_dir=run_dir)
-    if run_dir is not None and previous is None:
-        write_results(run_dir, results)  # the configuration, so the run can be resumed from its first epoch
+    if writes is not None and previous is None:
+        write_results(writes, results)  # the configuration, so the run can be resumed from its first epoch
     shown = {g: subsample(np.arange(len(s.y_train)), 16) for g, s in splits.items()}  # every class, not the first
     figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]], list(s.class_names))
                                           for g, s in splits.items()})}
-    runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir, backbone)
+    runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir, ranks, backbone)
     # What predict needs to feed the saved networks: resize to the data set's size, scale to [0, 1].
     preprocessing = {"kind": "scale", "channels": data.image_shape[0], "size": list(data.image_shape[1:])}
     phases = [p for p in PHASES if (p != "source" or not backbone) and (p != "scratch" or config.scratch)]
-    with recording_status(run_dir), stop_on_interrupt() as should_stop:
+    with recording_status(writes), stop_on_interrupt() as should_stop:
         for phase in phases:
             split = splits["source" if phase == "source" else "target"]
             if phase in results["phases"]:  # finished before the run was interrupted
@@ -263,23 +280,24 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                 phase_result = PhaseResult.from_dict(phase, results["phases"][phase])
                 console.print(f"phase {phase}: finished before, test accuracy {phase_result.test_accuracy:.4f}")
             else:
-                if run_dir is not None:
-                    write_status(run_dir, "running", phase=phase)
-                model, phase_result = runner.run(phase, split, result.models.get("source"), should_stop)
+                if writes is not None:
+                    write_status(writes, "running", phase=phase)
+                model, phase_result, steps = runner.run(phase, split, result.models.get("source"), should_stop)
+                results["distributed"].setdefault("steps_per_rank", {})[phase] = steps
             result.models[phase], result.phases[phase] = model, phase_result
             results["phases"][phase] = phase_result.to_dict()
             if runner.feature_pass is not None:
                 results["feature_pass"] = runner.feature_pass
             figures["curves"] = curves_figure(results["phases"])
             figures["training_time"] = time_figure(results["phases"])
-            if run_dir is not None:
-                save_model(run_dir / "weights", phase, model, list(split.class_names),
+            if writes is not None:
+                save_model(writes / "weights", phase, model, list(split.class_names),
                            backbone.preprocessing(phase).to_dict() if backbone else preprocessing)
-                write_results(run_dir, results)
-                save_figures(figures, run_dir)
-    if run_dir is not None:
-        write_status(run_dir, "complete")
-        (run_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # the weights of every phase are saved
+                write_results(writes, results)
+                save_figures(figures, writes)
+    if writes is not None:
+        write_status(writes, "complete")
+        (writes / CHECKPOINT_FILE).unlink(missing_ok=True)  # the weights of every phase are saved
     result.figures = figures
     console.print(comparison_table(results["phases"]))
     console.print(result.summary(), soft_wrap=True)
@@ -292,14 +310,16 @@ class _PhaseRunner:
     """Builds, freezes and trains the network for each phase, timing what the seeds time."""
 
     def __init__(self, config: SplitConfig, image_shape: tuple[int, int, int], precision: Precision,
-                 console: Console, run_dir: Path | None, backbone: _PretrainedBackbone | None = None):
+                 console: Console, run_dir: Path | None, ranks: Distributed,
+                 backbone: _PretrainedBackbone | None = None):
         self.config, self.image_shape, self.precision, self.console = config, image_shape, precision, console
-        self.backbone = backbone
+        self.ranks, self.backbone = ranks, backbone
         self.feature_pass: dict | None = None  # the frozen backbone's pass: images, seconds, from the store
         self.checkpoints = Checkpointer(run_dir / CHECKPOINT_FILE) if run_dir is not None else None
 
     def run(self, phase: str, split: ClassSplit, source_model: nn.Module | None,
-            should_stop: Callable[[], bool]) -> tuple[nn.Module, PhaseResult]:
+            should_stop: Callable[[], bool]) -> tuple[nn.Module, PhaseResult, list[int]]:
+        """Train `phase`; returns the model, its PhaseResult and each rank's optimizer steps (on rank 0)."""
         cfg = self.config.train
         seed = cfg.seed * 1000 + PHASES.index(phase)
         # A seed per phase: each phase is reproducible on its own, whatever ran before it.
@@ -314,15 +334,21 @@ class _PhaseRunner:
             model = SeedCNN(self.config.model, self.image_shape[0], self.image_shape[1:], k)
         # uint8 for the backbones: their InputTransform scales and normalises as the weights want.
         x_train, x_test = (images_to_tensor(x, scale=inputs is None) for x in (split.x_train, split.x_test))
-        y_train, y_test = torch.from_numpy(split.y_train), torch.from_numpy(split.y_test)
+        # Each rank trains on its shard and validates on its share of the test images.
+        x_train, y_train = self.ranks.training_shard(x_train, torch.from_numpy(split.y_train), seed)
+        x_test, y_test = self.ranks.evaluation_shard(x_test, torch.from_numpy(split.y_test))
         counts = count_params(model)
         self.console.rule(f"phase {phase}: {', '.join(split.class_names)}")
         shown = (model, self.image_shape, None) if inputs is None else (
             model, (self.image_shape[0], inputs.crop, inputs.crop), 2)
         print_summary(self.console, f"{phase} model", layer_rows(*shown), counts)
 
+        device = self.ranks.device
+        model.to(device)  # before the optimizer takes its parameters
+        if inputs is not None:
+            inputs.to(device)
         optimizer = make_optimizer(trainable_parameters(model), cfg)
-        batches = TensorBatches(x_train, y_train, cfg.batch_size, seed=seed)
+        batches = TensorBatches(x_train, y_train, cfg.batch_size, seed=seed, device=device)
         state, elapsed_before = (self.checkpoints.restore(phase, model, optimizer, batches, self.console)
                                  if self.checkpoints is not None else (None, 0.0))
         autocast_dtype = self.precision.autocast_dtype
@@ -336,7 +362,7 @@ class _PhaseRunner:
             with feature_pass_progress(self.console, len(x_train) + len(x_test)) as advance:
                 (batches.x, train_hit), (x_test, test_hit) = (
                     stored_features(prefix, x, identity, cache_dir() / "features", cfg.eval_batch_size,
-                                    autocast_dtype, advance) for x in (x_train, x_test))
+                                    autocast_dtype, advance, device=device) for x in (x_train, x_test))
             cache_seconds = time.perf_counter() - start
             trained = model.classifier
             computed = sum(len(x) for x, hit in ((x_train, train_hit), (x_test, test_hit)) if not hit)
@@ -351,8 +377,8 @@ class _PhaseRunner:
         elif phase == "transfer" and cfg.feature_cache:
             # The frozen features do not change: compute them once (in eval mode), train the classifier on them.
             prefix, tail = split_frozen(model.features)
-            batches.x = compute_features(prefix, x_train, cfg.eval_batch_size, autocast_dtype)
-            x_test = compute_features(prefix, x_test, cfg.eval_batch_size, autocast_dtype)
+            batches.x = compute_features(prefix, x_train, cfg.eval_batch_size, autocast_dtype, device=device)
+            x_test = compute_features(prefix, x_test, cfg.eval_batch_size, autocast_dtype, device=device)
             cache_seconds = time.perf_counter() - start
             trained = nn.Sequential(tail, model.classifier)
             self.console.print(f"cached frozen features {tuple(batches.x.shape[1:])} for {len(x_train)} + "
@@ -363,17 +389,18 @@ class _PhaseRunner:
                 self.checkpoints.save(phase, model, optimizer, batches, fit_state,
                                       elapsed_before + time.perf_counter() - start)
 
-        history = fit(trained, optimizer, batches, x_test, y_test, cfg.epochs, cfg.eval_batch_size, autocast_dtype,
-                      ConsoleProgress(self.console, phase), state=state, on_checkpoint=checkpoint,
+        state = state if state is not None else FitState()
+        history = fit(self.ranks.wrap(trained), optimizer, batches, x_test, y_test, cfg.epochs, cfg.eval_batch_size,
+                      autocast_dtype, ConsoleProgress(self.console, phase), state=state, on_checkpoint=checkpoint,
                       should_stop=should_stop)
         seconds = elapsed_before + time.perf_counter() - start
-        model.eval()
+        model.eval().cpu()  # trained models live on the CPU: saved, summarised, copied by the next phase
         return model, PhaseResult(
             name=phase, classes=list(split.class_names), train_samples=len(split.y_train),
             test_samples=len(split.y_test), epochs=cfg.epochs, train_seconds=seconds,
             test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy, params=counts,
             history=history, feature_cache_seconds=cache_seconds,
-        )
+        ), gather_to_main(state.steps)
 
     def _transfer_model(self, source_model: nn.Module, num_classes: int) -> SeedCNN:
         model = copy.deepcopy(source_model)

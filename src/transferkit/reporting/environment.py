@@ -24,7 +24,8 @@ def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return platform.processor() or platform.machine()
 
 
-def describe_environment(precision: Precision) -> dict:
+def describe_environment(precision: Precision, device: torch.device = torch.device("cpu")) -> dict:
+    gpu = {"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
     return {
         "transferkit": __version__,
         "python": sys.version.split()[0],
@@ -32,7 +33,8 @@ def describe_environment(precision: Precision) -> dict:
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
-        "device": "cpu",
+        "device": str(device),
+        **gpu,
         "cpu": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "threads": torch.get_num_threads(),

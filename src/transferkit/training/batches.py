@@ -19,15 +19,24 @@ def images_to_tensor(x: np.ndarray, scale: bool = True) -> torch.Tensor:
     return t.float().div_(255.0).contiguous() if scale else t.contiguous()
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`: through pinned memory and a non-blocking copy to a GPU; unchanged on the CPU."""
+    if device.type == "cpu":
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 class TensorBatches:
     """Shuffled mini-batches of (x, y), in a new order each epoch drawn from a seeded generator.
 
     Its state (generator, the epoch's order, the position in it) can be saved and restored, so an epoch
-    stopped half-way continues with the same batches.
+    stopped half-way continues with the same batches. The tensors stay in host memory; on a GPU each batch
+    is copied from pinned memory without blocking, so the copy overlaps the previous step's kernels.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int):
-        self.x, self.y, self.batch_size = x, y, batch_size
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                 device: torch.device = torch.device("cpu")):
+        self.x, self.y, self.batch_size, self.device = x, y, batch_size, torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
         self.order: torch.Tensor | None = None  # this epoch's permutation, while an epoch is under way
         self.position = 0  # batches of this epoch already handed out
@@ -41,7 +50,7 @@ class TensorBatches:
         while self.position < len(self):
             idx = self.order[self.position * self.batch_size : (self.position + 1) * self.batch_size]
             self.position += 1
-            yield self.x[idx], self.y[idx]
+            yield to_device(self.x[idx], self.device), to_device(self.y[idx], self.device)
         self.order, self.position = None, 0
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:

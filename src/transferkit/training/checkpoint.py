@@ -3,6 +3,10 @@
 Tensors (model, optimizer state, RNG states, the epoch's batch order) are safetensors tensors; the rest
 (phase, epoch, history, optimizer hyper-parameters, Python and NumPy RNG) is JSON in the file's metadata.
 Nothing is ever unpickled, so a checkpoint cannot carry code.
+
+In a distributed run every rank holds the same model, optimizer and batch generator (DDP keeps them equal),
+so rank 0 writes them once; only the running sums of an epoch stopped half-way differ per rank, and the
+file keeps each rank's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from safetensors.torch import save_file
 
 from ..atomic import write_atomic
 from ..errors import UserError
+from .distributed import current_rank, gather_to_main
 from .loop import FitState
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -25,16 +30,20 @@ _META_KEY = "transferkit_checkpoint"
 
 
 def capture_rng() -> tuple[dict[str, torch.Tensor], dict]:
-    """The global RNG states (torch, NumPy, Python) as tensors and JSON."""
+    """The global RNG states (torch, the GPU's if one is in use, NumPy, Python) as tensors and JSON."""
     np_state = np.random.get_state()
     tensors = {"rng.torch": torch.get_rng_state(), "rng.numpy": torch.from_numpy(np_state[1].astype(np.int64))}
     meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
             "python": _python_state_to_json(random.getstate())}
+    if torch.cuda.is_initialized():  # dropout on a GPU draws from the current GPU's generator
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
     return tensors, meta
 
 
 def restore_rng(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     torch.set_rng_state(tensors["rng.torch"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
     name, pos, has_gauss, cached = meta["numpy"]
     np.random.set_state((name, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
     version, internal, gauss = meta["python"]
@@ -92,20 +101,29 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 class Checkpointer:
-    """Saves and restores one phase's training state (model, optimizer, batch order, RNGs, fit state)."""
+    """Saves and restores one phase's training state (model, optimizer, batch order, RNGs, fit state).
+
+    Every rank of a distributed run calls save and restore; rank 0 alone writes the file, every rank reads
+    it (so a run across machines keeps its run folder on a file system they share).
+    """
 
     def __init__(self, path: Path):
         self.path = path
 
     def save(self, phase: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches, fit_state,
              elapsed: float) -> None:
+        fits = gather_to_main(fit_state.to_dict())
+        if current_rank() != 0:
+            return
         optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
         batch_tensors, batch_meta = batches.state_dict()
         rng_tensors, rng_meta = capture_rng()
         tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors, **batch_tensors,
                    **rng_tensors}
-        meta = {"phase": phase, "fit": fit_state.to_dict(), "optimizer": optim_meta, "batches": batch_meta,
+        meta = {"phase": phase, "fit": fits[0], "optimizer": optim_meta, "batches": batch_meta,
                 "rng": rng_meta, "elapsed_seconds": elapsed}
+        if len(fits) > 1:
+            meta["rank_fits"] = fits
         save_checkpoint(self.path, tensors, meta)
 
     def phase(self) -> str | None:
@@ -130,7 +148,7 @@ class Checkpointer:
             optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
             batches.load_state_dict(tensors, meta["batches"])
             restore_rng(tensors, meta["rng"])
-            state = FitState.from_dict(meta["fit"])
+            state = FitState.from_dict(meta.get("rank_fits", [meta["fit"]])[current_rank()])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{self.path}: does not fit this run ({str(e).splitlines()[0][:160]}); "
                             "start a new run") from None

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..errors import UserError
+from .batches import to_device
 from .fusion import fold_batchnorm
 from .loop import autocast, channels_last, inference_copy
 
@@ -34,18 +35,20 @@ def split_frozen(features: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]
 @torch.no_grad()
 def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 128,
                      autocast_dtype: torch.dtype | None = None,
-                     progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """Run the frozen `prefix` in eval mode over `x`; the float32 result (NCHW) is kept in memory.
+                     progress: Callable[[int, int], None] | None = None, *,
+                     device: torch.device = torch.device("cpu")) -> torch.Tensor:
+    """Run the frozen `prefix` (on `device`) in eval mode over `x`; the float32 result (NCHW) is kept in host
+    memory. In a distributed run each rank passes its own shard.
 
     `progress(done, total)` is called after every batch (a pretrained backbone's pass can take minutes).
     """
     prefix = inference_copy(prefix)
     if len(x):
-        prefix = fold_batchnorm(prefix, channels_last(x[:2]))
+        prefix = fold_batchnorm(prefix, channels_last(to_device(x[:2], device)))
     out = None
     for start in range(0, len(x), batch_size):
-        with autocast(autocast_dtype):
-            y = prefix(channels_last(x[start : start + batch_size])).float()
+        with autocast(autocast_dtype, device.type):
+            y = prefix(channels_last(to_device(x[start : start + batch_size], device))).float().cpu()
         if out is None:
             out = torch.empty((len(x), *y.shape[1:]), dtype=torch.float32)
         out[start : start + len(y)] = y
@@ -56,7 +59,8 @@ def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 128,
 
 def stored_features(prefix: nn.Module, x: torch.Tensor, identity: str, store: Path, batch_size: int = 128,
                     autocast_dtype: torch.dtype | None = None,
-                    progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, bool]:
+                    progress: Callable[[int, int], None] | None = None, *,
+                    device: torch.device = torch.device("cpu")) -> tuple[torch.Tensor, bool]:
     """compute_features, kept on disk in `store` so that the same images through the same frozen network are
     computed once: the key is `identity` (which network, weights, preprocessing, precision) and the images'
     bytes. Returns (features, whether they came from the store)."""
@@ -69,7 +73,7 @@ def stored_features(prefix: nn.Module, x: torch.Tensor, identity: str, store: Pa
             return load_file(str(path))["features"], True
         except Exception:  # noqa: BLE001 - a damaged file is recomputed and replaced
             pass
-    features = compute_features(prefix, x, batch_size, autocast_dtype, progress)
+    features = compute_features(prefix, x, batch_size, autocast_dtype, progress, device=device)
     try:
         store.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: save_file({"features": features}, str(tmp), metadata={"identity": identity}))

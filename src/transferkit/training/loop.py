@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from ..errors import Interrupted
-from .batches import TensorBatches
+from .batches import TensorBatches, to_device
+from .distributed import sum_over_ranks, unwrap
 from .freezing import train_mode
 
 
@@ -40,6 +41,7 @@ class FitState:
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
+    steps: int = 0  # optimizer steps this process took in the fit, all epochs
     epoch_seconds: float = 0.0  # spent in this epoch before an interruption
 
     def to_dict(self) -> dict:
@@ -69,36 +71,46 @@ class SilentProgress:
         pass
 
 
-def autocast(dtype: torch.dtype | None):
-    """bf16 autocast on the CPU when a dtype is given, else nothing."""
-    return torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+def autocast(dtype: torch.dtype | None, device_type: str = "cpu"):
+    """Autocast to `dtype` (bf16 on a CPU, bf16 or fp16 on a GPU) when one is given, else nothing."""
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
                     autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None,
-                    state: FitState | None = None, should_stop: Callable[[], bool] | None = None) -> tuple[float, float]:
-    """Train over the epoch's remaining batches; returns its mean loss and accuracy (as Keras reports them).
+                    state: FitState | None = None, should_stop: Callable[[], bool] | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+    """Train over the epoch's remaining batches; returns its mean loss and accuracy (as Keras reports them),
+    over all ranks in a distributed run.
 
     Sums accumulate in `state`, so an epoch stopped by `should_stop` (checked after each step) can continue.
+    `scaler` scales the loss for fp16, whose small gradients would otherwise underflow.
     """
     state = state if state is not None else FitState()
     train_mode(model)
     for x, y in batches:
         optimizer.zero_grad(set_to_none=True)
-        with autocast(autocast_dtype):
+        with autocast(autocast_dtype, batches.device.type):
             logits = model(x)
         loss = nn.functional.cross_entropy(logits.float(), y)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         with torch.no_grad():
             state.loss_sum += loss.item() * len(y)
             state.correct += int((logits.argmax(1) == y).sum())
         state.seen += len(y)
+        state.steps += 1
         if progress is not None:
             progress.step_done(batches.position, state.loss_sum / state.seen, state.correct / state.seen)
         if should_stop is not None and should_stop():
             break
-    return state.loss_sum / max(state.seen, 1), state.correct / max(state.seen, 1)
+    loss_sum, correct, seen = sum_over_ranks([state.loss_sum, state.correct, state.seen])
+    return loss_sum / max(seen, 1), correct / max(seen, 1)
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
@@ -117,17 +129,23 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
-             autocast_dtype: torch.dtype | None = None) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode, channels-last."""
+             autocast_dtype: torch.dtype | None = None,
+             device: torch.device = torch.device("cpu")) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy over (x, y), in eval mode, channels-last.
+
+    In a distributed run each rank passes its evaluation shard and all get the figures of the whole set.
+    """
     model = inference_copy(model)
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        xb, yb = channels_last(x[start : start + batch_size]), y[start : start + batch_size]
-        with autocast(autocast_dtype):
+        xb = channels_last(to_device(x[start : start + batch_size], device))
+        yb = to_device(y[start : start + batch_size], device)
+        with autocast(autocast_dtype, device.type):
             logits = model(xb)
         total_loss += nn.functional.cross_entropy(logits.float(), yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
-    return total_loss / len(x), correct / len(x)
+    total_loss, correct, n = sum_over_ranks([total_loss, correct, len(x)])
+    return total_loss / n, correct / n
 
 
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorBatches,
@@ -138,20 +156,23 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorBatches
     """Train until `epochs`, validating after each; one EpochRecord per epoch.
 
     `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
-    `should_stop()` turns true between steps, after which fit raises Interrupted.
+    `should_stop()` turns true between steps, after which fit raises Interrupted. `model` may be wrapped in
+    DistributedDataParallel; validation runs on the module inside.
     """
     progress = progress or SilentProgress()
-    state = state or FitState()
+    state = state if state is not None else FitState()
+    # fp16 needs loss scaling; its scale is not checkpointed (it re-grows within a few steps after a resume).
+    scaler = torch.amp.GradScaler(train.device.type) if autocast_dtype == torch.float16 else None
     while state.epoch <= epochs:
         start = time.perf_counter()
         progress.epoch_started(state.epoch, epochs, len(train))
-        loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop)
+        loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop, scaler)
         if should_stop is not None and should_stop():
             state.epoch_seconds += time.perf_counter() - start
             if on_checkpoint is not None:
                 on_checkpoint(state)
             raise Interrupted(f"stopped in epoch {state.epoch} after {train.position} of {len(train)} steps")
-        val_loss, val_acc = evaluate(model, val_x, val_y, eval_batch_size, autocast_dtype)
+        val_loss, val_acc = evaluate(unwrap(model), val_x, val_y, eval_batch_size, autocast_dtype, train.device)
         record = EpochRecord(state.epoch, loss, acc, val_loss, val_acc,
                              state.epoch_seconds + time.perf_counter() - start)
         state.history.append(record)
