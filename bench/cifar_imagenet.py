@@ -97,9 +97,9 @@ def main() -> None:
         env = {**os.environ, "XDG_CACHE_HOME": f"{tmp}/cache"}  # cold: images decoded, features computed
         console.print(f"1/3 {shots} images per class: frozen ImageNet features + head, and the scratch control ...")
         record["shots"], record["shots_wall"] = run([*lite, "--shots", str(shots), "--out", f"{tmp}/shots"], env)
-        console.print("2/3 the same command again, on the feature store ...")
+        console.print("2/3 the same again without the scratch control, on the feature store ...")
         record["shots_again"], record["shots_again_wall"] = run(
-            [*lite, "--shots", str(shots), "--out", f"{tmp}/again"], env)
+            [*lite, "--shots", str(shots), "--no-scratch", "--out", f"{tmp}/again"], env)
         console.print("3/3 all target training images, no scratch control ...")
         record["full"], record["full_wall"] = run([*lite, "--no-scratch", "--out", f"{tmp}/full"], env)
         if args.unfreeze:

@@ -37,8 +37,8 @@ def cli(debug: bool) -> None:
 @click.option("--scratch/--no-scratch", default=True, show_default=True,
               help="Train the scratch control on the target classes (without it nobody can tell what transfer bought).")
 @click.option("--epochs", type=int, help="Epochs per phase.  [default: 5; cifar10: 20]")
-@click.option("--batch-size", type=int, help="[default: 128]")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adadelta; cifar10: adam]")
+@click.option("--batch-size", type=int, help="[default: 128; with --backbone: 32]")
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adadelta; cifar10 and --backbone: adam]")
 @click.option("--lr", type=float, default=None,
               help="Learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
               + " (Adadelta's is Keras 2's; Keras 3's 0.001 is why seed 003 reaches only ~70%).")

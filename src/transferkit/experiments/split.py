@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from torch import nn
 
-from ..config import PRESETS, ModelConfig, SplitConfig, TrainConfig
+from ..config import BACKBONE_PRESET, PRESETS, ModelConfig, SplitConfig, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..data.preprocess import InputTransform
 from ..data.splits import fewer_training_images, subsample
@@ -100,7 +100,8 @@ def make_split_config(dataset: str = "mnist", source: object = None, target: obj
 
     Options left at None take the data set's preset (config.PRESETS), then the dataclass defaults.
     """
-    options = {**PRESETS.get(dataset, {}), **{k: v for k, v in options.items() if v is not None}}
+    given = {k: v for k, v in options.items() if v is not None}
+    options = {**PRESETS.get(dataset, {}), **(BACKBONE_PRESET if given.get("backbone") else {}), **given}
     groups = {cls: {f.name for f in fields(cls)} for cls in (ModelConfig, TrainConfig)}
     split_fields = {f.name for f in fields(SplitConfig)} - {"model", "train", "dataset", "source", "target"}
     chosen: dict[type, dict] = {ModelConfig: {}, TrainConfig: {}, SplitConfig: {}}
