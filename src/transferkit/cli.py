@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -22,6 +24,25 @@ DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under t
 def cli(debug: bool) -> None:
     """Transfer learning for image classification: fast, measurable, reproducible."""
     # --debug is read by main(), which decides how errors are shown.
+
+
+def _output_options(command):
+    """--quiet and --json, for run and finetune."""
+    command = click.option("--json", "as_json", is_flag=True,
+                           help="Print results.json to stdout and nothing else (for scripts).")(command)
+    return click.option("--quiet", "-q", is_flag=True, help="Print only the final results table.")(command)
+
+
+def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
+    """What --json and --quiet print once the run is over (without them, the experiment printed everything)."""
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    elif quiet:
+        from rich.console import Console
+
+        from .reporting.console import comparison_table
+
+        Console(highlight=False, width=None if sys.stdout.isatty() else 120).print(comparison_table(results["phases"]))
 
 
 @cli.command("run")
@@ -74,7 +95,9 @@ def cli(debug: bool) -> None:
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-def run_command(dataset: str, out: str | None, force: bool, resume: str | None, **options: object) -> None:
+@_output_options
+def run_command(dataset: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
+                **options: object) -> None:
     """The split-class transfer experiment on DATASET: train on --source classes, freeze the convolutional
     features, fine-tune the classifier on --target classes, and train the same network from scratch as the
     control. DATASET is mnist (shipped), cifar10, or a folder / .zip / .tar.gz of class folders.
@@ -90,15 +113,17 @@ def run_command(dataset: str, out: str | None, force: bool, resume: str | None, 
     """
     from .experiments import run_split  # torch loads here, not for --help
 
-    _resumable(run_split, dataset, out=out, resume=resume, force=force, **options)
+    result = _resumable(run_split, dataset, out=out, resume=resume, force=force, verbose=not (quiet or as_json),
+                        **options)
+    _closing_output(result.results, quiet, as_json)
 
 
-def _resumable(command, *args, out: str | None, resume: str | None, **kwargs) -> None:
-    """Run an experiment; on Ctrl-C print the command that resumes it and exit 130."""
+def _resumable(command, *args, out: str | None, resume: str | None, **kwargs):
+    """Run an experiment and return its result; on Ctrl-C print the command that resumes it and exit 130."""
     if resume is not None and out is not None:
         raise UserError("--resume continues the given run folder; drop --out")
     try:
-        command(*args, out=out, resume=resume, **kwargs)
+        return command(*args, out=out, resume=resume, **kwargs)
     except Interrupted as stop:
         if stop.run_dir is not None:  # rank 0 (the one that writes) tells how to resume
             click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
@@ -157,7 +182,9 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-def finetune_command(data: str, out: str | None, force: bool, resume: str | None, **options: object) -> None:
+@_output_options
+def finetune_command(data: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
+                     **options: object) -> None:
     """Fine-tune a pretrained backbone on your image folders (train/ and val/ of class folders, one folder of
     class folders, or a .zip / .tar.gz of either): a new head on the frozen backbone, then optionally the
     whole network. The run folder holds the model for `transferkit predict`.
@@ -170,7 +197,63 @@ def finetune_command(data: str, out: str | None, force: bool, resume: str | None
     """
     from .experiments import finetune
 
-    _resumable(finetune, data, out=out, resume=resume, force=force, **options)
+    result = _resumable(finetune, data, out=out, resume=resume, force=force, verbose=not (quiet or as_json),
+                        **options)
+    _closing_output(result.results, quiet, as_json)
+
+
+@cli.command("report")
+@click.argument("run_dir", type=click.Path())
+@click.option("--open", "open_page", is_flag=True, help="Open the report in the default web browser.")
+def report_command(run_dir: str, open_page: bool) -> None:
+    """Write RUN_DIR/report.html again from the run folder's files (runs write it themselves after each phase;
+    this also makes one for runs from transferkit versions without reports).
+
+    \b
+    Examples:
+      transferkit report runs/20261123T101200Z-mnist --open
+    """
+    from .reporting.report import write_report
+
+    path = write_report(Path(run_dir))
+    click.echo(f"report: {path}")
+    if open_page:
+        _open(path)
+
+
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), default="compare.html", show_default=True,
+              help="The HTML page to write (a folder: compare.html inside it).")
+@click.option("--open", "open_page", is_flag=True, help="Open the page in the default web browser.")
+def compare_command(run_dirs: tuple[str, ...], out: str, open_page: bool) -> None:
+    """Compare run folders: their metrics per phase and configuration differences as console tables, and one
+    HTML page with the validation curves of every run overlaid.
+
+    \b
+    Examples:
+      transferkit compare runs/head-reuse runs/head-reset
+      transferkit compare runs/* --out comparison.html --open
+    """
+    from rich.console import Console
+
+    from .reporting.compare import differences_table, metrics_table, write_comparison
+
+    path, view = write_comparison(list(run_dirs), Path(out))
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console.print(metrics_table(view))
+    if view.differences:
+        console.print(differences_table(view))
+    click.echo(f"comparison: {path}")
+    if open_page:
+        _open(path)
+
+
+def _open(path: Path) -> None:
+    from .reporting.html import open_in_browser
+
+    if not open_in_browser(path):
+        click.echo(f"no web browser found; open {path.resolve()} yourself", err=True)
 
 
 @cli.command("predict")

@@ -20,10 +20,11 @@ from ..data import cache_dir, load_folder
 from ..data.preprocess import InputTransform
 from ..data.splits import subsample
 from ..errors import UserError
-from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, load_backbone_weights
+from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, layer_rows, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
 from ..reporting.console import ConsoleProgress, comparison_table
-from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, save_figures
+from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, samples_figure, save_figures
+from ..reporting.report import write_report
 from ..reporting.status import recording_status
 from ..training import (
     FitState,
@@ -38,6 +39,7 @@ from ..training import (
 from ..training.batches import to_device
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import gather_to_main, init_distributed, on_main
+from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
 from ..training.runtime import keep_freed_memory
 from .split import prepare_run_dir, resumable, stop_on_interrupt
 
@@ -166,6 +168,9 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     xv, yv = ranks.evaluation_shard(_nchw(x_val), torch.from_numpy(y_val))
     dtype = precision.autocast_dtype
     phases: dict[str, PhaseResult] = {}
+    mistakes: dict[str, Mistakes] = {}
+    shown = subsample(np.arange(len(y_train)), 16)  # every class, not the first
+    figures = {"samples": samples_figure({"train": (x_train[shown], y_train[shown], classes)})}
 
     def stage(name: str, trained: nn.Module, optimizer: torch.optim.Optimizer, train_in: torch.Tensor,
               val_in: torch.Tensor, epochs: int, seed: int, start: float, should_stop) -> None:
@@ -173,6 +178,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         if writes is not None:
             write_status(writes, "running", phase=name)
         batches = TensorBatches(train_in, yt, config.batch_size, seed, device=ranks.device)
+        layers = layer_rows(model, (3, pre.crop, pre.crop))  # after freeze / unfreeze: trainable as trained
         state, before = checkpoints.restore(name, model, optimizer, batches, console) if checkpoints else (None, 0.0)
         state = state if state is not None else FitState()
 
@@ -184,10 +190,18 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                       ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop)
         phases[name] = _phase(name, classes, len(y_train), len(y_val), history, before + time.perf_counter() - start,
                               count_params(model))
+        # On this rank's share of the validation images, as validation ran (cached features where there are).
+        mistakes[name] = find_mistakes(trained, val_in, yv.numpy(), x_val[ranks.rank :: ranks.world_size], classes,
+                                       config.batch_size, dtype)
+        phases[name].layers = layers
+        phases[name].confusion_matrix = confusion_over_ranks(mistakes[name].confusion).tolist()
         results["phases"][name] = phases[name].to_dict()
         results["distributed"].setdefault("steps_per_rank", {})[name] = gather_to_main(state.steps)
+        figures["misclassified"] = misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})
         if writes is not None:
             write_results(writes, results)
+            save_figures(figures, writes)
+            write_report(writes)
 
     with recording_status(writes), stop_on_interrupt() as should_stop:
         # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
@@ -217,21 +231,21 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     predictions = _predict(nn.Sequential(transform, model), _nchw(x_val), config.batch_size, ranks.device)
     results["confusion_matrix"] = _confusion(y_val, predictions, len(classes)).tolist()
     model.cpu()  # the model returned and saved lives on the CPU, wherever it trained
-    wrong = np.flatnonzero(predictions != y_val)[:24]
-    figures = {"curves": curves_figure(results["phases"]),
-               "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes),
-               "misclassified": misclassified_figure(x_val[wrong], y_val[wrong], predictions[wrong], classes)}
+    figures.update(curves=curves_figure(results["phases"]),
+                   confusion_matrix=confusion_figure(np.asarray(results["confusion_matrix"]), classes))
     if writes is not None:
         save_model(writes / "weights", "model", model, classes, pre.to_dict())
         write_results(writes, results)
         save_figures(figures, writes)
         write_status(writes, "complete")
         (writes / CHECKPOINT_FILE).unlink(missing_ok=True)  # the model is saved
+        write_report(writes)
     result = FinetuneResult(config, results, phases, model, figures, run_dir)
     console.print(comparison_table(results["phases"]))
     console.print(result.summary())
     if run_dir is not None:
-        console.print(f"run folder: {run_dir}\npredict with: transferkit predict {run_dir} IMAGES...")
+        console.print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}\n"
+                      f"predict with: transferkit predict {run_dir} IMAGES...")
     return result
 
 

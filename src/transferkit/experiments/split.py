@@ -53,7 +53,8 @@ from ..reporting.console import (
     print_summary,
     transfer_verdict,
 )
-from ..reporting.figures import curves_figure, samples_figure, save_figures, time_figure
+from ..reporting.figures import curves_figure, misclassified_figure, samples_figure, save_figures, time_figure
+from ..reporting.report import write_report
 from ..reporting.results import RESULTS_FILE
 from ..reporting.status import recording_status
 from ..training import (
@@ -73,6 +74,7 @@ from ..training import (
 )
 from ..training.checkpoint import Checkpointer
 from ..training.distributed import Distributed, any_rank, gather_to_main, init_distributed, on_main
+from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
 from ..training.runtime import keep_freed_memory
 
 PHASES = ("source", "transfer", "scratch")
@@ -291,19 +293,24 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                 results["feature_pass"] = runner.feature_pass
             figures["curves"] = curves_figure(results["phases"])
             figures["training_time"] = time_figure(results["phases"])
+            if runner.mistakes:  # phases finished before a resume keep their matrix, not their examples
+                figures["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in runner.mistakes.items()})
             if writes is not None:
                 save_model(writes / "weights", phase, model, list(split.class_names),
                            backbone.preprocessing(phase).to_dict() if backbone else preprocessing)
                 write_results(writes, results)
                 save_figures(figures, writes)
+                if phase != phases[-1]:  # the last one is written once the run is complete, saying so
+                    write_report(writes)
     if writes is not None:
         write_status(writes, "complete")
         (writes / CHECKPOINT_FILE).unlink(missing_ok=True)  # the weights of every phase are saved
+        write_report(writes)
     result.figures = figures
     console.print(comparison_table(results["phases"]))
     console.print(result.summary(), soft_wrap=True)
     if run_dir is not None:
-        console.print(f"run folder: {run_dir}")
+        console.print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}")
     return result
 
 
@@ -316,6 +323,7 @@ class _PhaseRunner:
         self.config, self.image_shape, self.precision, self.console = config, image_shape, precision, console
         self.ranks, self.backbone = ranks, backbone
         self.feature_pass: dict | None = None  # the frozen backbone's pass: images, seconds, from the store
+        self.mistakes: dict[str, Mistakes] = {}  # per phase trained here: for the report's confusion and examples
         self.checkpoints = Checkpointer(run_dir / CHECKPOINT_FILE) if run_dir is not None else None
 
     def run(self, phase: str, split: ClassSplit, source_model: nn.Module | None,
@@ -342,7 +350,8 @@ class _PhaseRunner:
         self.console.rule(f"phase {phase}: {', '.join(split.class_names)}")
         shown = (model, self.image_shape, None) if inputs is None else (
             model, (self.image_shape[0], inputs.crop, inputs.crop), 2)
-        print_summary(self.console, f"{phase} model", layer_rows(*shown), counts)
+        layers = layer_rows(*shown)
+        print_summary(self.console, f"{phase} model", layers, counts)
 
         device = self.ranks.device
         model.to(device)  # before the optimizer takes its parameters
@@ -395,12 +404,19 @@ class _PhaseRunner:
                       autocast_dtype, ConsoleProgress(self.console, phase), state=state, on_checkpoint=checkpoint,
                       should_stop=should_stop)
         seconds = elapsed_before + time.perf_counter() - start
+        # On what validation ran on (cached features where there are, this rank's share of the test images),
+        # so no second pass through a backbone; the confusion matrix is summed over the ranks.
+        self.mistakes[phase] = find_mistakes(trained, x_test, y_test.cpu().numpy(),
+                                             split.x_test[self.ranks.rank :: self.ranks.world_size],
+                                             list(split.class_names), cfg.eval_batch_size, autocast_dtype)
+        confusion = confusion_over_ranks(self.mistakes[phase].confusion)
         model.eval().cpu()  # trained models live on the CPU: saved, summarised, copied by the next phase
         return model, PhaseResult(
             name=phase, classes=list(split.class_names), train_samples=len(split.y_train),
             test_samples=len(split.y_test), epochs=cfg.epochs, train_seconds=seconds,
             test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy, params=counts,
-            history=history, feature_cache_seconds=cache_seconds,
+            history=history, feature_cache_seconds=cache_seconds, layers=layers,
+            confusion_matrix=confusion.tolist(),
         ), gather_to_main(state.steps)
 
     def _transfer_model(self, source_model: nn.Module, num_classes: int) -> SeedCNN:

@@ -16,6 +16,14 @@ class LayerRow:
     params: int
     trainable: bool
 
+    def to_dict(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "output_shape": list(self.output_shape),
+                "params": self.params, "trainable": self.trainable}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LayerRow:
+        return cls(d["name"], d["kind"], tuple(d["output_shape"]), d["params"], d["trainable"])
+
 
 @dataclass(frozen=True)
 class ParamCounts:
@@ -49,13 +57,15 @@ def layer_rows(model: nn.Module, input_shape: tuple[int, ...], max_depth: int | 
 
     leaves = [(n, m) for n, m in model.named_modules() if shown(n, m)]
     hooks = [m.register_forward_hook(_recorder(shapes, n)) for n, m in leaves]
-    was_training = model.training
+    # Each module's own mode, restored one by one: model.train() would wake a frozen backbone kept in eval mode.
+    modes = {m: m.training for m in model.modules()}
     try:
         model.eval()
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape)))
+            model(torch.zeros((1, *input_shape), device=next(model.parameters()).device))
     finally:
-        model.train(was_training)
+        for m, training in modes.items():
+            m.training = training
         for h in hooks:
             h.remove()
     rows = []

@@ -10,7 +10,10 @@ from matplotlib.figure import Figure  # Figure objects, not pyplot: no global st
 
 from ..atomic import write_atomic
 
-PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728"}
+PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728", "frozen": "#1f77b4",
+                "unfrozen": "#9467bd"}
+RUN_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+              "#17becf"]  # matplotlib's tab10, so tables and charts of `compare` agree
 
 
 def curves_figure(phases: dict[str, dict]) -> Figure:
@@ -31,6 +34,50 @@ def curves_figure(phases: dict[str, dict]) -> Figure:
             ax.legend(fontsize=8)
     _tight(fig)
     return fig
+
+
+def overlay_curves_figure(title: str, metric: str, lines: list[tuple[str, list[dict], int]]) -> Figure:
+    """One metric (accuracy or loss) per epoch, several phases on the same axes (e.g. transfer and scratch).
+
+    `lines`: (phase name, its history, epochs before it) - an offset lets a stage continue the one before.
+    Colour tells the phase, line style train (solid) from validation (dashed).
+    """
+    fig = Figure(figsize=(5.4, 3.6))
+    ax = fig.subplots()
+    ticks = set()
+    for name, history, offset in lines:
+        epochs = [offset + r["epoch"] for r in history]
+        ticks.update(epochs)
+        color = PHASE_COLORS.get(name, "gray")
+        ax.plot(epochs, [r[metric] for r in history], "o-", color=color, label=f"{name} train")
+        ax.plot(epochs, [r[f"val_{metric}"] for r in history], "s--", color=color, label=f"{name} validation")
+    _axes(ax, f"{title}: {metric}", metric, ticks)
+    _tight(fig)
+    return fig
+
+
+def runs_curves_figure(phase: str, metric: str, runs: dict[str, list[dict]]) -> Figure:
+    """Validation accuracy or loss of one phase, one line per run (for `transferkit compare`)."""
+    fig = Figure(figsize=(5.4, 3.6))
+    ax = fig.subplots()
+    ticks = set()
+    for i, (label, history) in enumerate(runs.items()):
+        ticks.update(r["epoch"] for r in history)
+        ax.plot([r["epoch"] for r in history], [r[f"val_{metric}"] for r in history], "o-",
+                color=RUN_COLORS[i % len(RUN_COLORS)], label=label)
+    _axes(ax, f"{phase}: validation {metric}", f"validation {metric}", ticks)
+    _tight(fig)
+    return fig
+
+
+def _axes(ax, title: str, ylabel: str, epochs: set[int]) -> None:
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if len(epochs) <= 20:  # integer epochs; beyond 20 matplotlib's own ticks read better
+        ax.set_xticks(sorted(epochs))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
 
 
 def time_figure(phases: dict[str, dict]) -> Figure:
@@ -96,39 +143,44 @@ def _tight(fig: Figure) -> None:
         fig.tight_layout()
 
 
-def confusion_figure(matrix: np.ndarray, class_names: list[str]) -> Figure:
+def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str = "Confusion matrix (validation)") -> Figure:
     """Counts of true (rows) against predicted (columns) classes, with the names on both axes."""
     k = len(class_names)
-    fig = Figure(figsize=(2 + 0.6 * k, 1.6 + 0.6 * k))
+    cell = 0.6 if k <= 20 else max(0.12, 12 / k)  # many classes: a smaller figure, no counts in the cells
+    fig = Figure(figsize=(2 + cell * k, 1.6 + cell * k))
     ax = fig.subplots()
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(k), class_names)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8 if k <= 20 else 5)
+    ax.set_yticks(range(k), class_names, fontsize=8 if k <= 20 else 5)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    for i in range(k):
-        for j in range(k):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set_title("Confusion matrix (validation)")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_title(title, fontsize=10)
     _tight(fig)
     return fig
 
 
-def misclassified_figure(images: np.ndarray, truth: np.ndarray, predicted: np.ndarray,
-                         class_names: list[str]) -> Figure:
-    """Validation images the model got wrong, titled 'true -> predicted'."""
+def misclassified_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]]) -> Figure:
+    """Validation images a model got wrong, titled 'true -> predicted'; one block per group (phase).
+
+    `groups`: name -> (images, true labels, predicted labels, class names).
+    """
     cols = 6
-    rows = max(1, -(-len(images) // cols))
-    fig = Figure(figsize=(cols * 1.6, rows * 1.8))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < len(images):
-            _show(ax, images[i])
-            ax.set_title(f"{class_names[truth[i]]} -> {class_names[predicted[i]]}", fontsize=7, color="#b00")
-    if len(images) == 0:
-        axes[0][0].text(0, 0.5, "no misclassified images", fontsize=10)
-    fig.suptitle("Misclassified validation images (true -> predicted)", fontsize=9)
-    _tight(fig)
+    heights = [max(1, -(-len(images) // cols)) for images, *_ in groups.values()] or [1]
+    fig = Figure(figsize=(cols * 1.3, sum(heights) * 1.45 + 0.35 * len(heights)), layout="constrained")
+    subfigs = fig.subfigures(len(heights), 1, squeeze=False, height_ratios=[h + 0.3 for h in heights])
+    for subfig, rows, (group, (images, truth, predicted, names)) in zip(subfigs[:, 0], heights, groups.items()):
+        axes = subfig.subplots(rows, cols, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if i < len(images):
+                _show(ax, images[i])
+                ax.set_title(f"{names[truth[i]]} -> {names[predicted[i]]}", fontsize=8, color="#b00")
+        if len(images) == 0:
+            axes[0][0].text(0, 0.5, "none: every validation image is right", fontsize=9)
+        subfig.suptitle(f"{group} (true -> predicted)", fontsize=10, fontweight="bold")
     return fig

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_atomic
-from ..models import ParamCounts
+from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 
 RESULTS_FILE = "results.json"
@@ -31,6 +31,9 @@ class PhaseResult:
     params: ParamCounts
     history: list[EpochRecord]
     feature_cache_seconds: float | None = None  # part of train_seconds, when the frozen features were cached
+    # For report.html; None in runs made before transferkit recorded them.
+    layers: list[LayerRow] | None = None  # the Keras-style parameter summary
+    confusion_matrix: list[list[int]] | None = None  # validation counts, true class (rows) x predicted
 
     def to_dict(self) -> dict:
         d = {
@@ -46,6 +49,10 @@ class PhaseResult:
         }
         if self.feature_cache_seconds is not None:
             d["feature_cache_seconds"] = round(self.feature_cache_seconds, 4)
+        if self.layers is not None:
+            d["layers"] = [r.to_dict() for r in self.layers]
+        if self.confusion_matrix is not None:
+            d["confusion_matrix"] = self.confusion_matrix
         return d
 
     @classmethod
@@ -55,7 +62,9 @@ class PhaseResult:
                    epochs=d["epochs"], train_seconds=d["train_seconds"], test_loss=d["test_loss"],
                    test_accuracy=d["test_accuracy"], params=ParamCounts(**d["params"]),
                    history=[EpochRecord(**r) for r in d["history"]],
-                   feature_cache_seconds=d.get("feature_cache_seconds"))
+                   feature_cache_seconds=d.get("feature_cache_seconds"),
+                   layers=[LayerRow.from_dict(r) for r in d["layers"]] if "layers" in d else None,
+                   confusion_matrix=d.get("confusion_matrix"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

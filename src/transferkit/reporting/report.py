@@ -1,0 +1,190 @@
+"""report.html: a run folder told as an article, built from the folder's files alone.
+
+Everything comes from results.json, status.json and the PNGs beside them, so `transferkit report` rebuilds the
+page for any run, also one made before a section existed: what a run did not record is left out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..models import LayerRow
+from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, time_figure
+from .html import Image, figure_image, png_image, render, write_html
+from .results import RESULTS_FILE
+from .status import read_status
+
+REPORT_FILE = "report.html"
+
+# One line per phase for a reader who has not seen the console, by experiment.
+ROLES = {
+    "source": "a new network, every layer trained on the source classes",
+    "transfer": "the source network with its convolutional features frozen; only the classifier trains, "
+                "on the target classes",
+    "scratch": "the control: the same network, new, every layer trained on the target classes for as many epochs",
+    "frozen": "the pretrained backbone frozen; a new head trains on its features",
+    "unfrozen": "the whole network trains, the backbone at a smaller learning rate",
+}
+
+
+@dataclass(frozen=True)
+class PhaseView:
+    name: str
+    role: str
+    color: str
+    classes: list[str]
+    accuracy: float
+    loss: float
+    seconds: float
+    epochs: int
+    train_samples: int
+    test_samples: int
+    params: dict
+    layers: list[LayerRow] | None
+    confusion: Image | None
+
+
+@dataclass(frozen=True)
+class Gain:
+    """What transfer bought over scratch on the target classes."""
+
+    points: float  # accuracy difference in percentage points
+    speedup: float  # scratch time / transfer time
+
+
+@dataclass(frozen=True)
+class ReportView:
+    title: str
+    intro: str
+    experiment: str
+    dataset: str
+    origin: str
+    created: str
+    status: dict | None
+    phases: list[PhaseView]
+    gain: Gain | None
+    curves: list[Image]
+    time_bars: Image | None
+    samples: Image | None
+    misclassified: Image | None
+    config: list[tuple[str, str]]
+    environment: list[tuple[str, str]]
+
+
+def load_run(run_dir: Path) -> dict:
+    """results.json of a run folder, or a one-line error naming what is wrong."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: no such run folder")
+    try:
+        return json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE})") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{run_dir / RESULTS_FILE}: cannot be read ({e})") from None
+
+
+def write_report(run_dir: Path) -> Path:
+    """Build report.html in `run_dir` from its files; returns its path."""
+    run_dir = Path(run_dir)
+    view = build_view(run_dir, load_run(run_dir))
+    return write_html(run_dir / REPORT_FILE, render("report.html.j2", report=view, classes_label=classes_label))
+
+
+def build_view(run_dir: Path, results: dict) -> ReportView:
+    phases = results.get("phases", {})
+    experiment = results.get("experiment", "split")
+    dataset = results.get("dataset", {})
+    name = dataset.get("name") or Path(dataset.get("origin", "data")).name
+    if experiment == "finetune":
+        config = results.get("config", {})
+        title = f"{config.get('backbone', 'backbone')} fine-tuned on {name}"
+        intro = (f"A {config.get('backbone', '')} backbone ({config.get('weights', '')} weights) with a new head, trained "
+                 f"on {len(results.get('classes', []))} classes of {name}: first the head alone on the frozen "
+                 "backbone, then, if asked, the whole network.")
+    else:
+        title = f"Transfer learning on {name}"
+        intro = ("A network learns the source classes; its convolutional features are frozen and its classifier "
+                 "is trained on the target classes (transfer). The same network trained from scratch on the "
+                 "target classes is the control: the difference is what the transfer bought.")
+    return ReportView(
+        title=title, intro=intro, experiment=experiment, dataset=name, origin=str(dataset.get("origin", "")),
+        created=results.get("created", ""), status=read_status(run_dir),
+        phases=[_phase_view(n, p, results) for n, p in phases.items()],
+        gain=_gain(phases),
+        curves=[figure_image(overlay_curves_figure(title, metric, lines), f"{metric} per epoch: {title}")
+                for title, lines in _curve_groups(phases, continued=experiment == "finetune")
+                for metric in ("accuracy", "loss")],
+        time_bars=figure_image(time_figure(phases), "training time per phase") if phases else None,
+        samples=png_image(run_dir / "samples.png", "sample training images with their classes"),
+        misclassified=png_image(run_dir / "misclassified.png", "misclassified validation images"),
+        config=flatten(results.get("config", {})),
+        environment=flatten(results.get("environment", {})),
+    )
+
+
+def _phase_view(name: str, p: dict, results: dict) -> PhaseView:
+    matrix = p.get("confusion_matrix")
+    title = f"{name}: confusion matrix (validation)"
+    if matrix is None and results.get("confusion_matrix") is not None and name == list(results["phases"])[-1]:
+        # finetune runs before per-phase matrices recorded one, of the final model
+        matrix, title = results["confusion_matrix"], "final model: confusion matrix (validation)"
+    confusion = None
+    if matrix is not None and len(matrix) == len(p["classes"]):
+        confusion = figure_image(confusion_figure(np.asarray(matrix), p["classes"], title), title)
+    layers = [LayerRow.from_dict(r) for r in p["layers"]] if "layers" in p else None
+    return PhaseView(name=name, role=ROLES.get(name, ""), color=PHASE_COLORS.get(name, "#777777"),
+                     classes=list(p["classes"]), accuracy=p["test_accuracy"], loss=p["test_loss"],
+                     seconds=p["train_seconds"], epochs=p["epochs"], train_samples=p["train_samples"],
+                     test_samples=p["test_samples"], params=p["params"], layers=layers, confusion=confusion)
+
+
+def _gain(phases: dict) -> Gain | None:
+    if "transfer" not in phases or "scratch" not in phases:
+        return None
+    t, s = phases["transfer"], phases["scratch"]
+    speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 else float("inf")
+    return Gain(points=(t["test_accuracy"] - s["test_accuracy"]) * 100, speedup=speedup)
+
+
+def _curve_groups(phases: dict, continued: bool) -> list[tuple[str, list[tuple[str, list[dict], int]]]]:
+    """Charts to draw: phases on the same classes share one (transfer over scratch).
+
+    `continued`: the phases are stages of one training (finetune), so each one's epochs follow the last's.
+    """
+    if continued:
+        lines, offset = [], 0
+        for name, p in phases.items():
+            lines.append((name, p["history"], offset))
+            offset += len(p["history"])
+        return [(", then ".join(phases), lines)] if lines else []
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for name, p in phases.items():
+        groups.setdefault(tuple(p["classes"]), []).append(name)
+    return [(f"{' vs '.join(names)} ({classes_label(list(classes))})",
+             [(n, phases[n]["history"], 0) for n in names]) for classes, names in groups.items()]
+
+
+def classes_label(classes: list[str], shown: int = 6) -> str:
+    """'0, 1, 2' or, for many, 'a, b, c, d, e, ... (40 classes)'."""
+    if len(classes) <= shown:
+        return ", ".join(classes)
+    return ", ".join(classes[: shown - 1]) + f", ... ({len(classes)} classes)"
+
+
+def flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested settings as (dotted key, text) rows: model.filters = 32."""
+    rows = []
+    for key, value in d.items():
+        if isinstance(value, dict):
+            rows += flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            rows.append((f"{prefix}{key}", ", ".join(map(str, value))))
+        else:
+            rows.append((f"{prefix}{key}", "default" if value is None else str(value)))
+    return rows
