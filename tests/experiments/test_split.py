@@ -25,7 +25,7 @@ def test_result_carries_what_results_json_carries(quick_run):
         "total": 600_165, "trainable": 590_597, "non_trainable": 9_568}
     assert quick_run.phases["source"].classes == ["0", "1", "2", "3", "4"]
     assert quick_run.results["config"]["train"]["epochs"] == 1
-    assert set(quick_run.figures) == {"samples", "curves", "training_time"}
+    assert set(quick_run.figures) == {"samples", "curves", "training_time", "misclassified"}
     assert "transfer vs scratch" in quick_run.summary()
 
 

@@ -103,9 +103,11 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
     name = dataset.get("name") or Path(dataset.get("origin", "data")).name
     if experiment == "finetune":
         config = results.get("config", {})
+        weights = {"imagenet": "ImageNet weights", "none": "random weights"}.get(
+            config.get("weights"), f"weights from {config.get('weights')}")
         title = f"{config.get('backbone', 'backbone')} fine-tuned on {name}"
-        intro = (f"A {config.get('backbone', '')} backbone ({config.get('weights', '')} weights) with a new head, trained "
-                 f"on {len(results.get('classes', []))} classes of {name}: first the head alone on the frozen "
+        intro = (f"A {config.get('backbone', '')} backbone ({weights}) with a new head, trained on "
+                 f"{len(results.get('classes', []))} classes of {name}: first the head alone on the frozen "
                  "backbone, then, if asked, the whole network.")
     else:
         title = f"Transfer learning on {name}"
