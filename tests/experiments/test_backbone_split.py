@@ -93,3 +93,10 @@ def test_bad_backbone_options_are_refused_before_a_run_folder_exists(shapes, tmp
     with pytest.raises(UserError, match=message):
         run_split(str(shapes), out=tmp_path / "run", verbose=False, **settings)
     assert not (tmp_path / "run").exists()
+
+
+def test_report_names_the_pretrained_source(first_run):
+    html = (first_run / "report.html").read_text(encoding="utf-8")
+    assert "The source is efficientnet_lite0 with ImageNet weights" in html
+    assert 'id="phase-transfer"' in html and 'id="phase-scratch"' in html and 'id="phase-source"' not in html
+    assert "features.blocks (Sequential)" in html  # the backbone's stages, not its hundreds of layers

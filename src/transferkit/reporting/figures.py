@@ -100,7 +100,8 @@ def time_figure(phases: dict[str, dict]) -> Figure:
 def samples_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], per_group: int = 16) -> Figure:
     """A grid of images per group (e.g. source and target classes), each titled with its class name."""
     cols = 8
-    rows_per_group = -(-per_group // cols)
+    shown = min(per_group, max((len(images) for images, _, _ in groups.values()), default=1))
+    rows_per_group = max(1, -(-shown // cols))  # few images (--shots): no empty rows
     fig = Figure(figsize=(cols * 1.1, rows_per_group * len(groups) * 1.3))
     axes = fig.subplots(rows_per_group * len(groups), cols, squeeze=False)
     for g, (group, (images, labels, names)) in enumerate(groups.items()):

@@ -30,6 +30,13 @@ ROLES = {
     "frozen": "the pretrained backbone frozen; a new head trains on its features",
     "unfrozen": "the whole network trains, the backbone at a smaller learning rate",
 }
+# The split experiment on a pretrained backbone (--backbone): the pretraining is the source.
+BACKBONE_ROLES = {
+    "transfer": "the pretrained backbone frozen at its weights' input size; a new head trains on its features, "
+                "on the target classes",
+    "scratch": "the control: the same network from random weights, every layer trained on the target classes at "
+               "the images' own size",
+}
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,7 @@ def write_report(run_dir: Path) -> Path:
 
 def build_view(run_dir: Path, results: dict) -> ReportView:
     phases = results.get("phases", {})
+    roles = {**ROLES, **(BACKBONE_ROLES if results.get("config", {}).get("backbone") else {})}
     experiment = results.get("experiment", "split")
     dataset = results.get("dataset", {})
     name = dataset.get("name") or Path(dataset.get("origin", "data")).name
@@ -109,6 +117,11 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
         intro = (f"A {config.get('backbone', '')} backbone ({weights}) with a new head, trained on "
                  f"{len(results.get('classes', []))} classes of {name}: first the head alone on the frozen "
                  "backbone, then, if asked, the whole network.")
+    elif results.get("config", {}).get("backbone"):
+        title = f"Transfer learning on {name}"
+        intro = (f"The source is {results.get('source', 'a pretrained backbone')}: the backbone is frozen and a new "
+                 "head is trained on its features for the target classes (transfer). The same network trained "
+                 "from random weights is the control: the difference is what the pretraining bought.")
     else:
         title = f"Transfer learning on {name}"
         intro = ("A network learns the source classes; its convolutional features are frozen and its classifier "
@@ -117,7 +130,7 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
     return ReportView(
         title=title, intro=intro, experiment=experiment, dataset=name, origin=str(dataset.get("origin", "")),
         created=results.get("created", ""), status=read_status(run_dir),
-        phases=[_phase_view(n, p, results) for n, p in phases.items()],
+        phases=[_phase_view(n, p, results, roles) for n, p in phases.items()],
         gain=_gain(phases),
         curves=[figure_image(overlay_curves_figure(title, metric, lines), f"{metric} per epoch: {title}")
                 for title, lines in _curve_groups(phases, continued=experiment == "finetune")
@@ -130,7 +143,7 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
     )
 
 
-def _phase_view(name: str, p: dict, results: dict) -> PhaseView:
+def _phase_view(name: str, p: dict, results: dict, roles: dict[str, str]) -> PhaseView:
     matrix = p.get("confusion_matrix")
     title = f"{name}: confusion matrix (validation)"
     if matrix is None and results.get("confusion_matrix") is not None and name == list(results["phases"])[-1]:
@@ -140,7 +153,7 @@ def _phase_view(name: str, p: dict, results: dict) -> PhaseView:
     if matrix is not None and len(matrix) == len(p["classes"]):
         confusion = figure_image(confusion_figure(np.asarray(matrix), p["classes"], title), title)
     layers = [LayerRow.from_dict(r) for r in p["layers"]] if "layers" in p else None
-    return PhaseView(name=name, role=ROLES.get(name, ""), color=PHASE_COLORS.get(name, "#777777"),
+    return PhaseView(name=name, role=roles.get(name, ""), color=PHASE_COLORS.get(name, "#777777"),
                      classes=list(p["classes"]), accuracy=p["test_accuracy"], loss=p["test_loss"],
                      seconds=p["train_seconds"], epochs=p["epochs"], train_samples=p["train_samples"],
                      test_samples=p["test_samples"], params=p["params"], layers=layers, confusion=confusion)
