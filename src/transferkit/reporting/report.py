@@ -105,35 +105,19 @@ def write_report(run_dir: Path) -> Path:
 
 def build_view(run_dir: Path, results: dict) -> ReportView:
     phases = results.get("phases", {})
-    roles = {**ROLES, **(BACKBONE_ROLES if results.get("config", {}).get("backbone") else {})}
     experiment = results.get("experiment", "split")
+    on_backbone = experiment == "split" and bool(results.get("config", {}).get("backbone"))
+    roles = {**ROLES, **(BACKBONE_ROLES if on_backbone else {})}
     dataset = results.get("dataset", {})
     name = dataset.get("name") or Path(dataset.get("origin", "data")).name
-    if experiment == "finetune":
-        config = results.get("config", {})
-        weights = {"imagenet": "ImageNet weights", "none": "random weights"}.get(
-            config.get("weights"), f"weights from {config.get('weights')}")
-        title = f"{config.get('backbone', 'backbone')} fine-tuned on {name}"
-        intro = (f"A {config.get('backbone', '')} backbone ({weights}) with a new head, trained on "
-                 f"{len(results.get('classes', []))} classes of {name}: first the head alone on the frozen "
-                 "backbone, then, if asked, the whole network.")
-    elif results.get("config", {}).get("backbone"):
-        title = f"Transfer learning on {name}"
-        intro = (f"The source is {results.get('source', 'a pretrained backbone')}: the backbone is frozen and a new "
-                 "head is trained on its features for the target classes (transfer). The same network trained "
-                 "from random weights is the control: the difference is what the pretraining bought.")
-    else:
-        title = f"Transfer learning on {name}"
-        intro = ("A network learns the source classes; its convolutional features are frozen and its classifier "
-                 "is trained on the target classes (transfer). The same network trained from scratch on the "
-                 "target classes is the control: the difference is what the transfer bought.")
+    title, intro = _title_and_intro(results, name, on_backbone)
     return ReportView(
         title=title, intro=intro, experiment=experiment, dataset=name, origin=str(dataset.get("origin", "")),
         created=results.get("created", ""), status=read_status(run_dir),
         phases=[_phase_view(n, p, results, roles) for n, p in phases.items()],
         gain=_gain(phases),
-        curves=[figure_image(overlay_curves_figure(title, metric, lines), f"{metric} per epoch: {title}")
-                for title, lines in _curve_groups(phases, continued=experiment == "finetune")
+        curves=[figure_image(overlay_curves_figure(group, metric, lines), f"{metric} per epoch: {group}")
+                for group, lines in _curve_groups(phases, continued=experiment == "finetune")
                 for metric in ("accuracy", "loss")],
         time_bars=figure_image(time_figure(phases), "training time per phase") if phases else None,
         samples=png_image(run_dir / "samples.png", "sample training images with their classes"),
@@ -141,6 +125,27 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
         config=flatten(results.get("config", {})),
         environment=flatten(results.get("environment", {})),
     )
+
+
+def _title_and_intro(results: dict, name: str, on_backbone: bool) -> tuple[str, str]:
+    """The page's title and the paragraph that tells a newcomer what the experiment did."""
+    config = results.get("config", {})
+    if results.get("experiment") == "finetune":
+        weights = {"imagenet": "ImageNet weights", "none": "random weights"}.get(
+            config.get("weights"), f"weights from {config.get('weights')}")
+        return (f"{config.get('backbone', 'backbone')} fine-tuned on {name}",
+                f"A {config.get('backbone', '')} backbone ({weights}) with a new head, trained on "
+                f"{len(results.get('classes', []))} classes of {name}: first the head alone on the frozen "
+                "backbone, then, if asked, the whole network.")
+    if on_backbone:
+        return (f"Transfer learning on {name}",
+                f"The source is {results.get('source', 'a pretrained backbone')}: the backbone is frozen and a new "
+                "head is trained on its features for the target classes (transfer). The same network trained "
+                "from random weights is the control: the difference is what the pretraining bought.")
+    return (f"Transfer learning on {name}",
+            "A network learns the source classes; its convolutional features are frozen and its classifier "
+            "is trained on the target classes (transfer). The same network trained from scratch on the "
+            "target classes is the control: the difference is what the transfer bought.")
 
 
 def _phase_view(name: str, p: dict, results: dict, roles: dict[str, str]) -> PhaseView:
