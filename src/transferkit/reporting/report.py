@@ -123,7 +123,9 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
         samples=png_image(run_dir / "samples.png", "sample training images with their classes"),
         misclassified=png_image(run_dir / "misclassified.png", "misclassified validation images"),
         config=flatten(results.get("config", {})),
-        environment=flatten(results.get("environment", {})),
+        environment=flatten(results.get("environment", {})) + (
+            flatten(results["distributed"], "distributed.")  # under torchrun: the world, batch, steps per rank
+            if results.get("distributed", {}).get("world_size", 1) > 1 else []),
     )
 
 
