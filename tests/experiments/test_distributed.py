@@ -116,7 +116,10 @@ def test_only_rank_0_writes_and_prints(two_ranks):
     assert "source epoch 3/3" in _rank_output(tmp, 0) and f"run folder: {out}" in _rank_output(tmp, 0)
     assert "epoch" not in _rank_output(tmp, 1) and "Traceback" not in _rank_output(tmp, 1)
     assert {p.name for p in out.iterdir()} == {"results.json", "history.csv", "status.json", "weights", "curves.png",
-                                               "training_time.png", "samples.png"}
+                                               "training_time.png", "samples.png", "misclassified.png", "report.html"}
+    results = json.loads((out / "results.json").read_text())
+    for phase in results["phases"].values():  # each rank counted its share of the test images; rank 0 has the sum
+        assert sum(map(sum, phase["confusion_matrix"])) == phase["test_samples"]
 
 
 def test_accuracy_matches_one_process_with_the_same_global_batch(two_ranks, one_process):
