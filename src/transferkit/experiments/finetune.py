@@ -36,10 +36,9 @@ from ..training import (
     trainable_parameters,
     unfreeze,
 )
-from ..training.batches import to_device
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import gather_to_main, init_distributed, on_main
-from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
+from ..training.predictions import Mistakes, confusion_matrix, confusion_over_ranks, find_mistakes, predict_classes
 from ..training.runtime import keep_freed_memory
 from .split import prepare_run_dir, resumable, stop_on_interrupt
 
@@ -228,8 +227,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, xv, config.unfreeze_epochs,
                   config.seed + 1, time.perf_counter(), should_stop)
     model.eval()
-    predictions = _predict(nn.Sequential(transform, model), _nchw(x_val), config.batch_size, ranks.device)
-    results["confusion_matrix"] = _confusion(y_val, predictions, len(classes)).tolist()
+    predictions = predict_classes(nn.Sequential(transform, model), _nchw(x_val), config.batch_size)
+    results["confusion_matrix"] = confusion_matrix(y_val, predictions, len(classes)).tolist()
     model.cpu()  # the model returned and saved lives on the CPU, wherever it trained
     figures.update(curves=curves_figure(results["phases"]),
                    confusion_matrix=confusion_figure(np.asarray(results["confusion_matrix"]), classes))
@@ -264,14 +263,3 @@ def _phase(name, classes, n_train, n_val, history, seconds, counts) -> PhaseResu
                        train_seconds=seconds, test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy,
                        params=counts, history=history)
 
-
-@torch.inference_mode()
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
-    return torch.cat([model(to_device(x[i : i + batch_size], device)).argmax(1).cpu()
-                      for i in range(0, len(x), batch_size)]).numpy()
-
-
-def _confusion(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
-    matrix = np.zeros((k, k), dtype=np.int64)
-    np.add.at(matrix, (truth, predicted), 1)
-    return matrix
