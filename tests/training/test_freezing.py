@@ -3,7 +3,7 @@ from torch import nn
 
 from transferkit.config import ModelConfig, TrainConfig
 from transferkit.models import SeedCNN
-from transferkit.training import freeze, make_optimizer, train_mode, trainable_parameters
+from transferkit.training import freeze, make_optimizer, train_mode, trainable_parameters, unfreeze
 
 
 def test_frozen_parameters_stay_out_of_the_optimizer():
@@ -23,3 +23,20 @@ def test_frozen_batchnorm_keeps_eval_mode():
     before = model[1].running_mean.clone()
     model(torch.randn(4, 1, 28, 28))
     assert torch.equal(model[1].running_mean, before)
+
+
+def test_unfrozen_batchnorm_trains_its_scale_but_keeps_its_statistics():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Dropout(0.5), nn.Flatten(), nn.Linear(1352, 3))
+    freeze(model[:3], eval_mode=True)
+    unfreeze(model[:3])
+    train_mode(model)
+    assert not model[1].training and model[2].training  # statistics kept, dropout acts again
+    before = model[1].running_mean.clone()
+    model(torch.randn(4, 1, 28, 28)).sum().backward()
+    assert torch.equal(model[1].running_mean, before)
+    assert model[1].weight.grad is not None and model[0].weight.grad is not None
+
+    unfreeze(model[:3], batchnorm_statistics=True)
+    train_mode(model)
+    model(torch.randn(4, 1, 28, 28))
+    assert model[1].training and not torch.equal(model[1].running_mean, before)

@@ -53,6 +53,7 @@ class FinetuneConfig:
     batch_size: int = 32
     lr: float = 1e-3
     backbone_lr_mult: float = 0.1
+    train_batchnorm: bool = False
     augment: bool = False
     vertical_flip: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
@@ -219,8 +220,9 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
             stage("frozen", trained, optimizer, train_in, val_in, config.epochs, config.seed, start, should_stop)
         if config.unfreeze_epochs:
-            # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does.
-            unfreeze(model.features)
+            # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does, and its
+            # BatchNorm statistics kept (unless --train-batchnorm), as the Keras transfer-learning guide does.
+            unfreeze(model.features, batchnorm_statistics=config.train_batchnorm)
             optimizer = torch.optim.Adam([
                 {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
                 {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
