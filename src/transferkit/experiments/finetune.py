@@ -326,7 +326,8 @@ def _read_data(config: FinetuneConfig, size: int, world_size: int, previous: dic
         n = sum(len(m) for m in members.values())
         before = (previous or {}).get("dataset", {}).get("loading")
         if before is not None:  # a resumed run reads its data as it started to, whatever memory there is now
-            loading = Loading(before["stream"], "as when the run started", n, n * size * size * 3, None, workers)
+            loading = Loading(before["stream"], "as when the run started", n, n * size * size * 3, None,
+                              workers if before["stream"] else 0)
         else:
             loading = streaming.choose_loading(config.stream, n, size, workers)
         if loading.stream:

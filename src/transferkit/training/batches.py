@@ -90,15 +90,15 @@ class StreamLoader:
 
     def __init__(self, dataset: Dataset, collate, workers: int | None = None, pin_memory: bool = False):
         self.workers = (os.cpu_count() or 1) if workers is None else workers
-        self.plan: list[torch.Tensor] = []
+        self.plan = _Plan()  # no reference back to this object: the workers end when it is dropped
         self.skipped: dict[str, str] = {}  # path -> reason, over every pass
-        self.loader = DataLoader(dataset, batch_sampler=_Plan(self), collate_fn=collate, num_workers=self.workers,
+        self.loader = DataLoader(dataset, batch_sampler=self.plan, collate_fn=collate, num_workers=self.workers,
                                  persistent_workers=self.workers > 0, pin_memory=pin_memory,
                                  worker_init_fn=_ignore_ctrl_c, generator=torch.Generator().manual_seed(0))
 
     def run(self, plan: list[torch.Tensor]) -> Iterator:
         """The collated batches of `plan` in order; the files they could not decode are added to `skipped`."""
-        self.plan = plan
+        self.plan.batches = plan
         for batch in self.loader:
             for line in batch.skipped:
                 path, _, reason = line.rpartition(": ")
@@ -115,14 +115,14 @@ def _ignore_ctrl_c(_worker_id: int) -> None:
 class _Plan:
     """The batch sampler: whatever index batches the StreamLoader's current pass planned."""
 
-    def __init__(self, owner: StreamLoader):
-        self.owner = owner
+    def __init__(self):
+        self.batches: list[torch.Tensor] = []
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter([b.tolist() for b in self.owner.plan])
+        return iter([b.tolist() for b in self.batches])
 
     def __len__(self) -> int:
-        return len(self.owner.plan)
+        return len(self.batches)
 
 
 class StreamBatches(ShuffledBatches):
