@@ -70,12 +70,12 @@ class FolderImages(Dataset):
 @dataclass
 class StreamBatch:
     """A collated batch: the images that decoded (uint8 NCHW), their labels and indices, and the files that
-    did not, as 'path: reason'."""
+    did not, as (path, reason)."""
 
     x: torch.Tensor
     y: torch.Tensor
     indices: torch.Tensor
-    skipped: list[str]
+    skipped: list[tuple[str, str]]
 
     def pin_memory(self) -> StreamBatch:  # DataLoader(pin_memory=True) calls this on custom batch types
         return StreamBatch(self.x.pin_memory(), self.y.pin_memory(), self.indices, self.skipped)
@@ -84,7 +84,7 @@ class StreamBatch:
 def collate_readable(items: list[tuple[torch.Tensor | Unreadable, int, int]]) -> StreamBatch:
     """Stack the images that decoded; an unreadable file drops out of its batch instead of ending the run."""
     good = [(x, y, i) for x, y, i in items if not isinstance(x, Unreadable)]
-    skipped = [f"{x.path}: {x.reason}" for x, _, _ in items if isinstance(x, Unreadable)]
+    skipped = [(x.path, x.reason) for x, _, _ in items if isinstance(x, Unreadable)]
     if not good:
         return StreamBatch(torch.zeros((0, 3, 1, 1), dtype=torch.uint8), torch.zeros(0, dtype=torch.int64),
                            torch.zeros(0, dtype=torch.int64), skipped)

@@ -100,8 +100,7 @@ class StreamLoader:
         """The collated batches of `plan` in order; the files they could not decode are added to `skipped`."""
         self.plan.batches = plan
         for batch in self.loader:
-            for line in batch.skipped:
-                path, _, reason = line.rpartition(": ")
+            for path, reason in batch.skipped:
                 self.skipped.setdefault(path, reason)
             yield batch
 
