@@ -182,6 +182,12 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Frozen stage without augmentation: run the backbone once and train the head on its features.")
+@click.option("--stream", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+              help="Decode the images from disk per batch with DataLoader workers instead of once into memory; "
+                   "auto streams when the decoded images would take more than half the available memory.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader processes decoding streamed images. Default: one per core; 0 decodes in the main "
+                   "process (debugging).")
 @click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-finetune-<data>.")
 @click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
 @click.option("--resume", type=click.Path(), default=None,

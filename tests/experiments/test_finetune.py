@@ -1,5 +1,6 @@
 """finetune on tiny generated folders with random weights, then predict; the ImageNet weights lookup."""
 
+import dataclasses
 import io
 import json
 
@@ -169,6 +170,126 @@ def test_finetune_killed_and_resumed_equals_uninterrupted(photos, tmp_path):
     proc.wait()
     done = cli("--resume", str(out))
     assert done.returncode == 0, done.stderr
+    a, b = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
+    for phase in ("frozen", "unfrozen"):
+        strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["phases"][phase]["history"]]
+        assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["phases"][phase]["history"]]
+    wa, wb = (load_file(d / "weights" / "model.safetensors") for d in (out, tmp_path / "ref"))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def _history(result, phase):
+    return [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in result.phases[phase].history]
+
+
+def test_streaming_is_the_same_computation_as_decoding_into_memory(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    options = dict(backbone="resnet18", weights="none", image_size=32, batch_size=4, epochs=2, unfreeze_epochs=1,
+                   seed=3, save=False, verbose=False)
+    memory = finetune(photos, stream="never", **options)
+    streamed = finetune(photos, stream="always", workers=2, **options)
+    assert memory.results["dataset"]["loading"]["mode"] == "memory"
+    assert streamed.results["dataset"]["loading"] == {
+        "mode": "stream", "stream": True, "reason": "--stream always", "images": 18, "decoded_bytes": 18 * 37 * 37 * 3,
+        "budget_bytes": None, "workers": 2}
+    for phase in ("frozen", "unfrozen"):  # the frozen stage on cached features, the unfrozen on image batches
+        for a, b in zip(_history(streamed, phase), _history(memory, phase), strict=True):
+            assert a == pytest.approx(b, rel=1e-5)
+    assert streamed.results["confusion_matrix"] == memory.results["confusion_matrix"]
+    assert streamed.results["phases"]["unfrozen"]["confusion_matrix"] == memory.results["phases"]["unfrozen"][
+        "confusion_matrix"]
+    for a, b in zip(streamed.model.state_dict().values(), memory.model.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_corrupt_file_in_a_stream_is_skipped_and_listed(photos, tmp_path, monkeypatch, packed):
+    import shutil
+    import zipfile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = shutil.copytree(photos, tmp_path / "photos")
+    (root / "green" / "9.jpg").write_bytes(b"\xff\xd8 cut short")
+    data = root
+    if packed:
+        data = tmp_path / "photos.zip"
+        with zipfile.ZipFile(data, "w") as z:
+            for f in sorted(root.rglob("*.jpg")):
+                z.write(f, f.relative_to(tmp_path).as_posix())
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="skipped 1 file"):
+        finetune(data, backbone="resnet18", weights="none", image_size=32, batch_size=4, epochs=1, augment=True,
+                 stream="always", workers=1, out=out, verbose=False)
+    results = json.loads((out / "results.json").read_text())
+    [skipped] = results["dataset"]["skipped"]
+    assert skipped.startswith(f"{'photos/' if packed else ''}green/9.jpg: ")
+    assert results["dataset"]["train_samples"] + results["dataset"]["val_samples"] == 19
+    # validated on the images that decoded: all of val, or all but the broken one
+    assert 0 <= results["dataset"]["val_samples"] - np.asarray(results["confusion_matrix"]).sum() <= 1
+    assert json.loads((out / "status.json").read_text())["status"] == "complete"
+    assert (out / "misclassified.png").is_file() and (out / "samples.png").is_file()
+
+
+def test_auto_streams_what_would_not_fit_in_the_memory_budget(photos, tmp_path, monkeypatch, capsys):
+    from transferkit.data import streaming
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    options = dict(backbone="resnet18", weights="none", image_size=16, batch_size=8, epochs=1, workers=0, save=False)
+    for budget, mode in ((1000, "stream"), (10**9, "memory")):
+        monkeypatch.setattr(streaming, "memory_budget", lambda budget=budget: budget)
+        loading = finetune(photos, **options).results["dataset"]["loading"]
+        assert loading["mode"] == mode and loading["budget_bytes"] == budget
+        assert loading["decoded_bytes"] == 18 * 18 * 18 * 3  # resize 18 for a 16 px crop
+    out = capsys.readouterr().out
+    assert "streaming 18 images from disk with 0 DataLoader workers: 17 kB decoded would not fit in 1.0 kB" in out
+    assert "decoding 18 images into memory: 17 kB decoded fits in 1.0 GB" in out
+
+
+def test_streaming_under_torchrun_is_refused(photos, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("transferkit.experiments.finetune")
+    real = module.init_distributed
+    monkeypatch.setattr(module, "init_distributed",
+                        lambda device: dataclasses.replace(real(device), world_size=2))
+    with pytest.raises(UserError, match="streaming images from disk .* runs in a single process"):
+        finetune(photos, backbone="resnet18", weights="none", stream="always", save=False, verbose=False)
+
+
+def test_streamed_finetune_killed_in_the_unfrozen_stage_and_resumed_equals_uninterrupted(photos, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from transferkit.training import CHECKPOINT_FILE, load_checkpoint
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    args = ["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
+            "--batch-size", "3", "--epochs", "1", "--unfreeze-epochs", "2", "--stream", "always", "--workers", "1"]
+
+    def cli(*extra):
+        return subprocess.run([sys.executable, "-m", "transferkit", *args, *extra], env=env, capture_output=True,
+                              text=True, timeout=300)
+
+    assert cli("--out", str(tmp_path / "ref")).returncode == 0
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *args, "--out", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "finished before it could be killed"
+        if (out / CHECKPOINT_FILE).is_file() and load_checkpoint(out / CHECKPOINT_FILE)[1]["phase"] == "unfrozen":
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # its worker, orphaned, ends when it finds its parent gone
+    proc.wait()
+    done = cli("--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "streaming 18 images from disk with 1 DataLoader worker: as when the run started" in done.stdout
     a, b = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
     for phase in ("frozen", "unfrozen"):
         strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["phases"][phase]["history"]]

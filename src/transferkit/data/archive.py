@@ -109,16 +109,40 @@ class DirectoryTree(FileTree):
         return "\n".join(f"{n}\t{st.st_size}\t{st.st_mtime_ns}" for n, st in sorted(self._files.items()))
 
 
-class ZipTree(FileTree):
+class _ArchiveTree(FileTree):
+    """An archive read through a file handle of this process: a handle inherited across fork (a DataLoader
+    worker) shares its file offset with the parent's, so another process opens its own, lazily."""
+
+    _handle: object = None
+    _pid = 0
+
+    def _open(self) -> object:
+        raise NotImplementedError
+
+    def handle(self):
+        if self._handle is None or self._pid != os.getpid():
+            self._handle, self._pid = self._open(), os.getpid()
+        return self._handle
+
+    def __getstate__(self) -> dict:  # pickled for a spawned worker: the member table, not the handle
+        return {**self.__dict__, "_handle": None, "_pid": 0}
+
+    def close(self) -> None:
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+
+
+class ZipTree(_ArchiveTree):
     def __init__(self, path: Path):
         super().__init__(path)
         try:
-            self._zip = zipfile.ZipFile(path)
+            archive = self.handle()
         except (zipfile.BadZipFile, EOFError, OSError) as e:
             raise UserError(f"{path}: not a readable zip archive ({e}); re-create or re-download it") from None
         self._members: dict[str, zipfile.ZipInfo] = {}
         self._folders: set[str] = set()
-        for info in self._zip.infolist():
+        for info in archive.infolist():
             if info.is_dir():
                 member = _safe_member(path, info.filename.rstrip("/"))
                 if member is not None:
@@ -130,25 +154,25 @@ class ZipTree(FileTree):
             if member is not None:
                 self._members[member.as_posix()] = info
 
+    def _open(self) -> zipfile.ZipFile:
+        return zipfile.ZipFile(self.path)
+
     def files(self) -> dict[str, int]:
         return {n: i.file_size for n, i in self._members.items()}
 
     def read(self, name: str) -> bytes:
         try:
-            return self._zip.read(self._members[name])
+            return self.handle().read(self._members[name])
         except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
             raise UserError(f"{self.path}: member {name!r} cannot be read ({e}); the archive is truncated or corrupt") from None
 
-    def close(self) -> None:
-        self._zip.close()
 
 
-class TarTree(FileTree):
+class TarTree(_ArchiveTree):
     def __init__(self, path: Path):
         super().__init__(path)
         try:
-            self._tar = tarfile.open(path)
-            infos = self._tar.getmembers()
+            infos = self.handle().getmembers()
         except (tarfile.TarError, EOFError, OSError) as e:
             raise UserError(f"{path}: not a readable tar archive ({e}); re-create or re-download it") from None
         self._members: dict[str, tarfile.TarInfo] = {}
@@ -166,18 +190,23 @@ class TarTree(FileTree):
             if member is not None and info.isfile():
                 self._members[member.as_posix()] = info
 
+    def _open(self) -> tarfile.TarFile:
+        return tarfile.open(self.path)
+
+    @property
+    def compressed(self) -> bool:
+        """A .tar.gz (.bz2, .xz) is read front to back: reading its members out of order decompresses again."""
+        return not self.path.name.lower().endswith(".tar")
+
     def files(self) -> dict[str, int]:
         return {n: i.size for n, i in self._members.items()}
 
     def read(self, name: str) -> bytes:
         try:
-            f = self._tar.extractfile(self._members[name])
+            f = self.handle().extractfile(self._members[name])
             data = f.read() if f is not None else b""
         except (tarfile.TarError, EOFError, OSError) as e:
             raise UserError(f"{self.path}: member {name!r} cannot be read ({e}); the archive is truncated or corrupt") from None
         if len(data) != self._members[name].size:
             raise UserError(f"{self.path}: member {name!r} is cut short; the archive is truncated")
         return data
-
-    def close(self) -> None:
-        self._tar.close()

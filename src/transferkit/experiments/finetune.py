@@ -3,8 +3,10 @@ new head, then optionally an unfrozen stage that trains everything with a smalle
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,9 +18,12 @@ from rich.console import Console
 from torch import nn
 
 from ..config import PRECISIONS
-from ..data import cache_dir, load_folder
+from ..data import cache_dir, load_folder, streaming
+from ..data.archive import TarTree, open_tree
+from ..data.folders import find_layout
 from ..data.preprocess import InputTransform
 from ..data.splits import subsample
+from ..data.streaming import STREAM_MODES, FolderImages, Loading, collate_readable
 from ..errors import UserError
 from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, layer_rows, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
@@ -28,6 +33,9 @@ from ..reporting.report import write_report
 from ..reporting.status import recording_status
 from ..training import (
     FitState,
+    StreamBatches,
+    StreamLoader,
+    StreamPass,
     TensorBatches,
     compute_features,
     fit,
@@ -38,7 +46,7 @@ from ..training import (
 )
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import gather_to_main, init_distributed, on_main
-from ..training.predictions import Mistakes, confusion_matrix, confusion_over_ranks, find_mistakes, predict_classes
+from ..training.predictions import Mistakes, confusion_matrix, confusion_over_ranks, find_mistakes, labelled
 from ..training.runtime import keep_freed_memory
 from .split import prepare_run_dir, resumable, stop_on_interrupt
 
@@ -63,6 +71,7 @@ class FinetuneConfig:
     seed: int = 0
     precision: str = "auto"
     feature_cache: bool = True
+    stream: str = "auto"  # decode into memory, or stream from disk per batch (auto: when it would not fit)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -84,6 +93,8 @@ class FinetuneConfig:
             raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.stream not in STREAM_MODES:
+            raise UserError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {self.stream!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,12 +117,15 @@ class FinetuneResult:
 
 def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | Path | None = None,
              force: bool = False, save: bool = True, verbose: bool = True, head_units: int = 256,
-             head_dropout: float = 0.5, device: str = "auto", **options: object) -> FinetuneResult:
+             head_dropout: float = 0.5, device: str = "auto", workers: int | None = None,
+             **options: object) -> FinetuneResult:
     """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
 
     `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`).
     `resume` continues an interrupted run folder from its last checkpoint (same options). `device`: auto, cpu,
     cuda or cuda:N. Started by torchrun, each process trains on its shard and rank 0 alone prints and writes.
+    `workers`: DataLoader processes that decode streamed images (default: one per core; 0 decodes in this
+    process, for debugging).
     """
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **{k: v for k, v in options.items() if v is not None})
@@ -125,15 +139,13 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     if config.image_size is not None:  # keep the weights' resize/crop ratio at the size asked for
         pre = type(pre)(resize=round(config.image_size * pre.resize / pre.crop), crop=config.image_size,
                         mean=pre.mean, std=pre.std)
-    folder = load_folder(config.data, image_size=pre.resize, channels=3, val_fraction=config.val_fraction,
-                         seed=config.seed, cache_dir=cache_dir() / "images", cover=True)
-    classes = list(folder.class_names)
-    x_train, y_train = _limited(folder.splits["train"], config.limit)
-    x_val, y_val = _limited(folder.splits.get("val", folder.splits.get("test")), config.limit)
+    previous = resumable(Path(resume), config, ranks.world_size) if resume is not None else None
+    data = _read_data(config, pre.resize, ranks.world_size, previous,
+                      (os.cpu_count() or 1) if workers is None else workers)
+    classes, streamed = data.classes, data.loading.stream
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
     model.to(ranks.device)
     precision = resolve_precision(config.precision, device=ranks.device)
-    previous = resumable(Path(resume), config, ranks.world_size) if resume is not None else None
     run_dir = Path(resume) if resume is not None else None
     if save and resume is None:
         def create() -> Path:  # by rank 0: the default name follows its clock
@@ -144,15 +156,17 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
 
         run_dir = on_main(create)
     writes = run_dir if ranks.is_main else None  # rank 0 alone writes; every rank reads (checkpoints, --resume)
-    console.print(f"[bold]transferkit finetune[/] {config.backbone} ({config.weights} weights) on {folder.origin}: "
-                  f"{len(classes)} classes, {len(y_train)} train / {len(y_val)} validation images, "
+    n_train, n_val = len(data.train[1]), len(data.val[1])
+    console.print(f"[bold]transferkit finetune[/] {config.backbone} ({config.weights} weights) on {data.origin}: "
+                  f"{len(classes)} classes, {n_train} train / {n_val} validation images, "
                   f"input {pre.crop}px, precision {precision.name}")
-    if folder.skipped:
-        console.print(f"[yellow]skipped {len(folder.skipped)} unreadable file(s)[/]: " + "; ".join(folder.skipped[:3]))
+    console.print(data.loading.describe())
+    if data.skipped:
+        console.print(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]: " + "; ".join(data.skipped[:3]))
     results = previous or {
         "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"origin": folder.origin, "class_names": classes, "train_samples": len(y_train),
-                    "val_samples": len(y_val), "skipped": folder.skipped},
+        "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
+                    "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict()},
         "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
         "environment": describe_environment(precision, ranks.device), "phases": {}, "model": "weights/model.safetensors",
     }
@@ -163,21 +177,41 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
 
     transform = InputTransform(pre.crop, pre.mean, pre.std, augment=config.augment,
                                vertical_flip=config.vertical_flip).to(ranks.device)
-    # Each rank trains on its shard and validates on its share of the validation images.
-    xt, yt = ranks.training_shard(_nchw(x_train), torch.from_numpy(y_train), config.seed)
-    xv, yv = ranks.evaluation_shard(_nchw(x_val), torch.from_numpy(y_val))
     dtype = precision.autocast_dtype
+    if streamed:  # the images stay on disk; DataLoader workers decode each batch
+        pin = ranks.device.type == "cuda"
+        xt, yt = StreamLoader(data.train[0], collate_readable, data.loading.workers, pin), None
+        xv, yv = StreamPass(StreamLoader(data.val[0], collate_readable, data.loading.workers, pin),
+                            config.batch_size), None
+        val_images = lambda positions: data.val[0].images(xv.indices[positions])[0]  # noqa: E731
+    else:  # each rank trains on its shard and validates on its share of the validation images
+        xt, yt = ranks.training_shard(_nchw(data.train[0]), torch.from_numpy(data.train[1]), config.seed)
+        xv, yv = ranks.evaluation_shard(_nchw(data.val[0]), torch.from_numpy(data.val[1]))
+        val_images = data.val[0][ranks.rank :: ranks.world_size]
     phases: dict[str, PhaseResult] = {}
     mistakes: dict[str, Mistakes] = {}
-    shown = subsample(np.arange(len(y_train)), 16)  # every class, not the first
-    figures = {"samples": samples_figure({"train": (x_train[shown], y_train[shown], classes)})}
+    figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
 
-    def stage(name: str, trained: nn.Module, optimizer: torch.optim.Optimizer, train_in: torch.Tensor,
-              val_in: torch.Tensor, epochs: int, seed: int, start: float, should_stop) -> None:
-        """Train one stage with a checkpoint after every epoch; record its PhaseResult."""
+    def report_skipped() -> None:
+        """Files the stream could not decode, found as batches were read: warned about once, then listed."""
+        found = [f"{p}: {r}" for s in (xt, xv.stream) for p, r in s.skipped.items()] if streamed else []
+        new = [f for f in found if f not in results["dataset"]["skipped"]]
+        if new:
+            results["dataset"]["skipped"] += new
+            console.print(f"[yellow]skipped {len(new)} unreadable file(s)[/]: " + "; ".join(new[:3]))
+            warnings.warn(f"{data.origin}: skipped {len(new)} file(s) that could not be decoded: "
+                          + "; ".join(new[:5]) + (" ..." if len(new) > 5 else ""), stacklevel=2)
+
+    def stage(name: str, trained: nn.Module, optimizer: torch.optim.Optimizer, train_in, train_y, val_in, val_y,
+              epochs: int, seed: int, start: float, should_stop) -> None:
+        """Train one stage with a checkpoint after every epoch; record its PhaseResult. `train_in` is a tensor
+        (images or features, labels `train_y`) or the training images' StreamLoader; `val_in` a tensor or
+        a StreamPass (`val_y` None)."""
         if writes is not None:
             write_status(writes, "running", phase=name)
-        batches = TensorBatches(train_in, yt, config.batch_size, seed, device=ranks.device)
+        batches = (StreamBatches(train_in, config.batch_size, seed, device=ranks.device)
+                   if isinstance(train_in, StreamLoader)
+                   else TensorBatches(train_in, train_y, config.batch_size, seed, device=ranks.device))
         layers = layer_rows(model, (3, pre.crop, pre.crop))  # after freeze / unfreeze: trainable as trained
         state, before = checkpoints.restore(name, model, optimizer, batches, console) if checkpoints else (None, 0.0)
         state = state if state is not None else FitState()
@@ -186,13 +220,13 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             if checkpoints is not None:
                 checkpoints.save(name, model, optimizer, batches, fit_state, before + time.perf_counter() - start)
 
-        history = fit(ranks.wrap(trained), optimizer, batches, val_in, yv, epochs, config.batch_size, dtype,
+        history = fit(ranks.wrap(trained), optimizer, batches, val_in, val_y, epochs, config.batch_size, dtype,
                       ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop)
-        phases[name] = _phase(name, classes, len(y_train), len(y_val), history, before + time.perf_counter() - start,
+        phases[name] = _phase(name, classes, n_train, n_val, history, before + time.perf_counter() - start,
                               count_params(model))
         # On this rank's share of the validation images, as validation ran (cached features where there are).
-        mistakes[name] = find_mistakes(trained, val_in, yv.numpy(), x_val[ranks.rank :: ranks.world_size], classes,
-                                       config.batch_size, dtype)
+        mistakes[name] = find_mistakes(trained, val_in, val_y, val_images, classes, config.batch_size, dtype)
+        report_skipped()
         phases[name].layers = layers
         phases[name].confusion_matrix = confusion_over_ranks(mistakes[name].confusion).tolist()
         results["phases"][name] = phases[name].to_dict()
@@ -211,14 +245,19 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         else:
             start = time.perf_counter()
             if config.feature_cache and not config.augment:
+                # Streamed images pass through the backbone once too; their (small) features stay in memory.
                 prefix = nn.Sequential(transform, model.features)
+                train_x = StreamPass(xt, config.batch_size) if streamed else xt
                 train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype, device=ranks.device)
-                                    for x in (xt, xv))
+                                    for x in (train_x, xv))
+                train_y, val_y = ((torch.from_numpy(data.train[0].labels[train_x.indices]),
+                                   torch.from_numpy(data.val[0].labels[xv.indices])) if streamed else (yt, yv))
                 trained = model.classifier
             else:
-                train_in, val_in, trained = xt, xv, nn.Sequential(transform, model)
+                train_in, train_y, val_in, val_y, trained = xt, yt, xv, yv, nn.Sequential(transform, model)
             optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
-            stage("frozen", trained, optimizer, train_in, val_in, config.epochs, config.seed, start, should_stop)
+            stage("frozen", trained, optimizer, train_in, train_y, val_in, val_y, config.epochs, config.seed, start,
+                  should_stop)
         if config.unfreeze_epochs:
             # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does, and its
             # BatchNorm statistics kept (unless --train-batchnorm), as the Keras transfer-learning guide does.
@@ -226,11 +265,13 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             optimizer = torch.optim.Adam([
                 {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
                 {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
-            stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, xv, config.unfreeze_epochs,
+            stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, yt, xv, yv, config.unfreeze_epochs,
                   config.seed + 1, time.perf_counter(), should_stop)
     model.eval()
-    predictions = predict_classes(nn.Sequential(transform, model), _nchw(x_val), config.batch_size)
-    results["confusion_matrix"] = confusion_matrix(y_val, predictions, len(classes)).tolist()
+    predictions, truth = labelled(nn.Sequential(transform, model),
+                                  *((xv, None) if streamed else (_nchw(data.val[0]), data.val[1])), config.batch_size)
+    results["confusion_matrix"] = confusion_matrix(truth, predictions, len(classes)).tolist()
+    data.close()
     model.cpu()  # the model returned and saved lives on the CPU, wherever it trained
     figures.update(curves=curves_figure(results["phases"]),
                    confusion_matrix=confusion_figure(np.asarray(results["confusion_matrix"]), classes))
@@ -248,6 +289,71 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         console.print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}\n"
                       f"predict with: transferkit predict {run_dir} IMAGES...")
     return result
+
+
+@dataclass
+class _Data:
+    """The training and validation images with their labels: uint8 NHWC arrays decoded into memory, or
+    FolderImages that decode from `tree` per batch (streamed)."""
+
+    origin: str
+    classes: list[str]
+    loading: Loading
+    train: tuple[np.ndarray | FolderImages, np.ndarray]
+    val: tuple[np.ndarray | FolderImages, np.ndarray]
+    skipped: list[str]  # found while decoding into memory; a stream finds its own as it reads
+
+    def samples(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """A few training images of every class (not the first n, which are one class) for samples.png."""
+        images, labels = self.train
+        shown = subsample(np.arange(len(labels)), n)
+        if isinstance(images, FolderImages):
+            x, kept = images.images(shown)  # decoded here: a handful
+            return x, labels[kept]
+        return images[shown], labels[shown]
+
+    def close(self) -> None:
+        if isinstance(self.train[0], FolderImages):
+            self.train[0].tree.close()
+
+
+def _read_data(config: FinetuneConfig, size: int, world_size: int, previous: dict | None, workers: int) -> _Data:
+    """List the files, then decode them into memory (cached) or, when they would not fit, stream them."""
+    tree = open_tree(config.data)
+    try:
+        layout = find_layout(tree, config.val_fraction, config.seed)
+        split = "val" if "val" in layout.members else "test"
+        members = {s: [layout.members[s][i] for i in subsample(np.arange(len(layout.members[s])), config.limit)]
+                   for s in ("train", split)}
+        n = sum(len(m) for m in members.values())
+        before = (previous or {}).get("dataset", {}).get("loading")
+        if before is not None:  # a resumed run reads its data as it started to, whatever memory there is now
+            loading = Loading(before["stream"], "as when the run started", n, n * size * size * 3, None,
+                              workers if before["stream"] else 0)
+        else:
+            loading = streaming.choose_loading(config.stream, n, size, workers)
+        if loading.stream:
+            _check_streamable(tree, loading, world_size)
+            train, val = (FolderImages(tree, members[s], size) for s in ("train", split))
+            return _Data(str(tree.path), list(layout.class_names), loading, (train, train.labels),
+                         (val, val.labels), [])
+    except BaseException:
+        tree.close()
+        raise
+    tree.close()
+    folder = load_folder(config.data, image_size=size, channels=3, val_fraction=config.val_fraction,
+                         seed=config.seed, cache_dir=cache_dir() / "images", cover=True)
+    return _Data(folder.origin, list(folder.class_names), loading, _limited(folder.splits["train"], config.limit),
+                 _limited(folder.splits.get("val", folder.splits.get("test")), config.limit), folder.skipped)
+
+
+def _check_streamable(tree, loading: Loading, world_size: int) -> None:
+    if world_size > 1:
+        raise UserError(f"{tree.path}: streaming images from disk ({loading.reason}) runs in a single process; "
+                        "under torchrun use --stream never with enough memory, or run without torchrun")
+    if isinstance(tree, TarTree) and tree.compressed:
+        raise UserError(f"{tree.path}: streaming ({loading.reason}) reads images out of order, which a compressed "
+                        "tar can only do by decompressing again; extract it, or pack it as .zip or plain .tar")
 
 
 def _limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -13,7 +13,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..errors import UserError
-from .batches import to_device
+from .batches import batches_of
 from .fusion import fold_batchnorm
 from .loop import autocast, channels_last, inference_copy
 
@@ -33,28 +33,30 @@ def split_frozen(features: nn.Sequential) -> tuple[nn.Sequential, nn.Sequential]
 
 # no_grad, not inference_mode: the result is later an input of training, which inference tensors cannot be.
 @torch.no_grad()
-def compute_features(prefix: nn.Module, x: torch.Tensor, batch_size: int = 128,
+def compute_features(prefix: nn.Module, x: torch.Tensor | Iterable, batch_size: int = 128,
                      autocast_dtype: torch.dtype | None = None,
                      progress: Callable[[int, int], None] | None = None, *,
                      device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Run the frozen `prefix` (on `device`) in eval mode over `x`; the float32 result (NCHW) is kept in host
-    memory. In a distributed run each rank passes its own shard.
+    memory. In a distributed run each rank passes its own shard. `x` may instead be an iterable of (x, y)
+    batches (images streamed from disk): each image passes once, and only the small features are kept.
 
     `progress(done, total)` is called after every batch (a pretrained backbone's pass can take minutes).
     """
     prefix = inference_copy(prefix)
-    if len(x):
-        prefix = fold_batchnorm(prefix, channels_last(to_device(x[:2], device)))
-    out = None
-    for start in range(0, len(x), batch_size):
+    out, done = None, 0
+    for xb, _ in batches_of(x, None, batch_size, device):
+        if out is None:  # the first batch: fold BatchNorm into the convolutions, checked on two images
+            prefix = fold_batchnorm(prefix, channels_last(xb[:2]))
         with autocast(autocast_dtype, device.type):
-            y = prefix(channels_last(to_device(x[start : start + batch_size], device))).float().cpu()
-        if out is None:
+            y = prefix(channels_last(xb)).float().cpu()
+        if out is None:  # for all of len(x); a stream's unreadable files leave the end unused
             out = torch.empty((len(x), *y.shape[1:]), dtype=torch.float32)
-        out[start : start + len(y)] = y
+        out[done : done + len(y)] = y
+        done += len(y)
         if progress is not None:
-            progress(start + len(y), len(x))
-    return out
+            progress(done, len(x))
+    return out[:done] if out is not None else out
 
 
 def stored_features(prefix: nn.Module, x: torch.Tensor, identity: str, store: Path, batch_size: int = 128,

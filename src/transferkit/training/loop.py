@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import Interrupted
-from .batches import TensorBatches, to_device
+from .batches import ShuffledBatches, batches_of
 from .distributed import sum_over_ranks, unwrap
 from .freezing import train_mode
 
@@ -76,7 +76,7 @@ def autocast(dtype: torch.dtype | None, device_type: str = "cpu"):
     return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def train_one_epoch(model: nn.Module, batches: TensorBatches, optimizer: torch.optim.Optimizer,
+def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch.optim.Optimizer,
                     autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None,
                     state: FitState | None = None, should_stop: Callable[[], bool] | None = None,
                     scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
@@ -128,33 +128,34 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 128,
+def evaluate(model: nn.Module, x: torch.Tensor | Iterable, y: torch.Tensor | None, batch_size: int = 128,
              autocast_dtype: torch.dtype | None = None,
              device: torch.device = torch.device("cpu")) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over (x, y), in eval mode, channels-last.
+    """Mean cross-entropy and accuracy over (x, y), in eval mode, channels-last; `x` may instead be an
+    iterable of (x, y) batches (images streamed from disk), with `y` None.
 
     In a distributed run each rank passes its evaluation shard and all get the figures of the whole set.
     """
     model = inference_copy(model)
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        xb = channels_last(to_device(x[start : start + batch_size], device))
-        yb = to_device(y[start : start + batch_size], device)
+    total_loss, correct, n = 0.0, 0, 0
+    for xb, yb in batches_of(x, y, batch_size, device):
         with autocast(autocast_dtype, device.type):
-            logits = model(xb)
+            logits = model(channels_last(xb))
         total_loss += nn.functional.cross_entropy(logits.float(), yb, reduction="sum").item()
         correct += (logits.argmax(1) == yb).sum().item()
-    total_loss, correct, n = sum_over_ranks([total_loss, correct, len(x)])
+        n += len(yb)
+    total_loss, correct, n = sum_over_ranks([total_loss, correct, n])
     return total_loss / n, correct / n
 
 
-def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: TensorBatches,
-        val_x: torch.Tensor, val_y: torch.Tensor, epochs: int, eval_batch_size: int = 128,
+def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatches,
+        val_x: torch.Tensor | Iterable, val_y: torch.Tensor | None, epochs: int, eval_batch_size: int = 128,
         autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
         state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
         should_stop: Callable[[], bool] | None = None) -> list[EpochRecord]:
     """Train until `epochs`, validating after each; one EpochRecord per epoch.
 
+    `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them.
     `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
     `should_stop()` turns true between steps, after which fit raises Interrupted. `model` may be wrapped in
     DistributedDataParallel; validation runs on the module inside.

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from .batches import batches_of
 from .distributed import sum_over_ranks
 from .loop import autocast, channels_last, inference_copy
 
 
 @torch.inference_mode()
-def predict_classes(model: nn.Module, x: torch.Tensor, batch_size: int = 128,
+def predict_classes(model: nn.Module, x: torch.Tensor | Iterable, batch_size: int = 128,
                     autocast_dtype: torch.dtype | None = None) -> np.ndarray:
     """The arg-max class of every row of `x`, computed as `evaluate` computes (eval mode, channels-last), on
-    the device the model is on."""
+    the device the model is on. `x` may be an iterable of (x, y) batches (a stream; see `labelled`)."""
+    return labelled(model, x, None, batch_size, autocast_dtype)[0]
+
+
+@torch.inference_mode()
+def labelled(model: nn.Module, x: torch.Tensor | Iterable, y: torch.Tensor | np.ndarray | None,
+             batch_size: int = 128, autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted classes, true classes) of `x`: the labels are `y`, or those of a stream's batches."""
     device = next(model.parameters()).device
     model = inference_copy(model)
-    out = []
-    for start in range(0, len(x), batch_size):
+    y = torch.as_tensor(y) if y is not None else None
+    predicted, truth = [], []
+    for xb, yb in batches_of(x, y, batch_size, device):
         with autocast(autocast_dtype, device.type):
-            out.append(model(channels_last(x[start : start + batch_size].to(device))).argmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+            predicted.append(model(channels_last(xb)).argmax(1).cpu())
+        truth.append(yb.cpu() if yb is not None else torch.zeros(0, dtype=torch.int64))
+    if not predicted:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return torch.cat(predicted).numpy(), torch.cat(truth).numpy()
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
@@ -53,10 +66,15 @@ def confusion_over_ranks(matrix: np.ndarray) -> np.ndarray:
     return np.rint(sum_over_ranks(matrix.astype(np.float64).ravel().tolist())).astype(np.int64).reshape(matrix.shape)
 
 
-def find_mistakes(model: nn.Module, x: torch.Tensor, y: np.ndarray, images: np.ndarray, class_names: list[str],
+def find_mistakes(model: nn.Module, x: torch.Tensor | Iterable, y: np.ndarray | None,
+                  images: np.ndarray | Callable[[np.ndarray], np.ndarray], class_names: list[str],
                   batch_size: int = 128, autocast_dtype: torch.dtype | None = None, keep: int = 12) -> Mistakes:
-    """Predict `x` (the model's input for `images`), count against `y`, keep the first `keep` wrong images."""
-    predicted = predict_classes(model, x, batch_size, autocast_dtype)
-    wrong = np.flatnonzero(predicted != y)[:keep]
-    return Mistakes(confusion_matrix(y, predicted, len(class_names)), images[wrong], y[wrong], predicted[wrong],
+    """Predict `x` (the model's input for `images`), count against `y`, keep the first `keep` wrong images.
+
+    For a stream (`x` batches with their labels, `y` None), `images` is a function from the positions of
+    the wrong ones to their images, so that only the few shown are decoded again."""
+    predicted, truth = labelled(model, x, y, batch_size, autocast_dtype)
+    wrong = np.flatnonzero(predicted != truth)[:keep]
+    shown = images(wrong) if callable(images) else images[wrong]
+    return Mistakes(confusion_matrix(truth, predicted, len(class_names)), shown, truth[wrong], predicted[wrong],
                     list(class_names))
