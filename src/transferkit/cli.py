@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import DEFAULT_LR, HEADS, OPTIMIZERS, PRECISIONS
+from .config import DEFAULT_LR, HEADS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS
 from .errors import Interrupted, UserError
 
 DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's "
@@ -63,6 +63,9 @@ def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
 @click.option("--lr", type=float, default=None,
               help="Learning rate. Default: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items())
               + " (Adadelta's is Keras 2's; Keras 3's 0.001 is why seed 003 reaches only ~70%).")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES),
+              help="constant, or cosine: from --lr down to 0 over each phase.  [default: constant; with --backbone: "
+                   "cosine]")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling, dropout, validation split.  [default: 0]")
 @click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
 @click.option("--precision", type=click.Choice(PRECISIONS),
@@ -164,6 +167,8 @@ def _resume_command(run_dir: object) -> str:
               help="Epochs of the second stage, training the whole network.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the head.")
+@click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True,
+              help="cosine: each stage's rates fall from their start to 0 over its steps; or constant.")
 @click.option("--backbone-lr-mult", type=float, default=0.1, show_default=True,
               help="The backbone's learning rate in the unfrozen stage, as a fraction of --lr.")
 @click.option("--train-batchnorm", is_flag=True,

@@ -9,6 +9,7 @@ from .errors import UserError
 OPTIMIZERS = ("adadelta", "adam", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only
 HEADS = ("reuse", "reset")
+LR_SCHEDULES = ("constant", "cosine")
 
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.
@@ -22,8 +23,10 @@ PRESETS: dict[str, dict[str, object]] = {
     "cifar10": {"filters": 64, "classifier_dropout": 0.25, "optimizer": "adam", "epochs": 20},
 }
 # With --backbone: seed 004's head training (Adam, batch 32, as finetune). On CIFAR-10's 2,500-image
-# --shots 500 set, batch 32 reached 0.925 (3 seeds) where 128 reached 0.920, at the same epochs.
-BACKBONE_PRESET: dict[str, object] = {"optimizer": "adam", "batch_size": 32}
+# --shots 500 set, batch 32 reached 0.925 (3 seeds) where 128 reached 0.920, at the same epochs. The cosine
+# schedule: on all 25,000 images the last epoch's test accuracy went from 0.9387 to 0.9423 (mean of 3 seeds),
+# as the head stops ending on a noisy step of a constant rate.
+BACKBONE_PRESET: dict[str, object] = {"optimizer": "adam", "batch_size": 32, "lr_schedule": "cosine"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class TrainConfig:
     batch_size: int = 128
     optimizer: str = "adadelta"
     lr: float | None = None
+    lr_schedule: str = "constant"  # or cosine: from lr down to 0 over the phase's steps
     seed: int = 0
     precision: str = "auto"
     feature_cache: bool = True
@@ -71,6 +75,8 @@ class TrainConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.seed < 0:
             raise UserError(f"--seed must be 0 or more, got {self.seed}")
 

@@ -39,7 +39,7 @@ def first_run(shapes, cache, tmp_path_factory):
         mp.setenv("XDG_CACHE_HOME", str(cache))
         out = tmp_path_factory.mktemp("runs") / "lite"
         main(["run", str(shapes), "--backbone", "efficientnet_lite0", "--target", "cyan,green", "--shots", "4",
-              "--epochs", "15", "--batch-size", "4", "--out", str(out)])
+              "--epochs", "30", "--batch-size", "4", "--out", str(out)])
     return out
 
 
@@ -65,7 +65,7 @@ def test_imagenet_is_the_source_and_only_target_phases_run(first_run):
 
 def test_a_second_run_reads_the_stored_features_and_trains_the_same(first_run, shapes, cache, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
-    again = run_split(str(shapes), target="cyan,green", backbone="efficientnet_lite0", shots=4, epochs=15,
+    again = run_split(str(shapes), target="cyan,green", backbone="efficientnet_lite0", shots=4, epochs=30,
                       batch_size=4, scratch=False, out=tmp_path / "again", verbose=False)
     assert again.results["feature_pass"]["from_store"] is True
     first = json.loads((first_run / "results.json").read_text())["phases"]["transfer"]

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from torch import nn
 
-from ..config import PRECISIONS
+from ..config import LR_SCHEDULES, PRECISIONS
 from ..data import cache_dir, load_folder, streaming
 from ..data.archive import TarTree, open_tree
 from ..data.folders import find_layout
@@ -60,6 +60,7 @@ class FinetuneConfig:
     unfreeze_epochs: int = 0
     batch_size: int = 32
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # per stage, from lr down to 0
     backbone_lr_mult: float = 0.1
     train_batchnorm: bool = False
     augment: bool = False
@@ -93,6 +94,8 @@ class FinetuneConfig:
             raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UserError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.stream not in STREAM_MODES:
             raise UserError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {self.stream!r}")
 
@@ -221,7 +224,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                 checkpoints.save(name, model, optimizer, batches, fit_state, before + time.perf_counter() - start)
 
         history = fit(ranks.wrap(trained), optimizer, batches, val_in, val_y, epochs, config.batch_size, dtype,
-                      ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop)
+                      ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop,
+                      lr_schedule=config.lr_schedule)
         phases[name] = _phase(name, classes, n_train, n_val, history, before + time.perf_counter() - start,
                               count_params(model))
         # On this rank's share of the validation images, as validation ran (cached features where there are).

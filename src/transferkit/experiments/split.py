@@ -402,7 +402,7 @@ class _PhaseRunner:
         state = state if state is not None else FitState()
         history = fit(self.ranks.wrap(trained), optimizer, batches, x_test, y_test, cfg.epochs, cfg.eval_batch_size,
                       autocast_dtype, ConsoleProgress(self.console, phase), state=state, on_checkpoint=checkpoint,
-                      should_stop=should_stop)
+                      should_stop=should_stop, lr_schedule=cfg.lr_schedule)
         seconds = elapsed_before + time.perf_counter() - start
         # On what validation ran on (cached features where there are, this rank's share of the test images),
         # so no second pass through a backbone; the confusion matrix is summed over the ranks.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -76,19 +77,34 @@ def autocast(dtype: torch.dtype | None, device_type: str = "cpu"):
     return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def set_cosine_lr(optimizer: torch.optim.Optimizer, step: int, total: int) -> None:
+    """Each group's rate at `step` of `total` on a cosine from its initial rate down to 0.
+
+    A function of the step alone (the initial rate is kept in the group, so in the optimizer's state dict):
+    a resumed fit continues on the same curve with no scheduler state of its own.
+    """
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+        group["lr"] = group["initial_lr"] * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
 def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch.optim.Optimizer,
                     autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None,
                     state: FitState | None = None, should_stop: Callable[[], bool] | None = None,
-                    scaler: torch.amp.GradScaler | None = None) -> tuple[float, float]:
+                    scaler: torch.amp.GradScaler | None = None,
+                    set_lr: Callable[[int], None] | None = None) -> tuple[float, float]:
     """Train over the epoch's remaining batches; returns its mean loss and accuracy (as Keras reports them),
     over all ranks in a distributed run.
 
     Sums accumulate in `state`, so an epoch stopped by `should_stop` (checked after each step) can continue.
-    `scaler` scales the loss for fp16, whose small gradients would otherwise underflow.
+    `scaler` scales the loss for fp16, whose small gradients would otherwise underflow. `set_lr(step)` sets
+    the rate before each step (a schedule), `step` counting the fit's steps so far.
     """
     state = state if state is not None else FitState()
     train_mode(model)
     for x, y in batches:
+        if set_lr is not None:
+            set_lr(state.steps)
         optimizer.zero_grad(set_to_none=True)
         with autocast(autocast_dtype, batches.device.type):
             logits = model(x)
@@ -152,22 +168,26 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
         val_x: torch.Tensor | Iterable, val_y: torch.Tensor | None, epochs: int, eval_batch_size: int = 128,
         autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
         state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
-        should_stop: Callable[[], bool] | None = None) -> list[EpochRecord]:
+        should_stop: Callable[[], bool] | None = None, lr_schedule: str = "constant") -> list[EpochRecord]:
     """Train until `epochs`, validating after each; one EpochRecord per epoch.
 
     `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them.
     `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
     `should_stop()` turns true between steps, after which fit raises Interrupted. `model` may be wrapped in
-    DistributedDataParallel; validation runs on the module inside.
+    DistributedDataParallel; validation runs on the module inside. `lr_schedule`: constant, or cosine (the
+    rate falls from the optimizer's to 0 over the fit's steps).
     """
     progress = progress or SilentProgress()
     state = state if state is not None else FitState()
     # fp16 needs loss scaling; its scale is not checkpointed (it re-grows within a few steps after a resume).
     scaler = torch.amp.GradScaler(train.device.type) if autocast_dtype == torch.float16 else None
+    total_steps = epochs * len(train)
+    set_lr = (lambda step: set_cosine_lr(optimizer, step, max(total_steps, 1))) if lr_schedule == "cosine" else None
     while state.epoch <= epochs:
         start = time.perf_counter()
         progress.epoch_started(state.epoch, epochs, len(train))
-        loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop, scaler)
+        loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop, scaler,
+                                    set_lr)
         if should_stop is not None and should_stop():
             state.epoch_seconds += time.perf_counter() - start
             if on_checkpoint is not None:
