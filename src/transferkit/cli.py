@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import DEFAULT_LR, HEADS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS
+from .config import DEFAULT_LR, HEADS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, STREAM_MODES
 from .errors import Interrupted, UserError
 
 DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's "
@@ -187,7 +187,7 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Frozen stage without augmentation: run the backbone once and train the head on its features.")
-@click.option("--stream", type=click.Choice(["auto", "always", "never"]), default="auto", show_default=True,
+@click.option("--stream", type=click.Choice(STREAM_MODES), default="auto", show_default=True,
               help="Decode the images from disk per batch with DataLoader workers instead of once into memory; "
                    "auto streams when the decoded images would take more than half the available memory.")
 @click.option("--workers", type=int, default=None,

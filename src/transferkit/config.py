@@ -10,6 +10,7 @@ OPTIMIZERS = ("adadelta", "adam", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only
 HEADS = ("reuse", "reset")
 LR_SCHEDULES = ("constant", "cosine")
+STREAM_MODES = ("auto", "always", "never")  # finetune: decode into memory, or stream from disk per batch
 
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.

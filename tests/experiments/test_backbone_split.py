@@ -63,6 +63,13 @@ def test_imagenet_is_the_source_and_only_target_phases_run(first_run):
     assert scratch_spec["preprocessing"]["crop"] == 16  # the scratch control trains at the data's own size
 
 
+def test_a_run_folder_is_refused_as_finetune_weights(first_run):
+    from transferkit.models import BackboneClassifier, load_backbone_weights
+
+    with pytest.raises(UserError, match="a `transferkit run` folder, whose frozen features are the weights"):
+        load_backbone_weights(BackboneClassifier("efficientnet_lite0", 3), str(first_run))
+
+
 def test_a_second_run_reads_the_stored_features_and_trains_the_same(first_run, shapes, cache, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     again = run_split(str(shapes), target="cyan,green", backbone="efficientnet_lite0", shots=4, epochs=30,

@@ -45,6 +45,18 @@ def tuned(photos, tmp_path_factory):
     return out
 
 
+def test_a_second_finetune_reads_the_frozen_features_from_the_store(photos, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    options = dict(backbone="resnet18", weights="none", image_size=32, epochs=2, batch_size=4, save=False,
+                   verbose=False)
+    first, again = (finetune(photos, **options) for _ in range(2))
+    assert first.results["feature_pass"]["from_store"] is False and first.results["feature_pass"]["computed"] == 18
+    assert again.results["feature_pass"]["from_store"] is True and again.results["feature_pass"]["computed"] == 0
+    assert _history(again, "frozen") == _history(first, "frozen")
+    other = finetune(photos, **{**options, "seed": 1})  # other random weights: other features, computed anew
+    assert other.results["feature_pass"]["from_store"] is False
+
+
 def test_run_folder(tuned):
     results = json.loads((tuned / "results.json").read_text())
     assert results["experiment"] == "finetune" and results["classes"] == ["blue", "green", "red"]
@@ -261,3 +273,24 @@ def test_streaming_under_torchrun_is_refused(photos, monkeypatch):
         finetune(photos, backbone="resnet18", weights="none", stream="always", save=False, verbose=False)
 
 
+
+
+def test_under_torchrun_auto_decodes_into_memory_on_every_rank(photos, monkeypatch):
+    from transferkit.data import streaming
+    from transferkit.experiments.finetune import FinetuneConfig, _read_data
+
+    monkeypatch.setattr(streaming, "memory_budget", lambda: 1000)  # would stream in a single process
+    config = FinetuneConfig(data=str(photos), stream="auto")
+    assert _read_data(config, 18, 1, None, 0).loading.stream
+    together = _read_data(config, 18, 2, None, 0).loading
+    assert not together.stream and together.reason == "under torchrun every rank decodes into memory"
+
+
+def test_a_run_saved_before_an_option_existed_resumes_as_it_ran():
+    from transferkit.experiments.split import _differences
+
+    saved = {"epochs": 5, "train": {"lr": 0.001}}  # no lr_schedule, train_batchnorm or stream: older runs
+    assert _differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "constant"},
+                                "train_batchnorm": True, "stream": "never"}) == []
+    assert _differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "cosine"}}) == [
+        "train.lr_schedule was 'constant', now 'cosine'"]

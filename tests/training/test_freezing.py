@@ -36,7 +36,7 @@ def test_unfrozen_batchnorm_trains_its_scale_but_keeps_its_statistics():
     assert torch.equal(model[1].running_mean, before)
     assert model[1].weight.grad is not None and model[0].weight.grad is not None
 
-    unfreeze(model[:3], batchnorm_statistics=True)
+    unfreeze(model[:3], reestimate_batchnorm=True)
     train_mode(model)
     model(torch.randn(4, 1, 28, 28))
     assert model[1].training and not torch.equal(model[1].running_mean, before)

@@ -11,11 +11,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from ..config import STREAM_MODES
 from ..errors import UserError
 from .archive import FileTree
 from .folders import _reason, decode_image
 
-STREAM_MODES = ("auto", "always", "never")
 # What a failed read or decode raises; UserError is a zip or tar member that cannot be read.
 UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, UserError)
 

@@ -3,11 +3,10 @@ new head, then optionally an unfrozen stage that trains everything with a smalle
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,17 +16,17 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from torch import nn
 
-from ..config import LR_SCHEDULES, PRECISIONS
+from ..config import LR_SCHEDULES, PRECISIONS, STREAM_MODES
 from ..data import cache_dir, load_folder, streaming
 from ..data.archive import TarTree, open_tree
 from ..data.folders import find_layout
 from ..data.preprocess import InputTransform
 from ..data.splits import subsample
-from ..data.streaming import STREAM_MODES, FolderImages, Loading, collate_readable
+from ..data.streaming import FolderImages, Loading, collate_readable
 from ..errors import UserError
 from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, layer_rows, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
-from ..reporting.console import ConsoleProgress, comparison_table
+from ..reporting.console import ConsoleProgress, comparison_table, feature_pass_progress
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, samples_figure, save_figures
 from ..reporting.report import write_report
 from ..reporting.status import recording_status
@@ -44,10 +43,12 @@ from ..training import (
     trainable_parameters,
     unfreeze,
 )
+from ..training.batches import usable_cores
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import gather_to_main, init_distributed, on_main
-from ..training.predictions import Mistakes, confusion_matrix, confusion_over_ranks, find_mistakes, labelled
+from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
 from ..training.runtime import keep_freed_memory
+from .feature_pass import backbone_identity, frozen_features
 from .split import prepare_run_dir, resumable, stop_on_interrupt
 
 
@@ -132,6 +133,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     """
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **{k: v for k, v in options.items() if v is not None})
+    if workers is not None and workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {workers}")
     ranks = init_distributed(device)
     console = Console(quiet=not verbose or not ranks.is_main, highlight=False,
                       width=None if sys.stdout.isatty() else 120)  # logs: wide tables
@@ -144,7 +147,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                         mean=pre.mean, std=pre.std)
     previous = resumable(Path(resume), config, ranks.world_size) if resume is not None else None
     data = _read_data(config, pre.resize, ranks.world_size, previous,
-                      (os.cpu_count() or 1) if workers is None else workers)
+                      usable_cores() if workers is None else workers)
     classes, streamed = data.classes, data.loading.stream
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
     model.to(ranks.device)
@@ -249,13 +252,19 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         else:
             start = time.perf_counter()
             if config.feature_cache and not config.augment:
-                # Streamed images pass through the backbone once too; their (small) features stay in memory.
                 prefix = nn.Sequential(transform, model.features)
-                train_x = StreamPass(xt, config.batch_size) if streamed else xt
-                train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype, device=ranks.device)
-                                    for x in (train_x, xv))
-                train_y, val_y = ((torch.from_numpy(data.train[0].labels[train_x.indices]),
-                                   torch.from_numpy(data.val[0].labels[xv.indices])) if streamed else (yt, yv))
+                if streamed:  # the images pass through the backbone once too; their (small) features stay in memory
+                    train_x = StreamPass(xt, config.batch_size)
+                    with feature_pass_progress(console, n_train + n_val) as advance:
+                        train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype, advance,
+                                                             device=ranks.device) for x in (train_x, xv))
+                    train_y = torch.from_numpy(data.train[0].labels[train_x.indices])
+                    val_y = torch.from_numpy(data.val[0].labels[xv.indices])
+                else:  # from the feature store when these images went through this backbone before
+                    identity = backbone_identity(config.backbone, model.features, pre, precision)
+                    (train_in, val_in), results["feature_pass"] = frozen_features(
+                        config.backbone, prefix, [xt, xv], identity, pre.crop, console, config.batch_size, dtype, ranks.device)
+                    train_y, val_y = yt, yv
                 trained = model.classifier
             else:
                 train_in, train_y, val_in, val_y, trained = xt, yt, xv, yv, nn.Sequential(transform, model)
@@ -265,16 +274,15 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         if config.unfreeze_epochs:
             # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does, and its
             # BatchNorm statistics kept (unless --train-batchnorm), as the Keras transfer-learning guide does.
-            unfreeze(model.features, batchnorm_statistics=config.train_batchnorm)
+            unfreeze(model.features, reestimate_batchnorm=config.train_batchnorm)
             optimizer = torch.optim.Adam([
                 {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
                 {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
             stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, yt, xv, yv, config.unfreeze_epochs,
                   config.seed + 1, time.perf_counter(), should_stop)
     model.eval()
-    predictions, truth = labelled(nn.Sequential(transform, model),
-                                  *((xv, None) if streamed else (_nchw(data.val[0]), data.val[1])), config.batch_size)
-    results["confusion_matrix"] = confusion_matrix(truth, predictions, len(classes)).tolist()
+    # The final model's, as its last stage measured it after training (no second pass over the images).
+    results["confusion_matrix"] = results["phases"][list(results["phases"])[-1]]["confusion_matrix"]
     data.close()
     model.cpu()  # the model returned and saved lives on the CPU, wherever it trained
     figures.update(curves=curves_figure(results["phases"]),
@@ -334,8 +342,13 @@ def _read_data(config: FinetuneConfig, size: int, world_size: int, previous: dic
         if before is not None:  # a resumed run reads its data as it started to, whatever memory there is now
             loading = Loading(before["stream"], "as when the run started", n, n * size * size * 3, None,
                               workers if before["stream"] else 0)
+        elif config.stream == "auto" and world_size > 1:  # one answer for every rank, whatever each one's memory
+            loading = Loading(False, "under torchrun every rank decodes into memory", n, n * size * size * 3, None, 0)
         else:
-            loading = streaming.choose_loading(config.stream, n, size, workers)
+            # Decoding into memory decodes the whole folder (--limit applies after), so that is what must fit.
+            everything = sum(len(m) for s, m in layout.members.items() if s in ("train", split))
+            loading = streaming.choose_loading(config.stream, everything, size, workers)
+            loading = replace(loading, images=n) if loading.stream else loading
         if loading.stream:
             _check_streamable(tree, loading, world_size)
             train, val = (FolderImages(tree, members[s], size) for s in ("train", split))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import signal
 import sys
 import time
@@ -34,7 +33,6 @@ from ..models import (
     layer_rows,
     load_backbone_weights,
 )
-from ..paths import cache_dir
 from ..reporting import (
     STATUS_FILE,
     PhaseResult,
@@ -49,7 +47,6 @@ from ..reporting import (
 from ..reporting.console import (
     ConsoleProgress,
     comparison_table,
-    feature_pass_progress,
     print_summary,
     transfer_verdict,
 )
@@ -69,13 +66,13 @@ from ..training import (
     make_optimizer,
     resolve_precision,
     split_frozen,
-    stored_features,
     trainable_parameters,
 )
 from ..training.checkpoint import Checkpointer
 from ..training.distributed import Distributed, any_rank, gather_to_main, init_distributed, on_main
 from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
 from ..training.runtime import keep_freed_memory
+from .feature_pass import backbone_identity, frozen_features
 
 PHASES = ("source", "transfer", "scratch")
 
@@ -165,10 +162,14 @@ def resumable(run_dir: Path, config: SplitConfig, world_size: int = 1) -> dict:
     return previous
 
 
+# Options added after runs were saved, and what those runs did without them: such a run resumes as it began.
+BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never"}
+
+
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     out = []
     for key, value in now.items():
-        old = saved.get(key)
+        old = saved.get(key, BEFORE_THE_OPTION.get(key))
         if isinstance(value, dict) and isinstance(old, dict):
             out += _differences(old, value, f"{prefix}{key}.")
         elif old != value:
@@ -367,23 +368,11 @@ class _PhaseRunner:
         trained = model if inputs is None else nn.Sequential(inputs, model)
         if phase == "transfer" and cfg.feature_cache and self.backbone is not None:
             # The frozen backbone's features, kept on disk: a second run on the same images does no pass at all.
-            prefix = nn.Sequential(inputs, model.features)
-            identity = self.backbone.identity(self.precision)
-            with feature_pass_progress(self.console, len(x_train) + len(x_test)) as advance:
-                (batches.x, train_hit), (x_test, test_hit) = (
-                    stored_features(prefix, x, identity, cache_dir() / "features", cfg.eval_batch_size,
-                                    autocast_dtype, advance, device=device) for x in (x_train, x_test))
+            (batches.x, x_test), self.feature_pass = frozen_features(
+                self.config.backbone, nn.Sequential(inputs, model.features), [x_train, x_test], self.backbone.identity(self.precision),
+                inputs.crop, self.console, cfg.eval_batch_size, autocast_dtype, device)
             cache_seconds = time.perf_counter() - start
             trained = model.classifier
-            computed = sum(len(x) for x, hit in ((x_train, train_hit), (x_test, test_hit)) if not hit)
-            self.feature_pass = {"images": len(x_train) + len(x_test), "computed": computed,
-                                 "seconds": round(cache_seconds, 3), "from_store": computed == 0,
-                                 "images_per_second": round(computed / cache_seconds, 2) if computed else None,
-                                 "input_size": inputs.crop}
-            how = ("read from the feature store" if computed == 0
-                   else f"{computed} computed at {computed / cache_seconds:.1f} images/s")
-            self.console.print(f"frozen {self.config.backbone} features {tuple(batches.x.shape[1:])} for "
-                               f"{len(x_train)} + {len(x_test)} images {how} ({cache_seconds:.1f}s)")
         elif phase == "transfer" and cfg.feature_cache:
             # The frozen features do not change: compute them once (in eval mode), train the classifier on them.
             prefix, tail = split_frozen(model.features)
@@ -461,9 +450,6 @@ class _PretrainedBackbone:
 
     def identity(self, precision: Precision) -> str:
         """What determines the frozen features besides the images: network, weights, input size, precision."""
-        digest = hashlib.blake2b(digest_size=16)
-        for name, tensor in self.pretrained.features.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
-        return f"{self.config.backbone}|{digest.hexdigest()}|{self.preprocessing('transfer')}|{precision.name}"
+        return backbone_identity(self.config.backbone, self.pretrained.features, self.preprocessing("transfer"),
+                                 precision)
 

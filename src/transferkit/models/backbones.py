@@ -129,7 +129,7 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
     else:
         path = Path(weights)
         if path.is_dir():  # a finetune run folder: its model's features become this backbone
-            path = path / "weights" / "model.safetensors"
+            path = _run_model(path)
         if not path.is_file():
             raise UserError(f"--weights {weights}: not imagenet, none, a weights file or a finetune run folder")
         state = _read_state(path)
@@ -149,6 +149,15 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
         raise UserError(f"--weights {path}: does not fit {model.backbone} ({len(missing)} missing, "
                         f"{len(unexpected)} unexpected tensors, e.g. {(missing or unexpected)[0]})")
     return preprocessing
+
+
+def _run_model(run_dir: Path) -> Path:
+    """The model of a finetune run folder. A `transferkit run` folder is refused by name: its transfer model's
+    features are the frozen weights it started from (or the seed network), nothing to continue from."""
+    if not (run_dir / "weights" / "model.safetensors").is_file() and (run_dir / "weights" / "transfer.json").is_file():
+        raise UserError(f"--weights {run_dir}: a `transferkit run` folder, whose frozen features are the weights "
+                        "it started from; give a finetune run folder, or those weights (imagenet or a file)")
+    return run_dir / "weights" / "model.safetensors"
 
 
 def _saved_by_transferkit(path: Path) -> bool:

@@ -80,6 +80,14 @@ class TensorBatches(ShuffledBatches):
         self.order, self.position = None, 0
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, which containers and taskset narrow), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 class StreamLoader:
     """A DataLoader over a Dataset of (image, label, index) items whose batches are planned from outside.
 
@@ -89,7 +97,7 @@ class StreamLoader:
     """
 
     def __init__(self, dataset: Dataset, collate, workers: int | None = None, pin_memory: bool = False):
-        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.workers = usable_cores() if workers is None else workers
         self.plan = _Plan()  # no reference back to this object: the workers end when it is dropped
         self.skipped: dict[str, str] = {}  # path -> reason, over every pass
         self.loader = DataLoader(dataset, batch_sampler=self.plan, collate_fn=collate, num_workers=self.workers,

@@ -18,16 +18,16 @@ def freeze(module: nn.Module, eval_mode: bool = False) -> None:
     module.frozen_eval = eval_mode
 
 
-def unfreeze(module: nn.Module, batchnorm_statistics: bool = False) -> None:
+def unfreeze(module: nn.Module, reestimate_batchnorm: bool = False) -> None:
     """Undo freeze: gradients again, and training mode follows the model's.
 
     BatchNorm layers keep their running statistics (eval mode, scale and shift still trained) unless
-    `batchnorm_statistics`: re-estimating them from small batches of a new, small data set wrecks pretrained
+    `reestimate_batchnorm`: re-estimating them from small batches of a new, small data set wrecks pretrained
     features (measured in bench/cifar_imagenet.py), which is why the Keras transfer-learning guide keeps them.
     """
     module.requires_grad_(True)
     for m in module.modules():
-        m.frozen_eval = isinstance(m, nn.modules.batchnorm._BatchNorm) and not batchnorm_statistics
+        m.frozen_eval = isinstance(m, nn.modules.batchnorm._BatchNorm) and not reestimate_batchnorm
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -15,15 +15,7 @@ from .loop import autocast, channels_last, inference_copy
 
 
 @torch.inference_mode()
-def predict_classes(model: nn.Module, x: torch.Tensor | Iterable, batch_size: int = 128,
-                    autocast_dtype: torch.dtype | None = None) -> np.ndarray:
-    """The arg-max class of every row of `x`, computed as `evaluate` computes (eval mode, channels-last), on
-    the device the model is on. `x` may be an iterable of (x, y) batches (a stream; see `labelled`)."""
-    return labelled(model, x, None, batch_size, autocast_dtype)[0]
-
-
-@torch.inference_mode()
-def labelled(model: nn.Module, x: torch.Tensor | Iterable, y: torch.Tensor | np.ndarray | None,
+def predictions_and_labels(model: nn.Module, x: torch.Tensor | Iterable, y: torch.Tensor | np.ndarray | None,
              batch_size: int = 128, autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(predicted classes, true classes) of `x`: the labels are `y`, or those of a stream's batches."""
     device = next(model.parameters()).device
@@ -73,7 +65,7 @@ def find_mistakes(model: nn.Module, x: torch.Tensor | Iterable, y: np.ndarray | 
 
     For a stream (`x` batches with their labels, `y` None), `images` is a function from the positions of
     the wrong ones to their images, so that only the few shown are decoded again."""
-    predicted, truth = labelled(model, x, y, batch_size, autocast_dtype)
+    predicted, truth = predictions_and_labels(model, x, y, batch_size, autocast_dtype)
     wrong = np.flatnonzero(predicted != truth)[:keep]
     shown = images(wrong) if callable(images) else images[wrong]
     return Mistakes(confusion_matrix(truth, predicted, len(class_names)), shown, truth[wrong], predicted[wrong],

@@ -1,0 +1,49 @@
+"""The frozen backbone's pass over a run's images, shared by `run --backbone` and `finetune`: features read
+from the on-disk store when the same images went through the same network before, else computed (with a
+progress bar: minutes on a CPU) and stored."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from ..models.backbones import Preprocessing
+from ..paths import cache_dir
+from ..reporting.console import feature_pass_progress
+from ..training import Precision
+from ..training.feature_cache import stored_features
+
+
+def backbone_identity(name: str, features: nn.Module, preprocessing: Preprocessing, precision: Precision) -> str:
+    """What determines the frozen features besides the images: network, its weights, input, precision."""
+    digest = hashlib.blake2b(digest_size=16)
+    for key, tensor in features.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().data)
+    return f"{name}|{digest.hexdigest()}|{preprocessing}|{precision.name}"
+
+
+def frozen_features(name: str, prefix: nn.Module, images: list[torch.Tensor], identity: str, input_size: int,
+                    console: Console, batch_size: int, autocast_dtype: torch.dtype | None,
+                    device: torch.device = torch.device("cpu")) -> tuple[list[torch.Tensor], dict]:
+    """The features of each tensor of `images` through the frozen `prefix` (eval mode; `input_size` is what the
+    network sees after the prefix's resizing), and a record of the pass for results.json."""
+    start = time.perf_counter()
+    with feature_pass_progress(console, sum(len(x) for x in images)) as advance:
+        passes = [stored_features(prefix, x, identity, cache_dir() / "features", batch_size, autocast_dtype,
+                                  advance, device=device) for x in images]
+    seconds = time.perf_counter() - start
+    computed = sum(len(x) for x, (_, hit) in zip(images, passes) if not hit)
+    record = {"images": sum(len(x) for x in images), "computed": computed, "seconds": round(seconds, 3),
+              "from_store": computed == 0,
+              "images_per_second": round(computed / seconds, 2) if computed else None,
+              "input_size": input_size}
+    how = "read from the feature store" if computed == 0 else f"{computed} computed at {computed / seconds:.1f} images/s"
+    features = [f for f, _ in passes]
+    console.print(f"frozen {name} features {tuple(features[0].shape[1:])} for "
+                  f"{' + '.join(str(len(x)) for x in images)} images {how} ({seconds:.1f}s)")
+    return features, record
