@@ -8,7 +8,8 @@ from torchvision.transforms import v2
 
 
 class InputTransform(nn.Module):
-    """uint8 NCHW batch -> normalised float batch; random crops and flips per image in training mode.
+    """uint8 NCHW batch (or float in [0, 1]) -> normalised float batch; random crops and flips per image in
+    training mode.
 
     Put in front of a model, it lets the plain training loop feed uint8 tensors held in memory (4x less than
     float) and augment on the fly, while evaluation centre-crops.
@@ -33,7 +34,10 @@ class InputTransform(nn.Module):
             x = torch.stack([self.random(img) for img in x])
         else:
             x = self.centre(x)
-        return (x.float() / 255.0 - self.mean) / self.std
+        # uint8 pixels are scaled here; float images are taken as already in [0, 1] (scaling them twice would
+        # leave a frozen network nothing but near-constant inputs).
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        return (x - self.mean) / self.std
 
 
 def scale_images(x: torch.Tensor) -> torch.Tensor:
