@@ -72,7 +72,9 @@ def stored_features(prefix: nn.Module, x: torch.Tensor, identity: str, store: Pa
     path = store / f"{digest.hexdigest()}.safetensors"
     if path.is_file():
         try:
-            return load_file(str(path))["features"], True
+            # A copy in freshly allocated (aligned) memory: read in place, BLAS summed the rows in another
+            # order and the losses differed from the computing run's in the 7th digit.
+            return load_file(str(path))["features"].clone(), True
         except Exception:  # noqa: BLE001 - a damaged file is recomputed and replaced
             pass
     features = compute_features(prefix, x, batch_size, autocast_dtype, progress, device=device)
