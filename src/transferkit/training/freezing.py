@@ -22,8 +22,8 @@ def unfreeze(module: nn.Module, reestimate_batchnorm: bool = False) -> None:
     """Undo freeze: gradients again, and training mode follows the model's.
 
     BatchNorm layers keep their running statistics (eval mode, scale and shift still trained) unless
-    `reestimate_batchnorm`: re-estimating them from small batches of a new, small data set wrecks pretrained
-    features (measured in bench/cifar_imagenet.py), which is why the Keras transfer-learning guide keeps them.
+    `reestimate_batchnorm`: re-estimating them from small batches of a new, small data set costs accuracy
+    (bench/cifar_imagenet.py: 0.861 against 0.922 after one epoch), which is why the Keras guide keeps them.
     """
     module.requires_grad_(True)
     for m in module.modules():
