@@ -94,7 +94,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})[_META_KEY])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, KeyError, ValueError) as e:
+    # RuntimeError: safetensors' word for a file shorter than its header says (cut off after the header).
+    except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
         raise UserError(f"{path}: not a readable transferkit checkpoint ({str(e).splitlines()[0][:120]}); "
                         "it may be truncated: start the run again without --resume") from None
     return tensors, meta
