@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 
 import torch
 from rich.console import Console
@@ -15,7 +16,7 @@ from ..models.backbones import Preprocessing
 from ..paths import cache_dir
 from ..reporting.console import feature_pass_progress
 from ..training import Precision
-from ..training.feature_cache import stored_features
+from ..training.feature_cache import compute_features, stored_features
 
 
 def backbone_identity(name: str, features: nn.Module, preprocessing: Preprocessing, precision: Precision) -> str:
@@ -27,15 +28,21 @@ def backbone_identity(name: str, features: nn.Module, preprocessing: Preprocessi
     return f"{name}|{digest.hexdigest()}|{preprocessing}|{precision.name}"
 
 
-def frozen_features(name: str, prefix: nn.Module, images: list[torch.Tensor], identity: str, input_size: int,
-                    console: Console, batch_size: int, autocast_dtype: torch.dtype | None,
+def frozen_features(name: str, prefix: nn.Module, images: list[torch.Tensor | Iterable], identity: str,
+                    input_size: int, console: Console, batch_size: int, autocast_dtype: torch.dtype | None,
                     device: torch.device = torch.device("cpu")) -> tuple[list[torch.Tensor], dict]:
-    """The features of each tensor of `images` through the frozen `prefix` (eval mode; `input_size` is what the
-    network sees after the prefix's resizing), and a record of the pass for results.json."""
+    """The features of each of `images` through the frozen `prefix` (eval mode; `input_size` is what the
+    network sees after the prefix's resizing), and a record of the pass for results.json.
+
+    Tensors go through the feature store; a stream of batches (images decoded from disk) is computed, since
+    the store keys on the decoded images.
+    """
     start = time.perf_counter()
     with feature_pass_progress(console, sum(len(x) for x in images)) as advance:
         passes = [stored_features(prefix, x, identity, cache_dir() / "features", batch_size, autocast_dtype,
-                                  advance, device=device) for x in images]
+                                  advance, device=device) if isinstance(x, torch.Tensor)
+                  else (compute_features(prefix, x, batch_size, autocast_dtype, advance, device=device), False)
+                  for x in images]
     seconds = time.perf_counter() - start
     computed = sum(len(x) for x, (_, hit) in zip(images, passes) if not hit)
     record = {"images": sum(len(x) for x in images), "computed": computed, "seconds": round(seconds, 3),

@@ -26,7 +26,7 @@ from ..data.streaming import FolderImages, Loading, collate_readable
 from ..errors import UserError
 from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, layer_rows, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
-from ..reporting.console import ConsoleProgress, comparison_table, feature_pass_progress
+from ..reporting.console import ConsoleProgress, comparison_table
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, samples_figure, save_figures
 from ..reporting.report import write_report
 from ..reporting.status import recording_status
@@ -36,7 +36,6 @@ from ..training import (
     StreamLoader,
     StreamPass,
     TensorBatches,
-    compute_features,
     fit,
     freeze,
     resolve_precision,
@@ -252,19 +251,15 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         else:
             start = time.perf_counter()
             if config.feature_cache and not config.augment:
-                prefix = nn.Sequential(transform, model.features)
-                if streamed:  # the images pass through the backbone once too; their (small) features stay in memory
-                    train_x = StreamPass(xt, config.batch_size)
-                    with feature_pass_progress(console, n_train + n_val) as advance:
-                        train_in, val_in = (compute_features(prefix, x, config.batch_size, dtype, advance,
-                                                             device=ranks.device) for x in (train_x, xv))
-                    train_y = torch.from_numpy(data.train[0].labels[train_x.indices])
-                    val_y = torch.from_numpy(data.val[0].labels[xv.indices])
-                else:  # from the feature store when these images went through this backbone before
-                    identity = backbone_identity(config.backbone, model.features, pre, precision)
-                    (train_in, val_in), results["feature_pass"] = frozen_features(
-                        config.backbone, prefix, [xt, xv], identity, pre.crop, console, config.batch_size, dtype, ranks.device)
-                    train_y, val_y = yt, yv
+                # In memory: from the feature store when these images went through this backbone before.
+                # Streamed: the images pass through the backbone once; their (small) features stay in memory.
+                train_x = StreamPass(xt, config.batch_size) if streamed else xt
+                (train_in, val_in), results["feature_pass"] = frozen_features(
+                    config.backbone, nn.Sequential(transform, model.features), [train_x, xv],
+                    backbone_identity(config.backbone, model.features, pre, precision), pre.crop, console,
+                    config.batch_size, dtype, ranks.device)
+                train_y, val_y = ((torch.from_numpy(data.train[0].labels[train_x.indices]),
+                                   torch.from_numpy(data.val[0].labels[xv.indices])) if streamed else (yt, yv))
                 trained = model.classifier
             else:
                 train_in, train_y, val_in, val_y, trained = xt, yt, xv, yv, nn.Sequential(transform, model)
