@@ -191,6 +191,10 @@ def test_finetune_killed_in_the_unfrozen_stage_and_resumed_equals_uninterrupted(
     for phase in ("frozen", "unfrozen"):
         strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["phases"][phase]["history"]]
         assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["phases"][phase]["history"]]
+    for phase in ("frozen", "unfrozen"):
+        assert a["phases"][phase]["misclassified"] == b["phases"][phase]["misclassified"]
+    # The frozen stage finished before the kill: the figure shows its examples again, as the reference drew them.
+    assert (out / "misclassified.png").read_bytes() == (tmp_path / "ref" / "misclassified.png").read_bytes()
     wa, wb = (load_file(d / "weights" / "model.safetensors") for d in (out, tmp_path / "ref"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 

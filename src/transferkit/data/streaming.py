@@ -11,7 +11,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from ..config import STREAM_MODES
 from ..errors import UserError
 from .archive import FileTree
 from .folders import _reason, decode_image
@@ -129,14 +128,23 @@ class Loading:
     def to_dict(self) -> dict:
         return {"mode": "stream" if self.stream else "memory", **asdict(self)}
 
+    @classmethod
+    def decided(cls, stream: bool, reason: str, images: int, size: int, workers: int) -> Loading:
+        """A decision taken without weighing memory (a mode given, a resumed run, torchrun)."""
+        return cls(stream, reason, images, decoded_bytes(images, size), None, workers if stream else 0)
+
+
+def decoded_bytes(images: int, size: int) -> int:
+    """What `images` RGB images of `size` x `size` take decoded into memory (uint8)."""
+    return images * size * size * 3
+
 
 def choose_loading(mode: str, images: int, size: int, workers: int, budget: int | None = None) -> Loading:
-    """Stream when `mode` is always, or (auto) when images x size x size x 3 bytes exceed the memory budget."""
-    if mode not in STREAM_MODES:
-        raise UserError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
-    decoded = images * size * size * 3
+    """Stream when `mode` (one of STREAM_MODES, checked by FinetuneConfig) is always, or (auto) when the
+    decoded images exceed the memory budget."""
     if mode != "auto":
-        return Loading(mode == "always", f"--stream {mode}", images, decoded, None, workers if mode == "always" else 0)
+        return Loading.decided(mode == "always", f"--stream {mode}", images, size, workers)
+    decoded = decoded_bytes(images, size)
     budget = memory_budget() if budget is None else budget
     fits = decoded <= budget
     verb = "fits in" if fits else "would not fit in"

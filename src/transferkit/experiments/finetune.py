@@ -188,11 +188,13 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         xt, yt = StreamLoader(data.train[0], collate_readable, data.loading.workers, pin), None
         xv, yv = StreamPass(StreamLoader(data.val[0], collate_readable, data.loading.workers, pin),
                             config.batch_size), None
-        val_images = lambda positions: data.val[0].images(xv.indices[positions])[0]  # noqa: E731
+        val_images = lambda indices: data.val[0].images(indices)[0]  # noqa: E731
+        val_index = lambda positions: xv.indices[positions]  # noqa: E731 - the files that decoded
     else:  # each rank trains on its shard and validates on its share of the validation images
         xt, yt = ranks.training_shard(_nchw(data.train[0]), torch.from_numpy(data.train[1]), config.seed)
         xv, yv = ranks.evaluation_shard(_nchw(data.val[0]), torch.from_numpy(data.val[1]))
-        val_images = data.val[0][ranks.rank :: ranks.world_size]
+        val_images = data.val[0].__getitem__
+        val_index = lambda positions: positions * ranks.world_size + ranks.rank  # noqa: E731
     phases: dict[str, PhaseResult] = {}
     mistakes: dict[str, Mistakes] = {}
     figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
@@ -231,10 +233,12 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         phases[name] = _phase(name, classes, n_train, n_val, history, before + time.perf_counter() - start,
                               count_params(model))
         # On this rank's share of the validation images, as validation ran (cached features where there are).
-        mistakes[name] = find_mistakes(trained, val_in, val_y, val_images, classes, config.batch_size, dtype)
+        mistakes[name] = find_mistakes(trained, val_in, val_y, val_images, classes, config.batch_size, dtype,
+                                       index_of=val_index)
         report_skipped()
         phases[name].layers = layers
         phases[name].confusion_matrix = confusion_over_ranks(mistakes[name].confusion).tolist()
+        phases[name].misclassified = mistakes[name].examples()
         results["phases"][name] = phases[name].to_dict()
         results["distributed"].setdefault("steps_per_rank", {})[name] = gather_to_main(state.steps)
         figures["misclassified"] = misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})
@@ -247,7 +251,10 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
         freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
         if checkpoints is not None and resume is not None and checkpoints.phase() == "unfrozen":
-            phases["frozen"] = PhaseResult.from_dict("frozen", results["phases"]["frozen"])  # done before
+            phases["frozen"] = frozen = PhaseResult.from_dict("frozen", results["phases"]["frozen"])  # done before
+            if frozen.misclassified is not None:  # its examples for the report, read again
+                mistakes["frozen"] = Mistakes.from_examples(frozen.misclassified, frozen.confusion_matrix,
+                                                            val_images, classes)
         else:
             start = time.perf_counter()
             if config.feature_cache and not config.augment:
@@ -335,10 +342,9 @@ def _read_data(config: FinetuneConfig, size: int, world_size: int, previous: dic
         n = sum(len(m) for m in members.values())
         before = (previous or {}).get("dataset", {}).get("loading")
         if before is not None:  # a resumed run reads its data as it started to, whatever memory there is now
-            loading = Loading(before["stream"], "as when the run started", n, n * size * size * 3, None,
-                              workers if before["stream"] else 0)
+            loading = Loading.decided(before["stream"], "as when the run started", n, size, workers)
         elif config.stream == "auto" and world_size > 1:  # one answer for every rank, whatever each one's memory
-            loading = Loading(False, "under torchrun every rank decodes into memory", n, n * size * size * 3, None, 0)
+            loading = Loading.decided(False, "under torchrun every rank decodes into memory", n, size, workers)
         else:
             # Decoding into memory decodes the whole folder (--limit applies after), so that is what must fit.
             everything = sum(len(m) for s, m in layout.members.items() if s in ("train", split))

@@ -283,6 +283,10 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                 model, _ = load_model(run_dir / "weights" / f"{phase}.safetensors")
                 phase_result = PhaseResult.from_dict(phase, results["phases"][phase])
                 console.print(f"phase {phase}: finished before, test accuracy {phase_result.test_accuracy:.4f}")
+                if phase_result.misclassified is not None:  # its examples for the report, read again
+                    runner.mistakes[phase] = Mistakes.from_examples(
+                        phase_result.misclassified, phase_result.confusion_matrix, split.x_test.__getitem__,
+                        list(split.class_names))
             else:
                 if writes is not None:
                     write_status(writes, "running", phase=phase)
@@ -294,7 +298,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                 results["feature_pass"] = runner.feature_pass
             figures["curves"] = curves_figure(results["phases"])
             figures["training_time"] = time_figure(results["phases"])
-            if runner.mistakes:  # phases finished before a resume keep their matrix, not their examples
+            if runner.mistakes:
                 figures["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in runner.mistakes.items()})
             if writes is not None:
                 save_model(writes / "weights", phase, model, list(split.class_names),
@@ -395,9 +399,10 @@ class _PhaseRunner:
         seconds = elapsed_before + time.perf_counter() - start
         # On what validation ran on (cached features where there are, this rank's share of the test images),
         # so no second pass through a backbone; the confusion matrix is summed over the ranks.
-        self.mistakes[phase] = find_mistakes(trained, x_test, y_test.cpu().numpy(),
-                                             split.x_test[self.ranks.rank :: self.ranks.world_size],
-                                             list(split.class_names), cfg.eval_batch_size, autocast_dtype)
+        rank, world_size = self.ranks.rank, self.ranks.world_size
+        self.mistakes[phase] = find_mistakes(trained, x_test, y_test.cpu().numpy(), split.x_test.__getitem__,
+                                             list(split.class_names), cfg.eval_batch_size, autocast_dtype,
+                                             index_of=lambda positions: positions * world_size + rank)
         confusion = confusion_over_ranks(self.mistakes[phase].confusion)
         model.eval().cpu()  # trained models live on the CPU: saved, summarised, copied by the next phase
         return model, PhaseResult(
@@ -405,7 +410,7 @@ class _PhaseRunner:
             test_samples=len(split.y_test), epochs=cfg.epochs, train_seconds=seconds,
             test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy, params=counts,
             history=history, feature_cache_seconds=cache_seconds, layers=layers,
-            confusion_matrix=confusion.tolist(),
+            confusion_matrix=confusion.tolist(), misclassified=self.mistakes[phase].examples(),
         ), gather_to_main(state.steps)
 
     def _transfer_model(self, source_model: nn.Module, num_classes: int) -> SeedCNN:

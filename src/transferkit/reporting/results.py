@@ -34,6 +34,7 @@ class PhaseResult:
     # For report.html; None in runs made before transferkit recorded them.
     layers: list[LayerRow] | None = None  # the Keras-style parameter summary
     confusion_matrix: list[list[int]] | None = None  # validation counts, true class (rows) x predicted
+    misclassified: list[dict] | None = None  # the report's examples: index in the validation set, true, predicted
 
     def to_dict(self) -> dict:
         d = {
@@ -53,6 +54,8 @@ class PhaseResult:
             d["layers"] = [r.to_dict() for r in self.layers]
         if self.confusion_matrix is not None:
             d["confusion_matrix"] = self.confusion_matrix
+        if self.misclassified is not None:
+            d["misclassified"] = self.misclassified
         return d
 
     @classmethod
@@ -64,7 +67,7 @@ class PhaseResult:
                    history=[EpochRecord(**r) for r in d["history"]],
                    feature_cache_seconds=d.get("feature_cache_seconds"),
                    layers=[LayerRow.from_dict(r) for r in d["layers"]] if "layers" in d else None,
-                   confusion_matrix=d.get("confusion_matrix"))
+                   confusion_matrix=d.get("confusion_matrix"), misclassified=d.get("misclassified"))
 
 
 def write_text_atomic(path: Path, text: str) -> None:

@@ -47,10 +47,24 @@ class Mistakes:
     truth: np.ndarray
     predicted: np.ndarray
     class_names: list[str]
+    indices: np.ndarray  # of the examples in the whole validation set
 
     def figure_group(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
         """The (images, truth, predicted, names) that figures.misclassified_figure draws."""
         return self.images, self.truth, self.predicted, self.class_names
+
+    def examples(self) -> list[dict]:
+        """The examples as results.json keeps them, so a resumed run can draw a finished phase's again."""
+        return [{"index": int(i), "true": int(t), "predicted": int(p)}
+                for i, t, p in zip(self.indices, self.truth, self.predicted)]
+
+    @classmethod
+    def from_examples(cls, examples: list[dict], confusion: list[list[int]],
+                      images: Callable[[np.ndarray], np.ndarray], class_names: list[str]) -> Mistakes:
+        """Mistakes as `examples()` recorded them; `images(indices)` reads the validation images again."""
+        indices = np.array([e["index"] for e in examples], dtype=np.int64)
+        return cls(np.asarray(confusion), images(indices), np.array([e["true"] for e in examples], dtype=np.int64),
+                   np.array([e["predicted"] for e in examples], dtype=np.int64), list(class_names), indices)
 
 
 def confusion_over_ranks(matrix: np.ndarray) -> np.ndarray:
@@ -59,14 +73,17 @@ def confusion_over_ranks(matrix: np.ndarray) -> np.ndarray:
 
 
 def find_mistakes(model: nn.Module, x: torch.Tensor | Iterable, y: np.ndarray | None,
-                  images: np.ndarray | Callable[[np.ndarray], np.ndarray], class_names: list[str],
-                  batch_size: int = 128, autocast_dtype: torch.dtype | None = None, keep: int = 12) -> Mistakes:
-    """Predict `x` (the model's input for `images`), count against `y`, keep the first `keep` wrong images.
+                  images: Callable[[np.ndarray], np.ndarray], class_names: list[str],
+                  batch_size: int = 128, autocast_dtype: torch.dtype | None = None, keep: int = 12, *,
+                  index_of: Callable[[np.ndarray], np.ndarray] = np.asarray) -> Mistakes:
+    """Predict `x` (the model's input: images or their features), count against `y` (None for a stream of
+    (x, y) batches), keep the first `keep` wrong ones.
 
-    For a stream (`x` batches with their labels, `y` None), `images` is a function from the positions of
-    the wrong ones to their images, so that only the few shown are decoded again."""
+    `index_of(positions)` maps positions in `x` to indices of the whole validation set (a rank's share, a
+    stream's readable files; by default the same), and `images(indices)` gives those images as people see
+    them, so only the few shown are read (or decoded) again."""
     predicted, truth = predictions_and_labels(model, x, y, batch_size, autocast_dtype)
     wrong = np.flatnonzero(predicted != truth)[:keep]
-    shown = images(wrong) if callable(images) else images[wrong]
-    return Mistakes(confusion_matrix(truth, predicted, len(class_names)), shown, truth[wrong], predicted[wrong],
-                    list(class_names))
+    indices = np.asarray(index_of(wrong), dtype=np.int64)
+    return Mistakes(confusion_matrix(truth, predicted, len(class_names)), images(indices), truth[wrong],
+                    predicted[wrong], list(class_names), indices)
