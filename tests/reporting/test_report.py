@@ -204,3 +204,16 @@ def test_json_prints_results_json(photos, tmp_path, capsys, monkeypatch):
     main(["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
           "--epochs", "1", "--batch-size", "8", "--json", "--out", str(out)])
     assert json.loads(capsys.readouterr().out) == json.loads((out / "results.json").read_text())
+
+
+def test_transfer_verdict_says_faster_or_slower():
+    from transferkit.reporting.console import transfer_verdict
+
+    def phases(transfer_s, scratch_s):
+        return {name: {"classes": ["a", "b"], "test_accuracy": acc, "train_seconds": s}
+                for name, acc, s in (("transfer", 0.9, transfer_s), ("scratch", 0.8, scratch_s))}
+
+    assert transfer_verdict(phases(10.0, 50.0)).endswith("time 10.0 s vs 50.0 s (5.0x faster)")
+    assert "+10.00 points" in transfer_verdict(phases(10.0, 50.0))
+    assert transfer_verdict(phases(7.2, 2.8)).endswith("(2.6x slower)")  # a backbone's pass on few images
+    assert transfer_verdict({"transfer": phases(1, 1)["transfer"]}) is None
