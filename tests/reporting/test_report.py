@@ -217,3 +217,15 @@ def test_transfer_verdict_says_faster_or_slower():
     assert "+10.00 points" in transfer_verdict(phases(10.0, 50.0))
     assert transfer_verdict(phases(7.2, 2.8)).endswith("(2.6x slower)")  # a backbone's pass on few images
     assert transfer_verdict({"transfer": phases(1, 1)["transfer"]}) is None
+
+
+def test_report_says_slower_when_transfer_took_longer(split_run, tmp_path):
+    from transferkit.reporting.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(split_run, run)
+    results = json.loads((run / "results.json").read_text())
+    results["phases"]["transfer"]["train_seconds"] = 4 * results["phases"]["scratch"]["train_seconds"]
+    (run / "results.json").write_text(json.dumps(results))
+    write_report(run)
+    assert "4.0x</span> slower than scratch" in (run / "report.html").read_text()
