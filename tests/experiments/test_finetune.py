@@ -247,6 +247,9 @@ def test_a_corrupt_file_in_a_stream_is_skipped_and_listed(photos, tmp_path, monk
     assert results["dataset"]["train_samples"] + results["dataset"]["val_samples"] == 19
     # validated on the images that decoded: all of val, or all but the broken one
     assert 0 <= results["dataset"]["val_samples"] - np.asarray(results["confusion_matrix"]).sum() <= 1
+    frozen = results["phases"]["frozen"]  # counts the images it used: the broken file is in neither
+    assert frozen["train_samples"] + frozen["test_samples"] == 18
+    assert frozen["test_samples"] == np.asarray(results["confusion_matrix"]).sum()
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
     assert (out / "misclassified.png").is_file() and (out / "samples.png").is_file()
 

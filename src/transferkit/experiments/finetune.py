@@ -230,7 +230,10 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         history = fit(ranks.wrap(trained), optimizer, batches, val_in, val_y, epochs, config.batch_size, dtype,
                       ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop,
                       lr_schedule=config.lr_schedule)
-        phases[name] = _phase(name, classes, n_train, n_val, history, before + time.perf_counter() - start,
+        # The images it trained and validated on: a stream's files that failed to decode are not among them.
+        used_train, used_val = ((n_train - len(xt.skipped), n_val - len(xv.stream.skipped)) if streamed
+                                else (n_train, n_val))
+        phases[name] = _phase(name, classes, used_train, used_val, history, before + time.perf_counter() - start,
                               count_params(model))
         # On this rank's share of the validation images, as validation ran (cached features where there are).
         mistakes[name] = find_mistakes(trained, val_in, val_y, val_images, classes, config.batch_size, dtype,
