@@ -44,6 +44,7 @@ class FitState:
     seen: int = 0
     steps: int = 0  # optimizer steps this process took in the fit, all epochs
     epoch_seconds: float = 0.0  # spent in this epoch before an interruption
+    loss_scale: dict | None = None  # fp16's GradScaler state: a resumed fit scales as the uninterrupted one did
 
     def to_dict(self) -> dict:
         return {**asdict(self), "history": [r.to_dict() for r in self.history]}
@@ -179,8 +180,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
     """
     progress = progress or SilentProgress()
     state = state if state is not None else FitState()
-    # fp16 needs loss scaling; its scale is not checkpointed (it re-grows within a few steps after a resume).
+    # fp16 needs loss scaling; the scale travels in the checkpoints with the rest of the fit's state.
     scaler = torch.amp.GradScaler(train.device.type) if autocast_dtype == torch.float16 else None
+    if scaler is not None and state.loss_scale is not None:
+        scaler.load_state_dict(state.loss_scale)
+
+    def save(fit_state: FitState) -> None:
+        if scaler is not None:
+            fit_state.loss_scale = scaler.state_dict()
+        if on_checkpoint is not None:
+            on_checkpoint(fit_state)
+
     total_steps = epochs * len(train)
     set_lr = (lambda step: set_cosine_lr(optimizer, step, max(total_steps, 1))) if lr_schedule == "cosine" else None
     while state.epoch <= epochs:
@@ -190,8 +200,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
                                     set_lr)
         if should_stop is not None and should_stop():
             state.epoch_seconds += time.perf_counter() - start
-            if on_checkpoint is not None:
-                on_checkpoint(state)
+            save(state)
             raise Interrupted(f"stopped in epoch {state.epoch} after {train.position} of {len(train)} steps")
         val_loss, val_acc = evaluate(unwrap(model), val_x, val_y, eval_batch_size, autocast_dtype, train.device)
         record = EpochRecord(state.epoch, loss, acc, val_loss, val_acc,
@@ -199,6 +208,5 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
         state.history.append(record)
         progress.epoch_done(record, epochs)
         state.epoch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = state.epoch + 1, 0.0, 0, 0, 0.0
-        if on_checkpoint is not None:
-            on_checkpoint(state)
+        save(state)
     return state.history
