@@ -85,6 +85,18 @@ def test_help_on_every_command():
         assert done.returncode == 0 and "Usage:" in done.stdout
 
 
+def test_help_answers_without_loading_torch():
+    # torch takes seconds to import; help, --version and option errors should not wait for it
+    check = ("import sys; from transferkit.cli import cli\n"
+             "for args in (['--help'], ['run', '--help'], ['finetune', '--help'], ['--version']):\n"
+             "    try: cli(args, standalone_mode=False)\n"
+             "    except SystemExit: pass\n"
+             "assert 'torch' not in sys.modules, 'torch was imported'\n"
+             "import transferkit; transferkit.run_split; assert 'torch' in sys.modules")
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--data", "/nonexistent/mnist.npz"], "/nonexistent/mnist.npz: no such file"),
     (["--source", "0-4", "--target", "3-9"], "--source and --target share class(es) 3, 4"),
