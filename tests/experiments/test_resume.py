@@ -102,8 +102,20 @@ def test_ctrl_c_checkpoints_mid_epoch_and_resumes(tmp_path, uninterrupted):
     _assert_same_run(out, uninterrupted)
 
 
-def test_resume_refuses_another_configuration(uninterrupted, tmp_path):
-    out = _killed_in("source", tmp_path / "run")
+@pytest.fixture(scope="module")
+def killed_in_source(tmp_path_factory) -> Path:
+    """One run killed in the source phase, copied by the tests that only try to resume it."""
+    return _killed_in("source", tmp_path_factory.mktemp("killed") / "run")
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return shutil.copytree(run_dir, tmp_path / "run")
+
+
+def test_resume_refuses_another_configuration(uninterrupted, killed_in_source, tmp_path):
+    out = _copy(killed_in_source, tmp_path)
     done = _run(*ARGS[:-2], "--batch-size", "32", "--resume", str(out))
     assert done.returncode == 2
     assert "train.batch_size was 64, now 32" in done.stderr and "Traceback" not in done.stderr
@@ -111,8 +123,8 @@ def test_resume_refuses_another_configuration(uninterrupted, tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "cut-tensors", "pickle"])
-def test_damaged_checkpoint_is_refused(tmp_path, damage):
-    out = _killed_in("source", tmp_path / "run")
+def test_damaged_checkpoint_is_refused(killed_in_source, tmp_path, damage):
+    out = _copy(killed_in_source, tmp_path)
     ckpt = out / CHECKPOINT_FILE
     if damage == "truncate":
         ckpt.write_bytes(ckpt.read_bytes()[:1000])
