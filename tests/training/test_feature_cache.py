@@ -50,3 +50,31 @@ def test_folding_batchnorm_keeps_the_features(backbone):
         folded = fold_batchnorm(copy.deepcopy(model), x[:2])
         assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
         torch.testing.assert_close(folded(x), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_feature_pass_progress_counts_on_across_data_sets_even_where_a_stream_skips(tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from transferkit.experiments.feature_pass import frozen_features
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+    class ShortStream:  # 40 files listed, 4 of them unreadable: 36 images come out, as a StreamPass gives them
+        def __len__(self):
+            return 40
+
+        def __iter__(self):
+            for n in (16, 16, 4):
+                yield torch.rand(n, 3, 8, 8), torch.zeros(n, dtype=torch.int64)
+
+    log = io.StringIO()
+    console = Console(file=log, force_terminal=False, width=200)
+    prefix = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    (stream, tensor), record = frozen_features("tiny", prefix, [ShortStream(), torch.rand(60, 3, 8, 8)], "id", 8,
+                                               console, 16, None)
+    assert (len(stream), len(tensor), record["images"]) == (36, 60, 100)
+    counts = [int(line.split()[2].split("/")[0]) for line in log.getvalue().splitlines()
+              if line.startswith("feature pass:")]
+    assert counts == sorted(counts) and counts[-1] == 100  # never back to the start, ends at the whole

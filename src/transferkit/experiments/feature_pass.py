@@ -39,10 +39,14 @@ def frozen_features(name: str, prefix: nn.Module, images: list[torch.Tensor | It
     """
     start = time.perf_counter()
     with feature_pass_progress(console, sum(len(x) for x in images)) as advance:
-        passes = [stored_features(prefix, x, identity, cache_dir() / "features", batch_size, autocast_dtype,
-                                  advance, device=device) if isinstance(x, torch.Tensor)
-                  else (compute_features(prefix, x, batch_size, autocast_dtype, advance, device=device), False)
-                  for x in images]
+        passes, before = [], 0
+        for x in images:
+            # This set's images count after the sets before it, even where a stream skipped some.
+            done = lambda n, _of, before=before: advance(before + n)  # noqa: E731
+            before += len(x)
+            passes.append(stored_features(prefix, x, identity, cache_dir() / "features", batch_size,
+                                          autocast_dtype, done, device=device) if isinstance(x, torch.Tensor)
+                          else (compute_features(prefix, x, batch_size, autocast_dtype, done, device=device), False))
     seconds = time.perf_counter() - start
     computed = sum(len(x) for x, (_, hit) in zip(images, passes) if not hit)
     record = {"images": sum(len(x) for x in images), "computed": computed, "seconds": round(seconds, 3),

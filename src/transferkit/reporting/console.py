@@ -94,19 +94,17 @@ def transfer_verdict(phases: dict[str, dict]) -> str | None:
 
 
 @contextlib.contextmanager
-def feature_pass_progress(console: Console, total: int) -> Iterator[Callable[[int, int], None]]:
-    """A bar over the backbone's pass (minutes on a CPU); in logs a line every 20%."""
-    done_before, last_logged = [0], [0]
+def feature_pass_progress(console: Console, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar over the backbone's pass (minutes on a CPU); in logs a line every 20%. `advance(done)` takes the
+    images passed so far, all data sets together."""
+    last_logged = [0]
 
-    def advance(done: int, of: int) -> None:
-        if done == of:
-            done_before[0] += of
-        now = done_before[0] + (done if done < of else 0)
+    def advance(done: int) -> None:
         if progress is not None:
-            progress.update(task, completed=now)
-        elif now * 5 // total > last_logged[0]:
-            last_logged[0] = now * 5 // total
-            console.print(f"feature pass: {now}/{total} images")
+            progress.update(task, completed=done)
+        elif done * 5 // total > last_logged[0]:
+            last_logged[0] = done * 5 // total
+            console.print(f"feature pass: {done}/{total} images")
 
     progress = task = None
     if console.is_terminal:
