@@ -14,6 +14,8 @@ from . import __version__
 from .config import DEFAULT_LR, HEADS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, STREAM_MODES
 from .errors import Interrupted, UserError
 
+PRECISION_HELP = ("auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; on a GPU bf16 where "
+                  "it has bf16 (Ampere and later), else fp16 with loss scaling. fp16 is for GPUs only.")
 DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's "
                "Distributed section) each process trains on its share of the data, on the GPU of its local rank.")
 
@@ -68,8 +70,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
                    "cosine]")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling, dropout, validation split.  [default: 0]")
 @click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
-@click.option("--precision", type=click.Choice(PRECISIONS),
-              help="auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32.  [default: auto]")
+@click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Compute the frozen features once for the transfer phase instead of every epoch.")
 @click.option("--backbone", default=None, metavar="NAME",
@@ -184,7 +185,7 @@ def _resume_command(run_dir: object) -> str:
               help="Share of each class held out when DATA has no val/ or test/ folder.")
 @click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Frozen stage without augmentation: run the backbone once and train the head on its features.")
 @click.option("--stream", type=click.Choice(STREAM_MODES), default="auto", show_default=True,
