@@ -399,10 +399,9 @@ class _PhaseRunner:
         seconds = elapsed_before + time.perf_counter() - start
         # On what validation ran on (cached features where there are, this rank's share of the test images),
         # so no second pass through a backbone; the confusion matrix is summed over the ranks.
-        rank, world_size = self.ranks.rank, self.ranks.world_size
         self.mistakes[phase] = find_mistakes(trained, x_test, y_test.cpu().numpy(), split.x_test.__getitem__,
                                              list(split.class_names), cfg.eval_batch_size, autocast_dtype,
-                                             index_of=lambda positions: positions * world_size + rank)
+                                             index_of=self.ranks.evaluation_indices)
         confusion = confusion_over_ranks(self.mistakes[phase].confusion)
         model.eval().cpu()  # trained models live on the CPU: saved, summarised, copied by the next phase
         return model, PhaseResult(

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -69,6 +70,10 @@ class Distributed:
         if self.world_size == 1:
             return x, y
         return x[self.rank :: self.world_size], y[self.rank :: self.world_size]
+
+    def evaluation_indices(self, positions: np.ndarray) -> np.ndarray:
+        """Where positions in this rank's evaluation shard sit in the whole set (evaluation_shard undone)."""
+        return positions * self.world_size + self.rank
 
     def describe(self, batch_size: int, learning_rate: float) -> dict:
         """What results.json states: the world, the batch per rank and in all, the (unscaled) learning rate."""
