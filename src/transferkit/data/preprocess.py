@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 
 class InputTransform(nn.Module):
@@ -18,6 +17,10 @@ class InputTransform(nn.Module):
     def __init__(self, crop: int, mean: tuple[float, ...], std: tuple[float, ...], augment: bool = False,
                  vertical_flip: bool = False, min_scale: float = 0.5, resize: int | None = None):
         super().__init__()
+        # Imported here: torchvision takes ~2 s to import (it loads torch._dynamo), and the seed network's
+        # runs, which are most runs and every quick error, never need it.
+        from torchvision.transforms import v2
+
         # `resize`: scale whole images to this square size first (small images such as CIFAR's 32 px, kept
         # small in memory and enlarged per batch for a backbone trained at 224 px).
         self.crop, self.augment, self.resize = crop, augment, resize
@@ -29,7 +32,9 @@ class InputTransform(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.resize is not None and tuple(x.shape[-2:]) != (self.resize, self.resize):
-            x = v2.functional.resize(x, [self.resize, self.resize], antialias=True)
+            from torchvision.transforms.v2.functional import resize  # loaded by __init__ already
+
+            x = resize(x, [self.resize, self.resize], antialias=True)
         if self.training and self.augment:
             x = torch.stack([self.random(img) for img in x])
         else:

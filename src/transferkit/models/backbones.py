@@ -8,7 +8,6 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
-import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
@@ -58,7 +57,7 @@ class BackboneClassifier(nn.Module):
         if backbone not in BACKBONES:
             raise UserError(f"--backbone {backbone}: unknown; choose one of {', '.join(BACKBONES)}")
         self.backbone, self.head_config = backbone, head
-        model = build_lite(backbone) if backbone in LITE_WEIGHTS else torchvision.models.get_model(backbone)
+        model = build_lite(backbone) if backbone in LITE_WEIGHTS else _torchvision_models().get_model(backbone)
         qualified, last = _last_linear(model)
         parent_name, _, name = qualified.rpartition(".")
         setattr(model.get_submodule(parent_name), name, nn.Identity())  # what remains gives pooled features
@@ -94,7 +93,7 @@ def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
 
 def imagenet_weights_file(backbone: str) -> tuple[Path, object]:
     """Where torchvision keeps the ImageNet weights of `backbone` (TORCH_HOME/hub/checkpoints/<file>)."""
-    weights = torchvision.models.get_model_weights(backbone).DEFAULT
+    weights = _torchvision_models().get_model_weights(backbone).DEFAULT
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name, weights
 
 
@@ -183,3 +182,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: not a state dict of tensors")
     return state
+
+
+def _torchvision_models():
+    """torchvision.models, imported on first use: importing it takes ~2 s (it loads torch._dynamo), which
+    runs of the seed network and every quick error would otherwise pay."""
+    import torchvision.models
+
+    return torchvision.models

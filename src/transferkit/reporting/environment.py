@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import platform
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision
 
 from .. import __version__
 from ..training import Precision
@@ -30,7 +30,7 @@ def describe_environment(precision: Precision, device: torch.device = torch.devi
         "transferkit": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": version("torchvision"),  # not imported: that takes ~2 s
         "numpy": np.__version__,
         "platform": platform.platform(),
         "device": str(device),
