@@ -198,6 +198,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     phases: dict[str, PhaseResult] = {}
     mistakes: dict[str, Mistakes] = {}
     figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
+    if writes is not None:
+        save_figures(figures, writes)  # once: each stage below saves only the figures it redraws
 
     def report_skipped() -> None:
         """Files the stream could not decode, found as batches were read: warned about once, then listed."""
@@ -244,10 +246,11 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         phases[name].misclassified = mistakes[name].examples()
         results["phases"][name] = phases[name].to_dict()
         results["distributed"].setdefault("steps_per_rank", {})[name] = gather_to_main(state.steps)
-        figures["misclassified"] = misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})
+        redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
+        figures.update(redrawn)
         if writes is not None:
             write_results(writes, results)
-            save_figures(figures, writes)
+            save_figures(redrawn, writes)
             write_report(writes)
 
     with recording_status(writes), stop_on_interrupt() as should_stop:
@@ -290,12 +293,13 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     results["confusion_matrix"] = results["phases"][list(results["phases"])[-1]]["confusion_matrix"]
     data.close()
     model.cpu()  # the model returned and saved lives on the CPU, wherever it trained
-    figures.update(curves=curves_figure(results["phases"]),
-                   confusion_matrix=confusion_figure(np.asarray(results["confusion_matrix"]), classes))
+    redrawn = {"curves": curves_figure(results["phases"]),
+               "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes)}
+    figures.update(redrawn)
     if writes is not None:
         save_model(writes / "weights", "model", model, classes, pre.to_dict())
         write_results(writes, results)
-        save_figures(figures, writes)
+        save_figures(redrawn, writes)
         write_status(writes, "complete")
         (writes / CHECKPOINT_FILE).unlink(missing_ok=True)  # the model is saved
         write_report(writes)

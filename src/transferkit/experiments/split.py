@@ -272,6 +272,8 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     shown = {g: subsample(np.arange(len(s.y_train)), 16) for g, s in splits.items()}  # every class, not the first
     figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]], list(s.class_names))
                                           for g, s in splits.items()})}
+    if writes is not None:
+        save_figures(figures, writes)  # once: each phase below saves only the figures it redraws
     runner = _PhaseRunner(config, data.image_shape, precision, console, run_dir, ranks, backbone)
     # What predict needs to feed the saved networks: resize to the data set's size, scale to [0, 1].
     preprocessing = {"kind": "scale", "channels": data.image_shape[0], "size": list(data.image_shape[1:])}
@@ -296,15 +298,15 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
             results["phases"][phase] = phase_result.to_dict()
             if runner.feature_pass is not None:
                 results["feature_pass"] = runner.feature_pass
-            figures["curves"] = curves_figure(results["phases"])
-            figures["training_time"] = time_figure(results["phases"])
+            redrawn = {"curves": curves_figure(results["phases"]), "training_time": time_figure(results["phases"])}
             if runner.mistakes:
-                figures["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in runner.mistakes.items()})
+                redrawn["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in runner.mistakes.items()})
+            figures.update(redrawn)
             if writes is not None:
                 save_model(writes / "weights", phase, model, list(split.class_names),
                            backbone.preprocessing(phase).to_dict() if backbone else preprocessing)
                 write_results(writes, results)
-                save_figures(figures, writes)
+                save_figures(redrawn, writes)
                 if phase != phases[-1]:  # the last one is written once the run is complete, saying so
                     write_report(writes)
     if writes is not None:
