@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from transferkit import UserError
 from transferkit.training import CHECKPOINT_FILE, load_checkpoint
 
-ARGS = ["run", "mnist", "--limit", "1500", "--epochs", "3", "--batch-size", "64"]
+# Small enough to be quick, with epochs long enough (13 steps) that a kill lands inside a phase.
+ARGS = ["run", "mnist", "--limit", "800", "--epochs", "3", "--batch-size", "64"]
 
 
 def _start(*args: str) -> subprocess.Popen:
