@@ -64,3 +64,20 @@ def test_limit_samples_across_classes_not_the_first_images():
     limited = split_by_class(data, [0, 1, 2, 3], limit=40)
     assert len(set(limited.y_train.tolist())) == 4
     assert np.array_equal(limited.y_train, split_by_class(data, [0, 1, 2, 3], limit=40).y_train)  # stable
+
+
+@pytest.mark.parametrize("source, target, names, message", [
+    (None, None, ["cat", "dog", "ship"], r"--source \(by default, half of the 3 classes\) holds only cat; a classifier "
+                                          r"needs 2 classes or more"),
+    ("0-4", "5", DIGITS, "--target holds only 5"),
+    ("3", "5-9", DIGITS, "--source holds only 3"),
+])
+def test_a_phase_of_one_class_is_refused(source, target, names, message):
+    with pytest.raises(UserError, match=message):
+        resolve_split(source, target, names)
+
+
+def test_a_backbone_run_needs_two_target_classes_only():
+    assert resolve_split(None, None, ["cat", "dog", "ship"], source_trained=False) == ([0], [1, 2])
+    with pytest.raises(UserError, match="--target holds only ship"):
+        resolve_split("cat,dog", "ship", ["cat", "dog", "ship"], source_trained=False)

@@ -65,8 +65,14 @@ class ClassSplit:
     y_test: np.ndarray
 
 
-def resolve_split(source: object, target: object, class_names: Sequence[str]) -> tuple[list[int], list[int]]:
-    """Parse --source and --target and check they do not overlap; None means the first / second half."""
+def resolve_split(source: object, target: object, class_names: Sequence[str],
+                  source_trained: bool = True) -> tuple[list[int], list[int]]:
+    """Parse --source and --target and check they do not overlap; None means the first / second half.
+
+    Each trained side needs two classes or more: on one class a network learns nothing (its loss is 0 from
+    the first step), which would make the comparison meaningless. `source_trained` False: --backbone runs,
+    whose source is ImageNet.
+    """
     half = len(class_names) // 2
     src = list(range(half)) if source is None else parse_classes(source, class_names, "--source")
     tgt = list(range(half, len(class_names))) if target is None else parse_classes(target, class_names, "--target")
@@ -75,6 +81,12 @@ def resolve_split(source: object, target: object, class_names: Sequence[str]) ->
         raise UserError(
             f"--source and --target share class(es) {', '.join(overlap)}; transfer needs disjoint class sets"
         )
+    for option, given, classes in (("--source", source, src if source_trained else None), ("--target", target, tgt)):
+        if classes is not None and len(classes) < 2:
+            default = "" if given is not None else f" (by default, half of the {len(class_names)} classes)"
+            held = f"only {class_names[classes[0]]}" if classes else "no class"
+            raise UserError(f"{option}{default} holds {held}; a classifier needs 2 classes or more: give --source "
+                            f"and --target 2 or more each (classes: {', '.join(class_names)})")
     return src, tgt
 
 

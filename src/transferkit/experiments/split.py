@@ -221,7 +221,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     previous = resumable(Path(resume), config, ranks.world_size) if resume is not None else None
     data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction, seed=config.train.seed,
                         image_size=config.image_size)
-    src, tgt = resolve_split(config.source, config.target, data.class_names)
+    src, tgt = resolve_split(config.source, config.target, data.class_names, source_trained=not config.backbone)
     precision = resolve_precision(config.train.precision, device=ranks.device)
     # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
     backbone = _PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
