@@ -115,6 +115,8 @@ CASES = [
     ("class folder with no images", lambda t: [str(without_images(image_folder(t / "set"), "cat"))],
      "class folder(s) cat hold no images"),
     ("single class", lambda t: [str(image_folder(t / "set", classes=("ant",)))], "only one class"),
+    ("three classes: one for the default source", lambda t: [str(image_folder(t / "set", classes=("ant", "bee", "cow")))],
+     "--source (by default, half of the 3 classes) holds only ant; a classifier needs 2 classes or more"),
     ("class in val not in train",
      lambda t: (image_folder(t / "set"), image_folder(t / "set", classes=("eel",), splits=("val",)))
      and [str(t / "set")], "eel are not in train/"),
@@ -124,6 +126,7 @@ CASES = [
     ("overlapping classes", lambda t: ["mnist", "--source", "0-4", "--target", "4-9"], "share class(es) 4"),
     ("unknown class", lambda t: ["mnist", "--target", "5-9,ten"], "--target: unknown class 'ten'"),
     ("empty class list", lambda t: ["mnist", "--source", ","], "--source is empty"),
+    ("image size of mnist", lambda t: ["mnist", "--image-size", "16"], "--image-size is for image folders; MNIST's"),
     ("corrupt, empty and mislabelled images only",
      lambda t: [str(zip_of(t, {**GOOD, "train/cow/a.jpg": b"\xff\xd8garbage", "train/cow/b.png": b"",
                                "train/cow/c.png": b"plain text, not a PNG"}))],

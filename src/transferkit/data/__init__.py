@@ -20,12 +20,17 @@ def load_dataset(name: str, data: str | None = None, *, val_fraction: float = 0.
                  image_size: int | None = None) -> ArrayDataset:
     """`mnist`, `cifar10` (optionally from `data`), or a path to an image folder data set / archive."""
     if name == "mnist":
+        if image_size is not None:  # ignored, it would still be recorded in results.json as if it were used
+            raise UserError(f"--image-size is for image folders; MNIST's images are 28x28 (drop --image-size {image_size})")
         return load_mnist(data)
     if name == "cifar10":
         path = Path(data) if data is not None else find_or_download_cifar10()
         if not path.exists():
             raise UserError(f"--data {path}: no such file or folder")
         if is_python_version(path):
+            if image_size is not None:
+                raise UserError(f"--image-size is for image folders; the CIFAR-10 archive's images are 32x32 "
+                                f"(drop --image-size {image_size})")
             return load_cifar10_python(path)
         return from_folder(path, "cifar10", val_fraction, seed, image_size)
     if data is not None:
