@@ -96,7 +96,10 @@ def bomb(root: Path) -> Path:
 # (name, setup(tmp) -> CLI arguments after "run", fragment expected in the one-line error)
 CASES = [
     ("missing path", lambda t: ["mnist", "--data", str(t / "nope.npz")], "nope.npz: no such file or folder"),
-    ("missing folder data set", lambda t: [str(t / "photos")], "photos: no such file or folder"),
+    ("missing folder data set", lambda t: [str(t / "photos")],
+     "photos: no such file or folder; DATASET is mnist, cifar10, or a folder of class folders"),
+    ("npz that is text", lambda t: ["mnist", "--data", str(written(t / "fake.npz", b"hello, not numpy"))],
+     "fake.npz: not a readable .npz file (not a zip of arrays)"),
     ("folder where a file is expected", lambda t: (t / "d").mkdir() or ["mnist", "--data", str(t / "d")],
      "no train-images-idx3-ubyte"),
     ("file where a folder is expected", lambda t: [str(written(t / "x.txt", b"hi"))],
@@ -160,7 +163,12 @@ CASES = [
      "does not fit resnet50"),
     ("finetune weights that are no weights",
      lambda t: ["finetune", str(image_folder(t / "set")), "--weights", str(written(t / "w.pt", b"text"))],
-     "not a readable weights file"),
+     "not a readable weights file (not a state dict of tensors saved by torch.save"),
+    ("finetune weights that are a picture",
+     lambda t: ["finetune", str(image_folder(t / "set")), "--weights", str(written(t / "w.jpg", png()))],
+     "not a readable weights file (not a state dict of tensors saved by torch.save"),
+    ("finetune weights file missing", lambda t: ["finetune", str(image_folder(t / "set")), "--weights", "no.pt"],
+     "--weights no.pt: no such file or folder; give imagenet, none, a weights file or a finetune run folder"),
     ("predict on a folder that is no run", lambda t: ["predict", str(t), "x.png"], "not a transferkit run folder"),
 ]
 

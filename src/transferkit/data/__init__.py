@@ -35,6 +35,9 @@ def load_dataset(name: str, data: str | None = None, *, val_fraction: float = 0.
         return from_folder(path, "cifar10", val_fraction, seed, image_size)
     if data is not None:
         raise UserError(f"--data is for mnist and cifar10; for a folder data set give its path as DATASET ({name})")
+    if not Path(name).exists():
+        raise UserError(f"{name}: no such file or folder; DATASET is mnist, cifar10, or a folder of class folders "
+                        "(or a .zip / .tar.gz of one)")
     return from_folder(Path(name), Path(name).stem or "images", val_fraction, seed, image_size)
 
 

@@ -69,7 +69,9 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
     except PermissionError:
         raise UserError(f"{path}: permission denied; make the file readable") from None
     except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable .npz file ({first_line(e)}); re-download or re-save it") from None
+        # numpy takes a file that is no zip for a pickle and says to allow pickles; transferkit never does.
+        reason = "not a zip of arrays" if "pickle" in str(e) else first_line(e)
+        raise UserError(f"{path}: not a readable .npz file ({reason}); re-download or re-save it") from None
 
 
 def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:

@@ -127,6 +127,9 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
                                       mean=tuple(t.mean), std=tuple(t.std))
     else:
         path = Path(weights)
+        if not path.exists():
+            raise UserError(f"--weights {weights}: no such file or folder; give imagenet, none, a weights file or "
+                            "a finetune run folder")
         if path.is_dir():  # a finetune run folder: its model's features become this backbone
             path = _run_model(path)
         if not path.is_file():
@@ -175,7 +178,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch.load raises many types on a file that is no state dict
-        raise UserError(f"{path}: not a readable weights file ({str(e).splitlines()[0][:160]}); "
+        # Not torch's own text: for a file that is no weights file it says "Weights only load failed" and
+        # suggests loading unsafely, which transferkit never does.
+        reason = "safetensors header unreadable" if path.suffix == ".safetensors" else (
+            "not a state dict of tensors saved by torch.save")
+        raise UserError(f"{path}: not a readable weights file ({reason}, {type(e).__name__}); "
                         "give safetensors or a plain state dict") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
