@@ -2,6 +2,7 @@
 nothing written outside the run folder."""
 
 import io
+import json
 import os
 import tarfile
 import zipfile
@@ -265,3 +266,15 @@ def test_pickled_weights_are_refused(tmp_path):
     with pytest.raises(UserError, match="cannot load these weights"):
         load_model(tmp_path / "m.safetensors")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_file_that_fails_to_decode_is_one_warning_line_on_every_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = written(image_folder(tmp_path / "set") / "train" / "ant" / "bad.png", b"plain text, not a PNG").parents[2]
+    for run in ("first", "second"):  # the second reads the decoded images from the cache
+        main(["run", str(data), "--epochs", "1", "--no-scratch", "--quiet", "--out", str(tmp_path / run)])
+        err = capsys.readouterr().err
+        assert "warning: " in err and "skipped 1 file(s) that could not be decoded: train/ant/bad.png: not an image " \
+            "Pillow can identify" in err and "UserWarning" not in err, err
+        results = json.loads((tmp_path / run / "results.json").read_text())
+        assert results["dataset"]["skipped"] == ["train/ant/bad.png: not an image Pillow can identify"]

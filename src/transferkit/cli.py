@@ -6,6 +6,7 @@ import json
 import os
 import shlex
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -320,12 +321,19 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
         raise click.exceptions.Exit(1)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user mistakes become one line on stderr and exit status 2 (tracebacks with --debug)."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
-        code = cli.main(args=args, prog_name="transferkit", standalone_mode=False)
+        with warnings.catch_warnings():
+            if not debug:  # a warning is one line for the user, as errors are; --debug shows where it came from
+                warnings.showwarning = _one_line_warning
+            code = cli.main(args=args, prog_name="transferkit", standalone_mode=False)
         if isinstance(code, int) and code:  # click returns, rather than raises, Exit(code) in this mode
             sys.exit(code)
     except click.exceptions.Abort:

@@ -42,8 +42,12 @@ def test_split_layout_with_mixed_formats_and_a_corrupt_file(tmp_path):
     (cat / ".hidden.png").write_bytes(_png((0, 0, 0)))
     (cat / "notes.txt").write_text("not an image")
     with pytest.warns(UserWarning, match="skipped 2 file"):
-        data = load_folder(root)
+        data = load_folder(root, cache_dir=tmp_path / "cache")
     assert data.class_names == ("cat", "dog", "fox")
+    # Read from the cache next time, the bad files are still there: said again, with a readable reason
+    with pytest.warns(UserWarning, match=r"skipped 2 file.*broken.jpg: not an image Pillow can identify"):
+        assert load_folder(root, cache_dir=tmp_path / "cache").skipped == data.skipped
+    assert any(s.endswith("not an image Pillow can identify") for s in data.skipped)
     x, y = data.splits["train"]
     assert x.shape == (19, 10, 12, 3) and x.dtype == np.uint8
     assert np.bincount(y).tolist() == [11, 4, 4]

@@ -47,7 +47,8 @@ def from_folder(path: Path, name: str, val_fraction: float, seed: int, image_siz
                          cache_dir=cache_dir() / "images")
     x_train, y_train = folder.splits["train"]
     x_test, y_test = folder.splits.get("test", folder.splits.get("val"))
-    return ArrayDataset(name, x_train, y_train, x_test, y_test, folder.class_names, folder.origin)
+    return ArrayDataset(name, x_train, y_train, x_test, y_test, folder.class_names, folder.origin,
+                        tuple(folder.skipped))
 
 
 def find_or_download_cifar10(timeout: float = 10.0, url: str = CIFAR10_URL) -> Path:

@@ -20,6 +20,7 @@ class ArrayDataset:
     y_test: np.ndarray
     class_names: tuple[str, ...]
     origin: str  # where the arrays came from, named in error messages
+    skipped: tuple[str, ...] = ()  # image files that failed to decode ("path: reason"), for folder data sets
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):

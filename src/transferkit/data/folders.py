@@ -164,15 +164,17 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
     try:
         layout = find_layout(tree, val_fraction, seed)
         key = _cache_key(tree, layout, (image_size, channels, val_fraction, seed, cover))
-        cached = _read_cache(cache_dir, key) if cache_dir else None
-        if cached is not None:
-            return cached
-        data = _decode_all(tree, layout, image_size, channels, cover)
-        if cache_dir:
-            _write_cache(cache_dir, key, data)
-        return data
+        data = _read_cache(cache_dir, key) if cache_dir else None
+        if data is None:
+            data = _decode_all(tree, layout, image_size, channels, cover)
+            if cache_dir:
+                _write_cache(cache_dir, key, data)
     finally:
         tree.close()
+    if data.skipped:  # on every load: the decoded images may come from the cache, the bad files are still there
+        warnings.warn(f"{tree.path}: skipped {len(data.skipped)} file(s) that could not be decoded: "
+                      + "; ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""), stacklevel=2)
+    return data
 
 
 def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, channels: int | None,
@@ -192,7 +194,7 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
             except Image.DecompressionBombError as e:
                 raise UserError(f"{tree.path}: {f} is a decompression bomb ({e}); remove it") from None
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                skipped.append(f"{f}: {_reason(e)}")
+                skipped.append(f"{f}: {unreadable_reason(e)}")
     if not headers:
         raise UserError(f"{tree.path}: none of the images could be decoded")
     if channels is None:
@@ -221,9 +223,6 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
         if empty:
             raise UserError(f"{tree.path}: class(es) {', '.join(empty)} have no readable training images; "
                             "add images or remove the folder")
-    if skipped:
-        warnings.warn(f"{tree.path}: skipped {len(skipped)} file(s) that could not be decoded: "
-                      + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), stacklevel=2)
     return FolderData(str(tree.path), layout.class_names, splits, skipped)
 
 
@@ -233,10 +232,13 @@ def _decode_or_reason(data: bytes, size, channels, cover) -> tuple[np.ndarray | 
     except Image.DecompressionBombError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        return None, _reason(e)
+        return None, unreadable_reason(e)
 
 
-def _reason(e: BaseException) -> str:
+def unreadable_reason(e: BaseException) -> str:
+    """Why an image file could not be decoded, in one short line."""
+    if isinstance(e, UnidentifiedImageError):  # Pillow's text names an in-memory buffer by its address
+        return "not an image Pillow can identify"
     return first_line(e)[:120]
 
 

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .archive import FileTree
-from .folders import _reason, decode_image
+from .folders import decode_image, unreadable_reason
 
 # What a failed read or decode raises; UserError is a zip or tar member that cannot be read.
 UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, UserError)
@@ -50,7 +50,7 @@ class FolderImages(Dataset):
                 raise OSError("empty file")
             return decode_image(data, (self.size, self.size), 3, cover=True)
         except UNREADABLE as e:
-            return Unreadable(path, _reason(e))
+            return Unreadable(path, unreadable_reason(e))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | Unreadable, int, int]:
         image = self.decode(index)

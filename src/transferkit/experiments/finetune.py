@@ -165,9 +165,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     console.print(f"[bold]transferkit finetune[/] {config.backbone} ({config.weights} weights) on {data.origin}: "
                   f"{len(classes)} classes, {n_train} train / {n_val} validation images, "
                   f"input {pre.crop}px, precision {precision.name}")
-    console.print(data.loading.describe())
-    if data.skipped:
-        console.print(f"[yellow]skipped {len(data.skipped)} unreadable file(s)[/]: " + "; ".join(data.skipped[:3]))
+    console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
     results = previous or {
         "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
@@ -207,7 +205,6 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         new = [f for f in found if f not in results["dataset"]["skipped"]]
         if new:
             results["dataset"]["skipped"] += new
-            console.print(f"[yellow]skipped {len(new)} unreadable file(s)[/]: " + "; ".join(new[:3]))
             warnings.warn(f"{data.origin}: skipped {len(new)} file(s) that could not be decoded: "
                           + "; ".join(new[:5]) + (" ..." if len(new) > 5 else ""), stacklevel=2)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.folders import IMAGE_SUFFIXES, decode_image
+from ..data.folders import IMAGE_SUFFIXES, decode_image, unreadable_reason
 from ..data.preprocess import InputTransform, scale_images
 from ..errors import UserError
 from ..reporting import load_model, read_results
@@ -78,7 +78,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
             pending.append((str(path), decode_image(path.read_bytes(), size, channels, cover)))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
             flush()
-            out.append(Prediction(str(path), [], f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+            out.append(Prediction(str(path), [], f"{type(e).__name__}: {unreadable_reason(e)}"))
         if len(pending) >= batch_size:
             flush()
     flush()

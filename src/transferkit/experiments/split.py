@@ -256,7 +256,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
                     "class_names": list(data.class_names), "train_samples": len(data.y_train),
-                    "test_samples": len(data.y_test)},
+                    "test_samples": len(data.y_test), "skipped": list(data.skipped)},
         "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
                    "source_classes": list(splits["source"].class_names) if "source" in splits else [],
                    "target_classes": list(target.class_names)},
