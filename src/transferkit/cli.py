@@ -297,7 +297,10 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
 
     from .experiments import predict
 
+    if as_json and as_csv:
+        raise click.UsageError("--json and --csv print different formats; give one of them")
     predictions = predict(run_dir, list(images), top_k=top_k)
+    top_k = max([1, *(len(p.top) for p in predictions)])  # no empty columns past the model's classes
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
     elif as_csv:

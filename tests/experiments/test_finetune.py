@@ -88,6 +88,12 @@ def test_predict_reports_bad_files_and_goes_on(tuned, photos, tmp_path, capsys):
     assert lines[0] == "path,rank,class,probability,error" and lines[1].startswith(f"{good},1,")
     main(["predict", str(tuned), str(good), "--json"])
     assert json.loads(capsys.readouterr().out)[0]["predictions"][0]["class"] in {"blue", "green", "red"}
+    main(["predict", str(tuned), str(good), "--top-k", "10"])  # 3 classes: 3 columns, not 7 more left empty
+    header = capsys.readouterr().out.splitlines()[1]
+    assert "#3" in header and "#4" not in header, header
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", str(tuned), str(good), "--json", "--csv"])
+    assert exit_info.value.code == 2 and "--json and --csv print different formats" in capsys.readouterr().err
 
 
 def test_frozen_stage_keeps_the_backbone_and_unfreezing_trains_it(photos, tmp_path, monkeypatch):
