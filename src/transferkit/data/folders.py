@@ -172,9 +172,14 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
     finally:
         tree.close()
     if data.skipped:  # on every load: the decoded images may come from the cache, the bad files are still there
-        warnings.warn(f"{tree.path}: skipped {len(data.skipped)} file(s) that could not be decoded: "
-                      + "; ".join(data.skipped[:5]) + (" ..." if len(data.skipped) > 5 else ""), stacklevel=2)
+        warn_skipped(tree.path, data.skipped, stacklevel=3)
     return data
+
+
+def warn_skipped(origin: str | Path, skipped: list[str], stacklevel: int = 2) -> None:
+    """One warning for image files that failed to decode ("path: reason" each), the first five named."""
+    warnings.warn(f"{origin}: skipped {len(skipped)} file(s) that could not be decoded: "
+                  + "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""), stacklevel=stacklevel)
 
 
 def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, channels: int | None,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +18,7 @@ from torch import nn
 from ..config import LR_SCHEDULES, PRECISIONS, STREAM_MODES
 from ..data import cache_dir, load_folder, streaming
 from ..data.archive import TarTree, open_tree
-from ..data.folders import find_layout
+from ..data.folders import find_layout, warn_skipped
 from ..data.preprocess import InputTransform
 from ..data.splits import subsample
 from ..data.streaming import FolderImages, Loading, collate_readable
@@ -205,8 +204,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         new = [f for f in found if f not in results["dataset"]["skipped"]]
         if new:
             results["dataset"]["skipped"] += new
-            warnings.warn(f"{data.origin}: skipped {len(new)} file(s) that could not be decoded: "
-                          + "; ".join(new[:5]) + (" ..." if len(new) > 5 else ""), stacklevel=2)
+            warn_skipped(data.origin, new, stacklevel=3)
 
     def stage(name: str, trained: nn.Module, optimizer: torch.optim.Optimizer, train_in, train_y, val_in, val_y,
               epochs: int, seed: int, start: float, should_stop) -> None:
