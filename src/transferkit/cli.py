@@ -41,11 +41,9 @@ def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(results, indent=2))
     elif quiet:
-        from rich.console import Console
+        from .reporting.console import comparison_table, make_console
 
-        from .reporting.console import comparison_table
-
-        Console(highlight=False, width=None if sys.stdout.isatty() else 120).print(comparison_table(results["phases"]))
+        make_console().print(comparison_table(results["phases"]))
 
 
 @cli.command("run")
@@ -124,7 +122,8 @@ def run_command(dataset: str, out: str | None, force: bool, resume: str | None, 
 
 
 def _resumable(command, *args, out: str | None, resume: str | None, **kwargs):
-    """Run an experiment and return its result; on Ctrl-C print the command that resumes it and exit 130."""
+    """Run an experiment and return its result; on Ctrl-C (SIGTERM) print the command that resumes it and exit
+    130 (143), as a process ended by that signal would."""
     if resume is not None and out is not None:
         raise UserError("--resume continues the given run folder; drop --out")
     try:
@@ -133,7 +132,7 @@ def _resumable(command, *args, out: str | None, resume: str | None, **kwargs):
         if stop.run_dir is not None:  # rank 0 (the one that writes) tells how to resume
             click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
                        f"  {_launcher()}transferkit {_resume_command(stop.run_dir)}", err=True)
-        raise click.exceptions.Exit(130) from None
+        raise click.exceptions.Exit(128 + int(stop.signal)) from None
 
 
 def _launcher() -> str:
@@ -164,17 +163,17 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet (torchvision's, from TORCH_HOME or downloaded), none (random), or a weights file "
                    "(safetensors or a state dict), or a finetune run folder whose backbone you continue from.")
-@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs of the frozen stage (head only).")
+@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs of the frozen phase (head only).")
 @click.option("--unfreeze-epochs", type=int, default=0, show_default=True,
-              help="Epochs of the second stage, training the whole network.")
+              help="Epochs of the unfrozen phase, training the whole network.")
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the head.")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True,
-              help="cosine: each stage's rates fall from their start to 0 over its steps; or constant.")
+              help="cosine: each phase's rates fall from their start to 0 over its steps; or constant.")
 @click.option("--backbone-lr-mult", type=float, default=0.1, show_default=True,
-              help="The backbone's learning rate in the unfrozen stage, as a fraction of --lr.")
+              help="The backbone's learning rate in the unfrozen phase, as a fraction of --lr.")
 @click.option("--train-batchnorm", is_flag=True,
-              help="Unfrozen stage: let BatchNorm layers re-estimate their statistics (default: kept at the "
+              help="Unfrozen phase: let BatchNorm layers re-estimate their statistics (default: kept at the "
                    "pretrained values, which works better on small data sets).")
 @click.option("--augment/--no-augment", default=False, show_default=True,
               help="Random resized crops (scale 0.5-1) and horizontal flips while training; turns the feature cache off.")
@@ -188,7 +187,7 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
-              help="Frozen stage without augmentation: run the backbone once and train the head on its features.")
+              help="Frozen phase without augmentation: run the backbone once and train the head on its features.")
 @click.option("--stream", type=click.Choice(STREAM_MODES), default="auto", show_default=True,
               help="Decode the images from disk per batch with DataLoader workers instead of once into memory; "
                    "auto streams when the decoded images would take more than half the available memory.")
@@ -253,12 +252,11 @@ def compare_command(run_dirs: tuple[str, ...], out: str, open_page: bool) -> Non
       transferkit compare runs/head-reuse runs/head-reset
       transferkit compare runs/* --out comparison.html --open
     """
-    from rich.console import Console
-
     from .reporting.compare import differences_table, metrics_table, write_comparison
+    from .reporting.console import make_console
 
     path, view = write_comparison(list(run_dirs), Path(out))
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    console = make_console()
     console.print(metrics_table(view))
     if view.differences:
         console.print(differences_table(view))
@@ -291,11 +289,11 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
     import csv
     import json
 
-    from rich.console import Console
-    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from .experiments import predict
+    from .reporting.console import make_console
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv print different formats; give one of them")
@@ -314,9 +312,9 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
         for col in ("image", *(f"#{i + 1}" for i in range(top_k))):
             table.add_column(col, overflow="fold")
         for p in predictions:
-            cells = [escape(f"{c} {prob:.1%}") for c, prob in p.top] if not p.error else [f"[red]{escape(p.error)}[/]"]
-            table.add_row(escape(p.path), *cells)
-        Console(highlight=False).print(table)
+            cells = [f"{c} {prob:.1%}" for c, prob in p.top] if not p.error else [Text(p.error, style="red")]
+            table.add_row(p.path, *cells)
+        make_console().print(table)
     failed = sum(1 for p in predictions if p.error)
     if failed:
         click.echo(f"{failed} of {len(predictions)} file(s) could not be read", err=True)

@@ -12,6 +12,12 @@ HEADS = ("reuse", "reset")
 LR_SCHEDULES = ("constant", "cosine")
 STREAM_MODES = ("auto", "always", "never")  # finetune: decode into memory, or stream from disk per batch
 
+# Inference batches (validation, feature passes, mistakes) in every experiment: 64-128 images ran fastest
+# here; 1024 was 2.5x slower per image (cache-bound).
+EVAL_BATCH_SIZE = 128
+# --image-size: below 8 px the seed network's two 3x3 convolutions and pool leave nothing.
+MIN_IMAGE_SIZE = 8
+
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.
 DEFAULT_LR = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01}
@@ -62,8 +68,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "auto"
     feature_cache: bool = True
-    # Inference batches: 64-128 images ran fastest here; 1024 was 2.5x slower per image (cache-bound).
-    eval_batch_size: int = 128
+    eval_batch_size: int = EVAL_BATCH_SIZE
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -115,8 +120,7 @@ class SplitConfig:
             raise UserError(f"--limit must be at least 1, got {self.limit}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.image_size is not None and self.image_size < 8:
-            raise UserError(f"--image-size must be at least 8, got {self.image_size}")
+        check_image_size(self.image_size)
         if self.backbone is not None and self.source is not None:
             raise UserError(f"--source: with --backbone {self.backbone} the source is the backbone's pretraining "
                             "(ImageNet); give --target only")
@@ -128,6 +132,81 @@ class SplitConfig:
             raise UserError(f"--train-fraction must be in (0, 1], got {self.train_fraction}")
         if self.shots is not None and self.train_fraction is not None:
             raise UserError("--shots and --train-fraction both shrink the training set; give one of them")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def check_image_size(size: int | None) -> None:
+    if size is not None and size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {size}")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    """Seed 004's head on pooled features: Dropout, Linear(units) + ReLU, Dropout, Linear(classes)."""
+
+    units: int = 256
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.units < 1:
+            raise UserError(f"--head-units must be at least 1, got {self.units}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--head-dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning a pretrained backbone (seed 004): the `frozen` phase trains a new head on the frozen
+    backbone for `epochs`; the `unfrozen` phase (`unfreeze_epochs` > 0) trains everything, the backbone at
+    `lr * backbone_lr_mult`. Adam, as TrainConfig makes it, and TrainConfig's checks."""
+
+    data: str
+    backbone: str = "resnet50"
+    weights: str = "imagenet"
+    epochs: int = 5
+    unfreeze_epochs: int = 0
+    batch_size: int = 32
+    lr: float = 1e-3
+    lr_schedule: str = "cosine"  # per phase, from lr down to 0
+    backbone_lr_mult: float = 0.1
+    train_batchnorm: bool = False
+    augment: bool = False
+    vertical_flip: bool = False
+    head: HeadConfig = field(default_factory=HeadConfig)
+    image_size: int | None = None
+    val_fraction: float = 0.2
+    limit: int | None = None
+    seed: int = 0
+    precision: str = "auto"
+    feature_cache: bool = True
+    stream: str = "auto"  # decode into memory, or stream from disk per batch (auto: when it would not fit)
+
+    def __post_init__(self) -> None:
+        from .models import BACKBONES  # models import this module
+
+        if self.backbone not in BACKBONES:
+            raise UserError(f"--backbone {self.backbone}: unknown; choose one of {', '.join(BACKBONES)}")
+        self.train  # noqa: B018 - TrainConfig checks epochs, batch size, lr, schedule, seed, precision
+        if self.unfreeze_epochs < 0:
+            raise UserError(f"--unfreeze-epochs must be 0 or more, got {self.unfreeze_epochs}")
+        if not self.backbone_lr_mult > 0:
+            raise UserError(f"--backbone-lr-mult must be positive, got {self.backbone_lr_mult}")
+        check_image_size(self.image_size)
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.stream not in STREAM_MODES:
+            raise UserError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {self.stream!r}")
+
+    @property
+    def train(self) -> TrainConfig:
+        """The frozen phase's training, as the split experiment's phases are configured."""
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", lr=self.lr,
+                           lr_schedule=self.lr_schedule, seed=self.seed, precision=self.precision,
+                           feature_cache=self.feature_cache)
 
     def to_dict(self) -> dict:
         return asdict(self)

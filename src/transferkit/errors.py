@@ -15,6 +15,8 @@ def first_line(e: BaseException) -> str:
 
 
 class Interrupted(Exception):
-    """Training stopped between two steps (Ctrl-C) after writing a checkpoint; `run_dir` can be resumed."""
+    """Training stopped between two steps (Ctrl-C or SIGTERM) after writing a checkpoint; `run_dir` can be
+    resumed; `signal` is the number of the signal that asked for it."""
 
     run_dir = None
+    signal = 2  # SIGINT

@@ -64,10 +64,10 @@ def test_imagenet_is_the_source_and_only_target_phases_run(first_run):
 
 
 def test_a_run_folder_is_refused_as_finetune_weights(first_run):
-    from transferkit.models import BackboneClassifier, load_backbone_weights
+    from transferkit.experiments.run_folder import weights_source
 
     with pytest.raises(UserError, match="a `transferkit run` folder, whose frozen features are the weights"):
-        load_backbone_weights(BackboneClassifier("efficientnet_lite0", 3), str(first_run))
+        weights_source(str(first_run))
 
 
 def test_a_second_run_reads_the_stored_features_and_trains_the_same(first_run, shapes, cache, tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from transferkit import UserError
 from transferkit.config import SplitConfig
-from transferkit.experiments.split import resumable
+from transferkit.experiments.run_folder import resumable
 from transferkit.training import CHECKPOINT_FILE
 from transferkit.training.checkpoint import Checkpointer
 from transferkit.training.distributed import Distributed, resolve_device
@@ -169,8 +169,8 @@ def test_resume_refuses_another_world_size(tmp_path):
     (tmp_path / "status.json").write_text(json.dumps({"status": "running"}))
     (tmp_path / "results.json").write_text(json.dumps({"config": config.to_dict(), "distributed": {"world_size": 2}}))
     with pytest.raises(UserError, match=r"trained by 2 process\(es\), now 1; resume it with as many"):
-        resumable(tmp_path, config, world_size=1)
-    assert resumable(tmp_path, config, world_size=2)["distributed"]["world_size"] == 2
+        resumable(tmp_path, config.to_dict(), world_size=1)
+    assert resumable(tmp_path, config.to_dict(), world_size=2)["distributed"]["world_size"] == 2
 
 
 def test_shards_cover_the_data_and_are_as_long_on_every_rank():

@@ -134,7 +134,9 @@ def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, monkeypatch):
 
 def test_weights_from_a_finetune_run(tuned):
     model = BackboneClassifier("resnet18", 5)
-    load_backbone_weights(model, str(tuned))  # the run folder stands for its weights/model.safetensors
+    from transferkit.experiments.run_folder import weights_source
+
+    load_backbone_weights(model, weights_source(str(tuned)))  # the run folder stands for its weights/model.safetensors
     saved = BackboneClassifier.from_spec(json.loads((tuned / "weights" / "model.json").read_text()))
     from safetensors.torch import load_file
 
@@ -278,7 +280,7 @@ def test_auto_streams_what_would_not_fit_in_the_memory_budget(photos, tmp_path, 
 def test_streaming_under_torchrun_is_refused(photos, monkeypatch):
     import importlib
 
-    module = importlib.import_module("transferkit.experiments.finetune")
+    module = importlib.import_module("transferkit.experiments.runtime")  # where each experiment starts its ranks
     real = module.init_distributed
     monkeypatch.setattr(module, "init_distributed",
                         lambda device: dataclasses.replace(real(device), world_size=2))
@@ -300,7 +302,7 @@ def test_under_torchrun_auto_decodes_into_memory_on_every_rank(photos, monkeypat
 
 
 def test_a_run_saved_before_an_option_existed_resumes_as_it_ran():
-    from transferkit.experiments.split import _differences
+    from transferkit.experiments.run_folder import _differences
 
     saved = {"epochs": 5, "train": {"lr": 0.001}}  # no lr_schedule, train_batchnorm or stream: older runs
     assert _differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "constant"},

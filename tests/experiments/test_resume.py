@@ -1,4 +1,4 @@
-"""Kill a run (SIGKILL, Ctrl-C) mid-phase, resume it, and get what an uninterrupted run gets, to the bit."""
+"""Kill a run (SIGKILL, Ctrl-C, SIGTERM) mid-phase, resume it, and get what an uninterrupted run gets, to the bit."""
 
 import json
 import os
@@ -88,14 +88,16 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, phase
     _assert_same_run(out, uninterrupted)
 
 
-def test_ctrl_c_checkpoints_mid_epoch_and_resumes(tmp_path, uninterrupted):
+# SIGTERM is what timeout, docker stop, systemd, Slurm and Kubernetes send: handled as Ctrl-C is.
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_checkpoints_mid_epoch_and_resumes(tmp_path, uninterrupted, sig, code):
     out = tmp_path / "run"
     proc = _start(*ARGS, "--out", str(out))
     _wait_for_checkpoint(out, "source", proc)
     time.sleep(0.3)  # into the next epoch
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    assert proc.returncode == code
     assert f"--resume {out}" in err and "Traceback" not in err
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
     done = _run(*ARGS, "--resume", str(out))

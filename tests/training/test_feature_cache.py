@@ -58,6 +58,9 @@ def test_feature_pass_progress_counts_on_across_data_sets_even_where_a_stream_sk
     from rich.console import Console
 
     from transferkit.experiments.feature_pass import frozen_features
+    from transferkit.experiments.runtime import Runtime
+    from transferkit.training import resolve_precision
+    from transferkit.training.distributed import Distributed
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
 
@@ -72,8 +75,9 @@ def test_feature_pass_progress_counts_on_across_data_sets_even_where_a_stream_sk
     log = io.StringIO()
     console = Console(file=log, force_terminal=False, width=200)
     prefix = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
+    runtime = Runtime(Distributed(), resolve_precision("fp32"), console, lambda: False, eval_batch_size=16)
     (stream, tensor), record = frozen_features("tiny", prefix, [ShortStream(), torch.rand(60, 3, 8, 8)], "id", 8,
-                                               console, 16, None)
+                                               runtime)
     assert (len(stream), len(tensor), record["images"]) == (36, 60, 100)
     counts = [int(line.split()[2].split("/")[0]) for line in log.getvalue().splitlines()
               if line.startswith("feature pass:")]

@@ -1,6 +1,8 @@
-"""Experiments: the split-class transfer experiment, fine-tuning a backbone, and prediction."""
+"""Experiments: each reads as configuration -> data -> its phases -> results. The split-class transfer
+experiment, fine-tuning a backbone, and prediction; run_folder, runtime and phase are what they share."""
 
-from .finetune import FinetuneConfig, FinetuneResult, finetune
+from ..config import FinetuneConfig
+from .finetune import FinetuneResult, finetune
 from .predict import Prediction, predict
 from .split import PHASES, SplitResult, make_split_config, run_split
 

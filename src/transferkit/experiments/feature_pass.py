@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterable
 
 import torch
-from rich.console import Console
 from torch import nn
 
 from ..models.backbones import Preprocessing
@@ -17,6 +16,7 @@ from ..paths import cache_dir
 from ..reporting.console import feature_pass_progress
 from ..training import Precision
 from ..training.feature_cache import compute_features, stored_features
+from .runtime import Runtime
 
 
 def backbone_identity(name: str, features: nn.Module, preprocessing: Preprocessing, precision: Precision) -> str:
@@ -29,14 +29,15 @@ def backbone_identity(name: str, features: nn.Module, preprocessing: Preprocessi
 
 
 def frozen_features(name: str, prefix: nn.Module, images: list[torch.Tensor | Iterable], identity: str,
-                    input_size: int, console: Console, batch_size: int, autocast_dtype: torch.dtype | None,
-                    device: torch.device = torch.device("cpu")) -> tuple[list[torch.Tensor], dict]:
+                    input_size: int, runtime: Runtime) -> tuple[list[torch.Tensor], dict]:
     """The features of each of `images` through the frozen `prefix` (eval mode; `input_size` is what the
     network sees after the prefix's resizing), and a record of the pass for results.json.
 
     Tensors go through the feature store; a stream of batches (images decoded from disk) is computed, since
     the store keys on the decoded images.
     """
+    console, batch_size, autocast_dtype, device = (runtime.console, runtime.eval_batch_size, runtime.autocast_dtype,
+                                                   runtime.device)
     start = time.perf_counter()
     with feature_pass_progress(console, sum(len(x) for x in images)) as advance:
         passes, before = [], 0

@@ -1,21 +1,21 @@
-"""Fine-tuning a pretrained backbone on the user's image folders (seed 004): a frozen stage that trains a
-new head, then optionally an unfrozen stage that trains everything with a smaller rate for the backbone."""
+"""Fine-tuning a pretrained backbone on the user's image folders (seed 004): the `frozen` phase trains a new
+head on the frozen backbone, then optionally the `unfrozen` phase trains everything with a smaller rate for the
+backbone."""
 
 from __future__ import annotations
 
-import sys
-import time
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from rich.console import Console
+from rich.text import Text
 from torch import nn
 
-from ..config import LR_SCHEDULES, PRECISIONS, STREAM_MODES
+from ..config import FinetuneConfig, HeadConfig
 from ..data import cache_dir, load_folder, streaming
 from ..data.archive import TarTree, open_tree
 from ..data.folders import find_layout, warn_skipped
@@ -23,83 +23,28 @@ from ..data.preprocess import InputTransform
 from ..data.splits import subsample
 from ..data.streaming import FolderImages, Loading, collate_readable
 from ..errors import UserError
-from ..models import BACKBONES, BackboneClassifier, HeadConfig, count_params, layer_rows, load_backbone_weights
-from ..reporting import PhaseResult, describe_environment, save_model, write_results, write_status
-from ..reporting.console import ConsoleProgress, comparison_table
-from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, samples_figure, save_figures
-from ..reporting.report import write_report
-from ..reporting.status import recording_status
+from ..models import BackboneClassifier, Preprocessing, layer_rows, load_backbone_weights
+from ..reporting import PhaseResult, describe_environment
+from ..reporting.console import print_closing
+from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, samples_figure
 from ..training import (
-    FitState,
     StreamBatches,
     StreamLoader,
     StreamPass,
     TensorBatches,
-    fit,
     freeze,
+    images_to_tensor,
+    make_optimizer,
     resolve_precision,
     trainable_parameters,
     unfreeze,
 )
-from ..training.batches import usable_cores
-from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
-from ..training.distributed import gather_to_main, init_distributed, on_main
-from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
-from ..training.runtime import keep_freed_memory
+from ..training.batches import worker_count
+from ..training.predictions import Mistakes
 from .feature_pass import backbone_identity, frozen_features
-from .split import prepare_run_dir, resumable, stop_on_interrupt
-
-
-@dataclass(frozen=True)
-class FinetuneConfig:
-    data: str
-    backbone: str = "resnet50"
-    weights: str = "imagenet"
-    epochs: int = 5
-    unfreeze_epochs: int = 0
-    batch_size: int = 32
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"  # per stage, from lr down to 0
-    backbone_lr_mult: float = 0.1
-    train_batchnorm: bool = False
-    augment: bool = False
-    vertical_flip: bool = False
-    head: HeadConfig = field(default_factory=HeadConfig)
-    image_size: int | None = None
-    val_fraction: float = 0.2
-    limit: int | None = None
-    seed: int = 0
-    precision: str = "auto"
-    feature_cache: bool = True
-    stream: str = "auto"  # decode into memory, or stream from disk per batch (auto: when it would not fit)
-
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise UserError(f"--backbone {self.backbone}: unknown; choose one of {', '.join(BACKBONES)}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.unfreeze_epochs < 0:
-            raise UserError(f"--unfreeze-epochs must be 0 or more, got {self.unfreeze_epochs}")
-        if not self.lr > 0 or not self.backbone_lr_mult > 0:
-            raise UserError("--lr and --backbone-lr-mult must be positive")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}")
-        if self.image_size is not None and self.image_size < 16:
-            raise UserError(f"--image-size must be at least 16, got {self.image_size}")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be at least 1, got {self.limit}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be 0 or more, got {self.seed}")
-        if not 0 < self.val_fraction < 1:
-            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise UserError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.stream not in STREAM_MODES:
-            raise UserError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {self.stream!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .phase import Phase, PhaseInputs, train_phase
+from .run_folder import RunFolder, weights_entry, weights_source
+from .runtime import Runtime, running, start
 
 
 @dataclass
@@ -131,180 +76,168 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     """
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **{k: v for k, v in options.items() if v is not None})
-    if workers is not None and workers < 0:
-        raise UserError(f"--workers must be 0 or more, got {workers}")
-    ranks = init_distributed(device)
-    console = Console(quiet=not verbose or not ranks.is_main, highlight=False,
-                      width=None if sys.stdout.isatty() else 120)  # logs: wide tables
-    keep_freed_memory()
-    torch.manual_seed(config.seed)
+    workers = worker_count(workers)
+    ranks, console = start(device, verbose)
+    torch.manual_seed(config.seed)  # the frozen phase's seed: its head is drawn from it
     model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
-    pre = load_backbone_weights(model, config.weights)
+    pre = load_backbone_weights(model, weights_source(config.weights))
     if config.image_size is not None:  # keep the weights' resize/crop ratio at the size asked for
-        pre = type(pre)(resize=round(config.image_size * pre.resize / pre.crop), crop=config.image_size,
-                        mean=pre.mean, std=pre.std)
-    previous = resumable(Path(resume), config, ranks.world_size) if resume is not None else None
-    data = _read_data(config, pre.resize, ranks.world_size, previous,
-                      usable_cores() if workers is None else workers)
-    classes, streamed = data.classes, data.loading.stream
+        pre = replace(pre, resize=round(config.image_size * pre.resize / pre.crop), crop=config.image_size)
+    run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
+    data = _read_data(config, pre.resize, ranks.world_size, run.results if run else None, workers)
+    classes = data.classes
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
     model.to(ranks.device)
     precision = resolve_precision(config.precision, device=ranks.device)
-    run_dir = Path(resume) if resume is not None else None
-    if save and resume is None:
-        def create() -> Path:  # by rank 0: the default name follows its clock
-            new = Path(out) if out is not None else Path("runs") / (
-                f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-finetune-{Path(config.data).stem}")
-            prepare_run_dir(new, force)
-            return new
-
-        run_dir = on_main(create)
-    writes = run_dir if ranks.is_main else None  # rank 0 alone writes; every rank reads (checkpoints, --resume)
+    run = run or RunFolder.create(ranks, f"finetune-{Path(config.data).stem}", out, force, save)
     n_train, n_val = len(data.train[1]), len(data.val[1])
-    console.print(f"[bold]transferkit finetune[/] {config.backbone} ({config.weights} weights) on {data.origin}: "
-                  f"{len(classes)} classes, {n_train} train / {n_val} validation images, "
-                  f"input {pre.crop}px, precision {precision.name}")
+    console.print(Text.assemble(("transferkit finetune", "bold"), f" {config.backbone} ({config.weights} weights) on "
+                                f"{data.origin}: {len(classes)} classes, {n_train} train / {n_val} validation images, "
+                                f"input {pre.crop}px, precision {precision.name}"))
     console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
-    results = previous or {
+    results = run.begin({
         "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
                     "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict()},
         "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
-        "environment": describe_environment(precision, ranks.device), "phases": {}, "model": "weights/model.safetensors",
-    }
-    results.setdefault("distributed", ranks.describe(config.batch_size, config.lr))
-    checkpoints = Checkpointer(run_dir / CHECKPOINT_FILE) if run_dir is not None else None
-    if writes is not None:
-        write_results(writes, results)
-
-    transform = InputTransform(pre.crop, pre.mean, pre.std, augment=config.augment,
-                               vertical_flip=config.vertical_flip).to(ranks.device)
-    dtype = precision.autocast_dtype
-    if streamed:  # the images stay on disk; DataLoader workers decode each batch
-        pin = ranks.device.type == "cuda"
-        xt, yt = StreamLoader(data.train[0], collate_readable, data.loading.workers, pin), None
-        xv, yv = StreamPass(StreamLoader(data.val[0], collate_readable, data.loading.workers, pin),
-                            config.batch_size), None
-        val_images = lambda indices: data.val[0].images(indices)[0]  # noqa: E731
-        val_index = lambda positions: xv.indices[positions]  # noqa: E731 - the files that decoded
-    else:  # each rank trains on its shard and validates on its share of the validation images
-        xt, yt = ranks.training_shard(_nchw(data.train[0]), torch.from_numpy(data.train[1]), config.seed)
-        xv, yv = ranks.evaluation_shard(_nchw(data.val[0]), torch.from_numpy(data.val[1]))
-        val_images = data.val[0].__getitem__
-        val_index = ranks.evaluation_indices
+        "environment": describe_environment(precision, ranks.device), "phases": {}, "model": weights_entry("model"),
+    }, ranks.describe(config.batch_size, config.lr))
+    figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
+    run.save_figures(figures)  # once: each phase below saves only the figures it redraws
     phases: dict[str, PhaseResult] = {}
     mistakes: dict[str, Mistakes] = {}
-    figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
-    if writes is not None:
-        save_figures(figures, writes)  # once: each stage below saves only the figures it redraws
-
-    def report_skipped() -> None:
-        """Files the stream could not decode, found as batches were read: warned about once, then listed."""
-        found = [f"{p}: {r}" for s in (xt, xv.stream) for p, r in s.skipped.items()] if streamed else []
-        new = [f for f in found if f not in results["dataset"]["skipped"]]
-        if new:
-            results["dataset"]["skipped"] += new
-            warn_skipped(data.origin, new, stacklevel=3)
-
-    def stage(name: str, trained: nn.Module, optimizer: torch.optim.Optimizer, train_in, train_y, val_in, val_y,
-              epochs: int, seed: int, start: float, should_stop) -> None:
-        """Train one stage with a checkpoint after every epoch; record its PhaseResult. `train_in` is a tensor
-        (images or features, labels `train_y`) or the training images' StreamLoader; `val_in` a tensor or
-        a StreamPass (`val_y` None)."""
-        if writes is not None:
-            write_status(writes, "running", phase=name)
-        batches = (StreamBatches(train_in, config.batch_size, seed, device=ranks.device)
-                   if isinstance(train_in, StreamLoader)
-                   else TensorBatches(train_in, train_y, config.batch_size, seed, device=ranks.device))
-        layers = layer_rows(model, (3, pre.crop, pre.crop))  # after freeze / unfreeze: trainable as trained
-        state, before = checkpoints.restore(name, model, optimizer, batches, console) if checkpoints else (None, 0.0)
-        state = state if state is not None else FitState()
-
-        def checkpoint(fit_state) -> None:
-            if checkpoints is not None:
-                checkpoints.save(name, model, optimizer, batches, fit_state, before + time.perf_counter() - start)
-
-        history = fit(ranks.wrap(trained), optimizer, batches, val_in, val_y, epochs, config.batch_size, dtype,
-                      ConsoleProgress(console, name), state=state, on_checkpoint=checkpoint, should_stop=should_stop,
-                      lr_schedule=config.lr_schedule)
-        # The images it trained and validated on: a stream's files that failed to decode are not among them.
-        used_train, used_val = ((n_train - len(xt.skipped), n_val - len(xv.stream.skipped)) if streamed
-                                else (n_train, n_val))
-        phases[name] = _phase(name, classes, used_train, used_val, history, before + time.perf_counter() - start,
-                              count_params(model))
-        # On this rank's share of the validation images, as validation ran (cached features where there are).
-        mistakes[name] = find_mistakes(trained, val_in, val_y, val_images, classes, config.batch_size, dtype,
-                                       index_of=val_index)
-        report_skipped()
-        phases[name].layers = layers
-        phases[name].confusion_matrix = confusion_over_ranks(mistakes[name].confusion).tolist()
-        phases[name].misclassified = mistakes[name].examples()
-        results["phases"][name] = phases[name].to_dict()
-        results["distributed"].setdefault("steps_per_rank", {})[name] = gather_to_main(state.steps)
-        redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
-        figures.update(redrawn)
-        if writes is not None:
-            write_results(writes, results)
-            save_figures(redrawn, writes)
-            write_report(writes)
-
-    with recording_status(writes), stop_on_interrupt() as should_stop:
-        # Stage 1: the backbone frozen (BatchNorm statistics too), a new head trained on its features.
-        freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
-        if checkpoints is not None and resume is not None and checkpoints.phase() == "unfrozen":
-            phases["frozen"] = frozen = PhaseResult.from_dict("frozen", results["phases"]["frozen"])  # done before
-            if frozen.misclassified is not None:  # its examples for the report, read again
-                mistakes["frozen"] = Mistakes.from_examples(frozen.misclassified, frozen.confusion_matrix,
-                                                            val_images, classes)
-        else:
-            start = time.perf_counter()
-            if config.feature_cache and not config.augment:
-                # In memory: from the feature store when these images went through this backbone before.
-                # Streamed: the images pass through the backbone once; their (small) features stay in memory.
-                train_x = StreamPass(xt, config.batch_size) if streamed else xt
-                (train_in, val_in), results["feature_pass"] = frozen_features(
-                    config.backbone, nn.Sequential(transform, model.features), [train_x, xv],
-                    backbone_identity(config.backbone, model.features, pre, precision), pre.crop, console,
-                    config.batch_size, dtype, ranks.device)
-                train_y, val_y = ((torch.from_numpy(data.train[0].labels[train_x.indices]),
-                                   torch.from_numpy(data.val[0].labels[xv.indices])) if streamed else (yt, yv))
-                trained = model.classifier
-            else:
-                train_in, train_y, val_in, val_y, trained = xt, yt, xv, yv, nn.Sequential(transform, model)
-            optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, foreach=True)
-            stage("frozen", trained, optimizer, train_in, train_y, val_in, val_y, config.epochs, config.seed, start,
-                  should_stop)
-        if config.unfreeze_epochs:
-            # Stage 2: everything trains; the backbone at a smaller rate, as fastai's fine_tune does, and its
-            # BatchNorm statistics kept (unless --train-batchnorm), as the Keras transfer-learning guide does.
-            unfreeze(model.features, reestimate_batchnorm=config.train_batchnorm)
-            optimizer = torch.optim.Adam([
-                {"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
-                {"params": list(model.classifier.parameters()), "lr": config.lr}], foreach=True)
-            stage("unfrozen", nn.Sequential(transform, model), optimizer, xt, yt, xv, yv, config.unfreeze_epochs,
-                  config.seed + 1, time.perf_counter(), should_stop)
-    model.eval()
-    # The final model's, as its last stage measured it after training (no second pass over the images).
-    results["confusion_matrix"] = results["phases"][list(results["phases"])[-1]]["confusion_matrix"]
+    names = ["frozen", "unfrozen"] if config.unfreeze_epochs else ["frozen"]
+    with run.recording(), running(ranks, console, precision) as runtime:
+        inputs = _Inputs.of(config, data, pre, runtime)
+        for name in names:
+            phase = (_frozen_phase if name == "frozen" else _unfrozen_phase)(config, model, pre, inputs, runtime)
+            phases[name], found = train_phase(phase, run, runtime)
+            if found is not None:
+                mistakes[name] = found
+            inputs.report_skipped(results)
+            results["phases"][name] = phases[name].to_dict()
+            redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
+            figures.update(redrawn)
+            run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=False)
     data.close()
-    model.cpu()  # the model returned and saved lives on the CPU, wherever it trained
+    model.eval().cpu()  # the model returned and saved lives on the CPU, wherever it trained
+    # The final model's, as its last phase measured it after training (no second pass over the images).
+    results["confusion_matrix"] = results["phases"][names[-1]]["confusion_matrix"]
     redrawn = {"curves": curves_figure(results["phases"]),
                "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes)}
     figures.update(redrawn)
-    if writes is not None:
-        save_model(writes / "weights", "model", model, classes, pre.to_dict())
-        write_results(writes, results)
-        save_figures(redrawn, writes)
-        write_status(writes, "complete")
-        (writes / CHECKPOINT_FILE).unlink(missing_ok=True)  # the model is saved
-        write_report(writes)
-    result = FinetuneResult(config, results, phases, model, figures, run_dir)
-    console.print(comparison_table(results["phases"]))
-    console.print(result.summary())
-    if run_dir is not None:
-        console.print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}\n"
-                      f"predict with: transferkit predict {run_dir} IMAGES...")
+    run.save_weights("model", model, classes, pre.to_dict())  # what `transferkit predict` uses
+    run.save_results()
+    run.save_figures(redrawn)
+    run.complete()
+    result = FinetuneResult(config, results, phases, model, figures, run.path)
+    print_closing(console, results["phases"], result.summary(), run.path,
+                  then=f"predict with: transferkit predict {run.path} IMAGES...")
     return result
+
+
+@dataclass
+class _Inputs:
+    """The training and validation images both phases use: this rank's share of uint8 NCHW tensors in memory,
+    or streams that decode them from disk per batch."""
+
+    train_x: torch.Tensor | StreamLoader
+    train_y: torch.Tensor | None  # None: a stream's batches carry their labels
+    val_x: torch.Tensor | StreamPass
+    val_y: torch.Tensor | None
+    val_images: Callable[[np.ndarray], np.ndarray]  # by index, as people see them
+    index_of: Callable[[np.ndarray], np.ndarray]  # positions in val_x -> indices in the validation set
+    data: _Data
+    transform: InputTransform  # uint8 images -> what the backbone eats (with --augment: random crops, flips)
+
+    @classmethod
+    def of(cls, config: FinetuneConfig, data: _Data, pre: Preprocessing, runtime: Runtime) -> _Inputs:
+        transform = InputTransform(pre.crop, pre.mean, pre.std, augment=config.augment,
+                                   vertical_flip=config.vertical_flip).to(runtime.device)
+        if data.loading.stream:  # the images stay on disk; DataLoader workers decode each batch
+            pin = runtime.device.type == "cuda"
+            train = StreamLoader(data.train[0], collate_readable, data.loading.workers, pin)
+            val = StreamPass(StreamLoader(data.val[0], collate_readable, data.loading.workers, pin),
+                             runtime.eval_batch_size)
+            return cls(train, None, val, None, lambda indices: data.val[0].images(indices)[0],
+                       lambda positions: val.indices[positions], data, transform)  # the files that decoded
+        # Each rank trains on its shard and validates on its share of the validation images.
+        ranks = runtime.ranks
+        train_x, train_y = ranks.training_shard(images_to_tensor(data.train[0], scale=False),
+                                                torch.from_numpy(data.train[1]), config.seed)
+        val_x, val_y = ranks.evaluation_shard(images_to_tensor(data.val[0], scale=False), torch.from_numpy(data.val[1]))
+        return cls(train_x, train_y, val_x, val_y, data.val[0].__getitem__, ranks.evaluation_indices, data, transform)
+
+    @property
+    def streamed(self) -> bool:
+        return self.train_y is None
+
+    def batches(self, x: torch.Tensor | StreamLoader, y: torch.Tensor | None, batch_size: int, seed: int,
+                device: torch.device) -> StreamBatches | TensorBatches:
+        return (StreamBatches(x, batch_size, seed, device=device) if isinstance(x, StreamLoader)
+                else TensorBatches(x, y, batch_size, seed, device=device))
+
+    def samples(self) -> tuple[int, int]:
+        """The images trained and validated on: a stream's files that failed to decode are not among them."""
+        n_train, n_val = len(self.data.train[1]), len(self.data.val[1])
+        if self.streamed:
+            return n_train - len(self.train_x.skipped), n_val - len(self.val_x.stream.skipped)
+        return n_train, n_val
+
+    def report_skipped(self, results: dict) -> None:
+        """Files the stream could not decode, found as batches were read: warned about once, then listed."""
+        found = [f"{p}: {r}" for s in (self.train_x, self.val_x.stream) for p, r in s.skipped.items()] if self.streamed else []
+        new = [f for f in found if f not in results["dataset"]["skipped"]]
+        if new:
+            results["dataset"]["skipped"] += new
+            warn_skipped(self.data.origin, new, stacklevel=3)
+
+
+def _frozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Preprocessing, inputs: _Inputs,
+                  runtime: Runtime) -> Phase:
+    """The backbone frozen (BatchNorm statistics too), a new head trained on its features."""
+    freeze(model.features, eval_mode=True)  # no dropout / stochastic depth inside a frozen backbone
+    transform = inputs.transform
+    optimizer = make_optimizer(trainable_parameters(model), config.train)
+
+    def phase_inputs() -> PhaseInputs:
+        if not config.feature_cache or config.augment:
+            return PhaseInputs(nn.Sequential(transform, model), inputs.batches(
+                inputs.train_x, inputs.train_y, config.batch_size, config.seed, runtime.device),
+                inputs.val_x, inputs.val_y, inputs.index_of)
+        # In memory: from the feature store when these images went through this backbone before.
+        # Streamed: the images pass through the backbone once; their (small) features stay in memory.
+        train_x = StreamPass(inputs.train_x, runtime.eval_batch_size) if inputs.streamed else inputs.train_x
+        (train_f, val_f), record = frozen_features(
+            config.backbone, nn.Sequential(transform, model.features), [train_x, inputs.val_x],
+            backbone_identity(config.backbone, model.features, pre, runtime.precision), pre.crop, runtime)
+        train_y, val_y = ((torch.from_numpy(inputs.data.train[0].labels[train_x.indices]),
+                           torch.from_numpy(inputs.data.val[0].labels[inputs.val_x.indices])) if inputs.streamed
+                          else (inputs.train_y, inputs.val_y))
+        return PhaseInputs(model.classifier, TensorBatches(train_f, train_y, config.batch_size, config.seed,
+                                                           device=runtime.device), val_f, val_y, inputs.index_of,
+                           feature_pass=record)
+
+    return Phase("frozen", model, optimizer, phase_inputs, config.epochs, config.lr_schedule, inputs.data.classes,
+                 layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples)
+
+
+def _unfrozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Preprocessing, inputs: _Inputs,
+                    runtime: Runtime) -> Phase:
+    """Everything trains; the backbone at a smaller rate, as fastai's fine_tune does, and its BatchNorm
+    statistics kept (unless --train-batchnorm), as the Keras transfer-learning guide does."""
+    seed = config.seed + 1
+    # A seed per phase, as the split experiment's: the phase trains alike after the frozen one ran here or was
+    # read again from its weights by a resumed run.
+    torch.manual_seed(seed)
+    unfreeze(model.features, reestimate_batchnorm=config.train_batchnorm)
+    optimizer = make_optimizer([{"params": list(model.features.parameters()), "lr": config.lr * config.backbone_lr_mult},
+                                {"params": list(model.classifier.parameters())}], config.train)
+    trained = nn.Sequential(inputs.transform, model)
+    return Phase("unfrozen", model, optimizer, lambda: PhaseInputs(
+        trained, inputs.batches(inputs.train_x, inputs.train_y, config.batch_size, seed, runtime.device),
+        inputs.val_x, inputs.val_y, inputs.index_of), config.unfreeze_epochs, config.lr_schedule, inputs.data.classes,
+        layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples)
 
 
 @dataclass
@@ -382,12 +315,4 @@ def _limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[n
     return x[keep], y[keep]
 
 
-def _nchw(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
-def _phase(name, classes, n_train, n_val, history, seconds, counts) -> PhaseResult:
-    return PhaseResult(name=name, classes=classes, train_samples=n_train, test_samples=n_val, epochs=len(history),
-                       train_seconds=seconds, test_loss=history[-1].val_loss, test_accuracy=history[-1].val_accuracy,
-                       params=counts, history=history)
 

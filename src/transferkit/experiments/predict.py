@@ -11,8 +11,9 @@ import torch
 from ..data.folders import IMAGE_SUFFIXES, decode_image, unreadable_reason
 from ..data.preprocess import InputTransform, scale_images
 from ..errors import UserError
-from ..reporting import load_model, read_results
-from ..reporting.results import RESULTS_FILE
+from ..reporting import load_model
+from ..training import images_to_tensor
+from .run_folder import model_file
 
 
 @dataclass(frozen=True)
@@ -26,16 +27,6 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"path": self.path, "error": self.error,
                 "predictions": [{"class": c, "probability": round(p, 6)} for c, p in self.top]}
-
-
-def model_file(run_dir: Path) -> Path:
-    """The model a run folder offers for prediction (results.json names it)."""
-    if not (run_dir / RESULTS_FILE).is_file():
-        raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE}); give the folder of a run")
-    try:
-        return run_dir / read_results(run_dir).get("model", "weights/transfer.safetensors")
-    except (ValueError, AttributeError):
-        raise UserError(f"{run_dir / RESULTS_FILE}: damaged; the run's weights are in {run_dir / 'weights'}") from None
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:
@@ -64,10 +55,9 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     def flush() -> None:
         if not pending:
             return
-        x = torch.from_numpy(np.stack([a for _, a in pending]))
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        x = images_to_tensor(np.stack([a for _, a in pending]), scale=False)
         with torch.inference_mode():
-            probs = torch.softmax(model(prepare(x.contiguous())).float(), dim=1)
+            probs = torch.softmax(model(prepare(x)).float(), dim=1)
         values, indices = probs.topk(min(top_k, len(names)), dim=1)
         for (path, _), v, i in zip(pending, values.tolist(), indices.tolist()):
             out.append(Prediction(path, [(names[c], p) for c, p in zip(i, v)]))

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from ..config import HeadConfig
 from ..download import download
 from ..errors import UserError
 from ..paths import cache_dir
@@ -19,21 +20,9 @@ from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_WEIGHTS, build_lite, li
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
                          "efficientnet_b0", "convnext_tiny")
 BACKBONES = TORCHVISION_BACKBONES + tuple(LITE_WEIGHTS)
+# The safetensors metadata key under which transferkit saves a network's spec (reporting/artifacts.py).
+SPEC_KEY = "transferkit_spec"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Seed 004's head on pooled features: Dropout, Linear(units) + ReLU, Dropout, Linear(classes)."""
-
-    units: int = 256
-    dropout: float = 0.5
-
-    def __post_init__(self) -> None:
-        if self.units < 1:
-            raise UserError(f"--head-units must be at least 1, got {self.units}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--head-dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +96,8 @@ def default_preprocessing(backbone: str) -> Preprocessing:
 
 
 def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: float = 10.0) -> Preprocessing:
-    """Fill `model.features` from `weights` (imagenet, none, or a file); returns the preprocessing they want."""
+    """Fill `model.features` from `weights` (imagenet, none, or a file: safetensors, a state dict, or a finetune
+    run's model); returns the preprocessing they want."""
     default = default_preprocessing(model.backbone)
     if weights == "none":
         return default
@@ -130,8 +120,6 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
         if not path.exists():
             raise UserError(f"--weights {weights}: no such file or folder; give imagenet, none, a weights file or "
                             "a finetune run folder")
-        if path.is_dir():  # a finetune run folder: its model's features become this backbone
-            path = _run_model(path)
         if not path.is_file():
             raise UserError(f"--weights {weights}: not imagenet, none, a weights file or a finetune run folder")
         state = _read_state(path)
@@ -153,22 +141,13 @@ def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: floa
     return preprocessing
 
 
-def _run_model(run_dir: Path) -> Path:
-    """The model of a finetune run folder. A `transferkit run` folder is refused by name: its transfer model's
-    features are the frozen weights it started from (or the seed network), nothing to continue from."""
-    if not (run_dir / "weights" / "model.safetensors").is_file() and (run_dir / "weights" / "transfer.json").is_file():
-        raise UserError(f"--weights {run_dir}: a `transferkit run` folder, whose frozen features are the weights "
-                        "it started from; give a finetune run folder, or those weights (imagenet or a file)")
-    return run_dir / "weights" / "model.safetensors"
-
-
 def _saved_by_transferkit(path: Path) -> bool:
     if path.suffix != ".safetensors":
         return False
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return "transferkit_spec" in (f.metadata() or {})
+        return SPEC_KEY in (f.metadata() or {})
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:

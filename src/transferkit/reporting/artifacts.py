@@ -12,6 +12,7 @@ from torch import nn
 from ..atomic import write_atomic
 from ..errors import UserError
 from ..models import BackboneClassifier, SeedCNN
+from ..models.backbones import SPEC_KEY
 from .results import write_text_atomic
 
 ARCHITECTURES = {"seed_cnn": SeedCNN, "backbone": BackboneClassifier}
@@ -22,8 +23,8 @@ def save_model(directory: Path, name: str, model: nn.Module, class_names: list[s
     directory.mkdir(parents=True, exist_ok=True)
     spec = {**model.spec(), "class_names": list(class_names), "preprocessing": preprocessing}
     weights = directory / f"{name}.safetensors"
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    write_atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={"transferkit_spec": json.dumps(spec)}))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # from a GPU too
+    write_atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={SPEC_KEY: json.dumps(spec)}))
     write_text_atomic(directory / f"{name}.json", json.dumps(spec, indent=2) + "\n")
     return weights
 

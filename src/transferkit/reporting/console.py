@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -11,6 +13,13 @@ from rich.table import Table
 
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
+from .results import transfer_gain
+
+
+def make_console(quiet: bool = False) -> Console:
+    """The console every command prints on. Text is printed as it is: names of classes, files and folders are
+    the user's data, never markup (a folder named `[bold]` or `[/x]` prints as such). Logs get wide tables."""
+    return Console(quiet=quiet, highlight=False, markup=False, width=None if sys.stdout.isatty() else 120)
 
 
 class ConsoleProgress:
@@ -81,16 +90,22 @@ def comparison_table(phases: dict[str, dict]) -> Table:
 
 def transfer_verdict(phases: dict[str, dict]) -> str | None:
     """One line: what transfer bought over scratch in accuracy and time."""
-    if "transfer" not in phases or "scratch" not in phases:
+    gain = transfer_gain(phases)
+    if gain is None:
         return None
     t, s = phases["transfer"], phases["scratch"]
-    gain = (t["test_accuracy"] - s["test_accuracy"]) * 100
-    speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 else float("inf")
-    # A backbone's feature pass can make transfer the slower one on few images: say so, not "0.4x faster".
-    pace = f"{speedup:.1f}x faster" if speedup >= 1 else f"{1 / speedup:.1f}x slower"
     return (f"transfer vs scratch on {','.join(t['classes'])}: accuracy {t['test_accuracy']:.4f} vs "
-            f"{s['test_accuracy']:.4f} ({gain:+.2f} points), time {t['train_seconds']:.1f} s vs "
-            f"{s['train_seconds']:.1f} s ({pace})")
+            f"{s['test_accuracy']:.4f} ({gain.points:+.2f} points), time {t['train_seconds']:.1f} s vs "
+            f"{s['train_seconds']:.1f} s ({gain.pace})")
+
+
+def print_closing(console: Console, phases: dict[str, dict], summary: str, run_dir: Path | None,
+                  then: str = "") -> None:
+    """The end of a run: the results table, its one-line summary, where its folder and report are."""
+    console.print(comparison_table(phases))
+    console.print(summary, soft_wrap=True)
+    if run_dir is not None:
+        console.print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}" + (f"\n{then}" if then else ""))
 
 
 @contextlib.contextmanager

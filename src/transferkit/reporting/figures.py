@@ -39,7 +39,7 @@ def curves_figure(phases: dict[str, dict]) -> Figure:
 def overlay_curves_figure(title: str, metric: str, lines: list[tuple[str, list[dict], int]]) -> Figure:
     """One metric (accuracy or loss) per epoch, several phases on the same axes (e.g. transfer and scratch).
 
-    `lines`: (phase name, its history, epochs before it) - an offset lets a stage continue the one before.
+    `lines`: (phase name, its history, epochs before it) - an offset lets a phase continue the one before.
     Colour tells the phase, line style train (solid) from validation (dashed).
     """
     fig = Figure(figsize=(5.4, 3.6))

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..models import LayerRow
 from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
-from .results import RESULTS_FILE
+from .results import RESULTS_FILE, Gain, transfer_gain
 from .status import read_status
 
 REPORT_FILE = "report.html"
@@ -54,14 +54,6 @@ class PhaseView:
     params: dict
     layers: list[LayerRow] | None
     confusion: Image | None
-
-
-@dataclass(frozen=True)
-class Gain:
-    """What transfer bought over scratch on the target classes."""
-
-    points: float  # accuracy difference in percentage points
-    speedup: float  # scratch time / transfer time
 
 
 @dataclass(frozen=True)
@@ -115,7 +107,7 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
         title=title, intro=intro, experiment=experiment, dataset=name, origin=str(dataset.get("origin", "")),
         created=results.get("created", ""), status=read_status(run_dir),
         phases=[_phase_view(n, p, results, roles) for n, p in phases.items()],
-        gain=_gain(phases),
+        gain=transfer_gain(phases),
         curves=[figure_image(overlay_curves_figure(group, metric, lines), f"{metric} per epoch: {group}")
                 for group, lines in _curve_groups(phases, continued=experiment == "finetune")
                 for metric in ("accuracy", "loss")],
@@ -166,18 +158,10 @@ def _phase_view(name: str, p: dict, results: dict, roles: dict[str, str]) -> Pha
                      test_samples=p["test_samples"], params=p["params"], layers=layers, confusion=confusion)
 
 
-def _gain(phases: dict) -> Gain | None:
-    if "transfer" not in phases or "scratch" not in phases:
-        return None
-    t, s = phases["transfer"], phases["scratch"]
-    speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 else float("inf")
-    return Gain(points=(t["test_accuracy"] - s["test_accuracy"]) * 100, speedup=speedup)
-
-
 def _curve_groups(phases: dict, continued: bool) -> list[tuple[str, list[tuple[str, list[dict], int]]]]:
     """Charts to draw: phases on the same classes share one (transfer over scratch).
 
-    `continued`: the phases are stages of one training (finetune), so each one's epochs follow the last's.
+    `continued`: the phases are parts of one training (finetune), so each one's epochs follow the last's.
     """
     if continued:
         lines, offset = [], 0

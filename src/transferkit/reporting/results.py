@@ -70,6 +70,28 @@ class PhaseResult:
                    confusion_matrix=d.get("confusion_matrix"), misclassified=d.get("misclassified"))
 
 
+@dataclass(frozen=True)
+class Gain:
+    """What transfer bought over scratch on the target classes."""
+
+    points: float  # accuracy difference in percentage points
+    speedup: float  # scratch time / transfer time
+
+    @property
+    def pace(self) -> str:
+        """'1.4x faster', or '2.5x slower' (a backbone's feature pass on few images), never '0.4x faster'."""
+        return f"{self.speedup:.1f}x faster" if self.speedup >= 1 else f"{1 / self.speedup:.1f}x slower"
+
+
+def transfer_gain(phases: dict[str, dict]) -> Gain | None:
+    """The transfer phase against the scratch control, from results.json's phases; None without both."""
+    if "transfer" not in phases or "scratch" not in phases:
+        return None
+    t, s = phases["transfer"], phases["scratch"]
+    speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 else float("inf")
+    return Gain(points=(t["test_accuracy"] - s["test_accuracy"]) * 100, speedup=speedup)
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` so that `path` is never left half-written (see atomic.write_atomic)."""
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ..errors import UserError
 
 
 def images_to_tensor(x: np.ndarray, scale: bool = True) -> torch.Tensor:
@@ -37,19 +40,24 @@ class ShuffledBatches:
     stopped half-way continues with the same batches. Subclasses say how a batch of indices is fetched.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device = torch.device("cpu")):
+    def __init__(self, n: int, batch_size: int, seed: int, device: torch.device = torch.device("cpu"),
+                 min_steps: int = 0):
         self.n, self.batch_size, self.device = n, batch_size, torch.device(device)
+        self.min_steps = min_steps  # an epoch of fewer batches takes that many, from further shuffles
         self.generator = torch.Generator().manual_seed(seed)
         self.order: torch.Tensor | None = None  # this epoch's permutation, while an epoch is under way
         self.position = 0  # batches of this epoch already handed out
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return max(-(-self.n // self.batch_size), self.min_steps)
 
     def remaining(self) -> list[torch.Tensor]:
         """The index batches of this epoch not yet handed out (drawing the epoch's order if it starts now)."""
         if self.order is None:
-            self.order, self.position = torch.randperm(self.n, generator=self.generator), 0
+            # Once through the data; a few images stretched to min_steps batches pass as many times as it takes.
+            passes = -(-len(self) * self.batch_size // self.n) if len(self) > -(-self.n // self.batch_size) else 1
+            self.order = torch.cat([torch.randperm(self.n, generator=self.generator) for _ in range(passes)])
+            self.position = 0
         return [self.order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self.position, len(self))]
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -69,8 +77,8 @@ class TensorBatches(ShuffledBatches):
     memory without blocking, so the copy overlaps the previous step's kernels."""
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
-                 device: torch.device = torch.device("cpu")):
-        super().__init__(len(x), batch_size, seed, device)
+                 device: torch.device = torch.device("cpu"), min_steps: int = 0):
+        super().__init__(len(x), batch_size, seed, device, min_steps)
         self.x, self.y = x, y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -86,6 +94,21 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         return os.cpu_count() or 1
+
+
+def worker_count(requested: int | None) -> int:
+    """DataLoader processes for --workers: by default one per usable core; 0 decodes in this process. More than
+    the usable cores buys nothing and costs about 0.5 GB each: capped there, with a warning, never forked."""
+    cores = usable_cores()
+    if requested is None:
+        return cores
+    if requested < 0:
+        raise UserError(f"--workers must be 0 or more, got {requested}")
+    if requested > cores:
+        warnings.warn(f"--workers {requested}: this process may use {cores} core(s); using {cores} workers",
+                      stacklevel=2)
+        return cores
+    return requested
 
 
 class StreamLoader:

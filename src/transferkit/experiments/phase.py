@@ -1,0 +1,97 @@
+"""A phase: one network trained for some epochs and recorded. Every experiment is a list of phases; this module
+trains one, or reads it again when it finished before an interruption."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..models import LayerRow, count_params
+from ..reporting import PhaseResult
+from ..reporting.console import ConsoleProgress
+from ..training import FitState, fit
+from ..training.batches import ShuffledBatches
+from ..training.distributed import gather_to_main
+from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
+from .run_folder import RunFolder
+from .runtime import Runtime
+
+
+@dataclass
+class PhaseInputs:
+    """What `fit` trains and validates: the whole network, or its head on cached features, and its inputs."""
+
+    trained: nn.Module
+    batches: ShuffledBatches
+    val_x: torch.Tensor | Iterable  # a tensor (labels `val_y`), or a stream of (x, y) batches (`val_y` None)
+    val_y: torch.Tensor | None
+    # Positions in val_x -> indices in the whole validation set (a rank's share, a stream's readable files).
+    index_of: Callable[[np.ndarray], np.ndarray] = np.asarray
+    feature_seconds: float | None = None  # the frozen features' pass, part of the phase's time
+    feature_pass: dict | None = None  # a pretrained backbone's pass, for results.json: images, seconds, store
+
+
+@dataclass
+class Phase:
+    """One phase as an experiment describes it. `inputs()` is called only when the phase trains (a frozen
+    feature pass in it counts toward the phase's time); a phase that finished before is read again instead."""
+
+    name: str
+    model: nn.Module  # the whole network: its weights are saved as weights/<name>.safetensors
+    optimizer: torch.optim.Optimizer
+    inputs: Callable[[], PhaseInputs]
+    epochs: int
+    lr_schedule: str
+    classes: list[str]
+    layers: list[LayerRow]  # the parameter summary, as trained
+    val_images: Callable[[np.ndarray], np.ndarray]  # validation images by index, as people see them
+    samples: Callable[[], tuple[int, int]]  # training and validation images used (known after a stream's pass)
+
+
+def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseResult, Mistakes | None]:
+    """Train `phase` with a checkpoint after every epoch and return its record and mistakes; a phase recorded
+    as finished is read again instead: its weights into `phase.model`, its examples for the report."""
+    if run.finished(phase.name):
+        run.load_weights(phase.name, into=phase.model)
+        result = PhaseResult.from_dict(phase.name, run.results["phases"][phase.name])
+        runtime.console.print(f"phase {phase.name}: finished before, test accuracy {result.test_accuracy:.4f}")
+        mistakes = None if result.misclassified is None else Mistakes.from_examples(
+            result.misclassified, result.confusion_matrix, phase.val_images, phase.classes)
+        return result, mistakes
+    run.status("running", phase=phase.name)
+    start = time.perf_counter()
+    inputs = phase.inputs()
+    checkpoints = run.checkpoints
+    state, before = (checkpoints.restore(phase.name, phase.model, phase.optimizer, inputs.batches, runtime.console)
+                     if checkpoints is not None else (None, 0.0))
+    state = state if state is not None else FitState()
+
+    def checkpoint(fit_state: FitState) -> None:
+        if checkpoints is not None:
+            checkpoints.save(phase.name, phase.model, phase.optimizer, inputs.batches, fit_state,
+                             before + time.perf_counter() - start)
+
+    history = fit(runtime.ranks.wrap(inputs.trained), phase.optimizer, inputs.batches, inputs.val_x, inputs.val_y,
+                  phase.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name),
+                  state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule)
+    seconds = before + time.perf_counter() - start
+    # On what validation ran on (cached features where there are, this rank's share of the images), so no
+    # second pass through a backbone; the confusion matrix is summed over the ranks.
+    mistakes = find_mistakes(inputs.trained, inputs.val_x, inputs.val_y, phase.val_images, phase.classes,
+                             runtime.eval_batch_size, runtime.autocast_dtype, index_of=inputs.index_of)
+    train_samples, test_samples = phase.samples()
+    if inputs.feature_pass is not None:
+        run.results["feature_pass"] = inputs.feature_pass
+    run.results["distributed"].setdefault("steps_per_rank", {})[phase.name] = gather_to_main(state.steps)
+    return PhaseResult(
+        name=phase.name, classes=list(phase.classes), train_samples=train_samples, test_samples=test_samples,
+        epochs=len(history), train_seconds=seconds, test_loss=history[-1].val_loss,
+        test_accuracy=history[-1].val_accuracy, params=count_params(phase.model), history=history,
+        feature_cache_seconds=inputs.feature_seconds, layers=phase.layers,
+        confusion_matrix=confusion_over_ranks(mistakes.confusion).tolist(), misclassified=mistakes.examples(),
+    ), mistakes

@@ -1,0 +1,226 @@
+"""The run folder: the one place that knows its layout and its rules.
+
+    RUN_DIR/
+      status.json        running (phase) | interrupted | failed (error) | complete
+      results.json       configuration, data set, environment, one record per phase; history.csv beside it
+      weights/<phase>.safetensors + <phase>.json   each finished phase's network (the spec is also inside the
+                                                   safetensors metadata); results.json["model"] names the one
+                                                   `transferkit predict` uses
+      checkpoint.safetensors   the phase under way, after every epoch; deleted once the run is complete
+      *.png, report.html
+
+Rank 0 alone writes. On the other ranks of a torchrun run, and for a run without a folder (`save=False`),
+every write is skipped, so experiments never ask which rank they are on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import datetime, timezone
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import UserError
+from ..reporting import read_results, read_status, save_model, write_results, write_status
+from ..reporting.figures import save_figures
+from ..reporting.report import write_report
+from ..reporting.results import RESULTS_FILE
+from ..reporting.status import STATUS_FILE, recording_status
+from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
+from ..training.distributed import Distributed, on_main
+
+WEIGHTS_DIR = "weights"
+
+# Options added after runs were saved, and what those runs did without them: such a run resumes as it began.
+BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never"}
+
+
+class RunFolder:
+    """A run's folder (or none, with `save=False`): status, results, weights, figures, report, checkpoint.
+
+    `results` is the dict written as results.json; a resumed run starts from the one it left (`resumed`).
+    """
+
+    def __init__(self, path: Path | None, writes: bool, results: dict | None = None):
+        self.path = path
+        self.writes = writes and path is not None
+        self.resumed = results is not None
+        self.results: dict = results or {}
+        self.checkpoints = Checkpointer(path / CHECKPOINT_FILE) if path is not None else None
+
+    @classmethod
+    def resume(cls, path: str | Path, config: dict, ranks: Distributed) -> RunFolder:
+        """The folder of an interrupted run, refused when `config` or the number of processes differs."""
+        return cls(Path(path), ranks.is_main, resumable(Path(path), config, ranks.world_size))
+
+    @classmethod
+    def create(cls, ranks: Distributed, name: str, out: str | Path | None = None, force: bool = False,
+               save: bool = True) -> RunFolder:
+        """A new folder (`out`, or runs/<UTC time>-<name>) that rank 0 creates, or none (`save=False`)."""
+        if not save:
+            return cls(None, False)
+
+        def create() -> Path:  # by rank 0: the default name follows its clock
+            new = Path(out) if out is not None else Path("runs") / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{name}"
+            prepare_run_dir(new, force)
+            write_status(new, "running", phase="setup")
+            return new
+
+        return cls(on_main(create), ranks.is_main)
+
+    def begin(self, results: dict, distributed: dict) -> dict:
+        """The results to fill in: the interrupted run's, or `results`, written at once so that the run can be
+        resumed from its first epoch. `distributed` describes the processes (kept from the first start)."""
+        if not self.resumed:
+            self.results = results
+        self.results.setdefault("distributed", distributed)
+        if not self.resumed:
+            self.save_results()
+        return self.results
+
+    # --- writing (rank 0 of a run with a folder; elsewhere nothing happens) ---
+
+    def status(self, status: str, **details: object) -> None:
+        if self.writes:
+            write_status(self.path, status, **details)
+
+    def save_results(self) -> None:
+        if self.writes:
+            write_results(self.path, self.results)
+
+    def save_figures(self, figures: dict[str, Figure]) -> None:
+        if self.writes:
+            save_figures(figures, self.path)
+
+    def save_report(self) -> None:
+        if self.writes:
+            write_report(self.path)
+
+    def save_weights(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict) -> None:
+        if self.writes:
+            save_model(self.path / WEIGHTS_DIR, phase, model, class_names, preprocessing)
+
+    def save_phase(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict,
+                   redrawn: dict[str, Figure], last: bool) -> None:
+        """After a phase (recorded in `results`): its weights, results.json, the figures it changed, and the
+        report, except after the last phase, whose report says the run is complete (`complete`)."""
+        self.save_weights(phase, model, class_names, preprocessing)
+        self.save_results()
+        self.save_figures(redrawn)
+        if not last:
+            self.save_report()
+
+    def recording(self) -> contextlib.AbstractContextManager:
+        """Training inside: status.json says interrupted or failed (with the error) when it ends early."""
+        return recording_status(self.path if self.writes else None)
+
+    def complete(self) -> None:
+        """status complete, the checkpoint deleted (every phase's weights are saved), the report written."""
+        if self.writes:
+            write_status(self.path, "complete")
+            (self.path / CHECKPOINT_FILE).unlink(missing_ok=True)
+            write_report(self.path)
+
+    # --- reading (every rank) ---
+
+    def finished(self, phase: str) -> bool:
+        """Whether `phase` finished before the run was interrupted (its record and weights are saved)."""
+        return phase in self.results.get("phases", {})
+
+    def load_weights(self, phase: str, into: nn.Module) -> None:
+        """A finished phase's saved weights, read again into its network."""
+        weights = weights_file(self.path, phase)
+        try:
+            into.load_state_dict(load_file(str(weights)))
+        except (OSError, RuntimeError, ValueError) as e:
+            raise UserError(f"{weights}: cannot read phase {phase}'s weights again ({str(e).splitlines()[0][:120]}); "
+                            "start a new run") from None
+
+
+def weights_entry(phase: str) -> str:
+    """Where a phase's weights lie in the run folder, as results.json names them ("model")."""
+    return f"{WEIGHTS_DIR}/{phase}.safetensors"
+
+
+def weights_file(run_dir: Path, phase: str) -> Path:
+    return Path(run_dir) / weights_entry(phase)
+
+
+def model_file(run_dir: Path) -> Path:
+    """The model a run folder offers for prediction (results.json names it)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / RESULTS_FILE).is_file():
+        raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE}); give the folder of a run")
+    try:
+        return run_dir / read_results(run_dir).get("model", weights_entry("transfer"))
+    except (ValueError, AttributeError):
+        raise UserError(f"{run_dir / RESULTS_FILE}: damaged; the run's weights are in {run_dir / WEIGHTS_DIR}") from None
+
+
+def backbone_source(run_dir: Path, option: str) -> Path:
+    """The model of a finetune run folder whose backbone a new run continues from. A `transferkit run` folder is
+    refused by name: its transfer model's features are the frozen weights it started from (or the seed
+    network), nothing to continue from."""
+    if not weights_file(run_dir, "model").is_file() and (run_dir / WEIGHTS_DIR / "transfer.json").is_file():
+        raise UserError(f"{option} {run_dir}: a `transferkit run` folder, whose frozen features are the weights "
+                        "it started from; give a finetune run folder, or those weights (imagenet or a file)")
+    return weights_file(run_dir, "model")
+
+
+def weights_source(weights: str, option: str = "--weights") -> str:
+    """`--weights` as load_backbone_weights takes it: a finetune run folder stands for its model file."""
+    return str(backbone_source(Path(weights), option)) if Path(weights).is_dir() else weights
+
+
+def prepare_run_dir(out: Path, force: bool) -> None:
+    """A new or empty folder; an existing run is pointed to --resume, anything else needs --force."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: is a file; give a folder for the run")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        if (out / STATUS_FILE).is_file() or (out / RESULTS_FILE).is_file():
+            raise UserError(f"--out {out}: holds a run already; continue it with --resume {out}, "
+                            "or choose a new --out")
+        raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder, or --force to write into it")
+    try:
+        (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+
+
+def resumable(run_dir: Path, config: dict, world_size: int = 1) -> dict:
+    """The results of the run to continue; refused when its configuration or its number of processes differs."""
+    if not run_dir.is_dir():
+        raise UserError(f"--resume {run_dir}: no such run folder")
+    status = read_status(run_dir)
+    if status is None or not (run_dir / RESULTS_FILE).is_file():
+        raise UserError(f"--resume {run_dir}: not a transferkit run folder (no {STATUS_FILE} / {RESULTS_FILE})")
+    if status["status"] == "complete":
+        raise UserError(f"--resume {run_dir}: this run is complete already; nothing to resume")
+    try:
+        previous = read_results(run_dir)
+    except ValueError:
+        raise UserError(f"--resume {run_dir}: {RESULTS_FILE} is damaged; start a new run") from None
+    differences = _differences(previous["config"], config)
+    if differences:
+        raise UserError(f"--resume {run_dir}: this run was made with another configuration ({'; '.join(differences)}); "
+                        "repeat its original options or start a new run")
+    before = previous.get("distributed", {}).get("world_size", 1)
+    if before != world_size:  # each rank's shard and its batch order depend on the world size
+        raise UserError(f"--resume {run_dir}: this run was trained by {before} process(es), now {world_size}; "
+                        f"resume it with as many (torchrun --nproc-per-node ... in all {before})")
+    return previous
+
+
+def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in now.items():
+        old = saved.get(key, BEFORE_THE_OPTION.get(key))
+        if isinstance(value, dict) and isinstance(old, dict):
+            out += _differences(old, value, f"{prefix}{key}.")
+        elif old != value:
+            out.append(f"{prefix}{key} was {old!r}, now {value!r}")
+    return out
+

@@ -1,0 +1,95 @@
+"""The run folder and the phase on their own, without training a network."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from transferkit import UserError
+from transferkit.config import ModelConfig, SplitConfig
+from transferkit.experiments.phase import Phase, train_phase
+from transferkit.experiments.run_folder import RunFolder
+from transferkit.experiments.runtime import Runtime
+from transferkit.models import SeedCNN, count_params
+from transferkit.reporting import PhaseResult
+from transferkit.reporting.console import make_console
+from transferkit.training import EpochRecord, resolve_precision
+from transferkit.training.checkpoint import CHECKPOINT_FILE
+from transferkit.training.distributed import Distributed
+
+MAIN, SECOND = Distributed(rank=0), Distributed(rank=1, world_size=1)  # rank 1 without a process group
+
+
+def _new_run(tmp_path, config: dict) -> RunFolder:
+    run = RunFolder.create(MAIN, "test", out=tmp_path / "run")
+    run.begin({"config": config, "phases": {}}, {"world_size": 1})
+    return run
+
+
+def _tiny_model() -> SeedCNN:
+    return SeedCNN(ModelConfig(filters=2, dense_units=4), 1, (8, 8), 2)
+
+
+def _recorded(model) -> PhaseResult:
+    return PhaseResult(name="p", classes=["a", "b"], train_samples=4, test_samples=2, epochs=1, train_seconds=1.0,
+                       test_loss=0.5, test_accuracy=0.75, params=count_params(model),
+                       history=[EpochRecord(1, 0.6, 0.5, 0.5, 0.75, 1.0)], confusion_matrix=[[1, 0], [0, 1]],
+                       misclassified=[{"index": 1, "true": 1, "predicted": 0}])
+
+
+def test_resuming_with_another_option_is_refused_naming_it(tmp_path):
+    config = SplitConfig().to_dict()
+    _new_run(tmp_path, config)
+    other = SplitConfig(head="reset").to_dict()
+    with pytest.raises(UserError, match=r"another configuration \(head was 'reuse', now 'reset'\)"):
+        RunFolder.resume(tmp_path / "run", other, MAIN)
+    assert RunFolder.resume(tmp_path / "run", config, MAIN).results["config"] == config
+
+
+def test_rank_1_writes_nothing(tmp_path):
+    config = SplitConfig().to_dict()
+    _new_run(tmp_path, config)
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    run = RunFolder.resume(tmp_path / "run", config, SECOND)
+    model = _tiny_model()
+    run.results["phases"]["p"] = _recorded(model).to_dict()
+    run.status("running", phase="p")
+    run.save_results()
+    run.save_phase("p", model, ["a", "b"], {"kind": "scale"}, {}, last=False)
+    run.complete()
+    with pytest.raises(RuntimeError), run.recording():
+        raise RuntimeError("a crash on rank 1")
+    after = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert after == before
+
+
+def test_a_phase_recorded_as_finished_is_read_again_not_trained(tmp_path):
+    run = _new_run(tmp_path, {})
+    trained = _tiny_model()
+    run.results["phases"]["p"] = _recorded(trained).to_dict()
+    run.save_weights("p", trained, ["a", "b"], {"kind": "scale"})
+    fresh = _tiny_model()  # other random weights
+    assert not torch.equal(fresh.classifier.dense1.weight, trained.classifier.dense1.weight)
+
+    def never():
+        raise AssertionError("a finished phase must not train again")
+
+    images = torch.zeros(2, 8, 8, dtype=torch.uint8).numpy()
+    phase = Phase("p", fresh, torch.optim.SGD(fresh.parameters(), lr=0.1), never, 1, "constant", ["a", "b"], [],
+                  images.__getitem__, never)
+    runtime = Runtime(MAIN, resolve_precision("fp32"), make_console(quiet=True), lambda: False)
+    result, mistakes = train_phase(phase, run, runtime)
+    assert result.to_dict() == run.results["phases"]["p"]
+    for name, tensor in load_file(str(tmp_path / "run" / "weights" / "p.safetensors")).items():
+        assert torch.equal(fresh.state_dict()[name], tensor), name
+    assert mistakes.examples() == [{"index": 1, "true": 1, "predicted": 0}]
+
+
+def test_completion_deletes_the_checkpoint_and_says_complete(tmp_path):
+    run = _new_run(tmp_path, {})
+    (tmp_path / "run" / CHECKPOINT_FILE).write_bytes(b"state of the last epoch")
+    run.complete()
+    assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "complete"
+    assert (tmp_path / "run" / "report.html").is_file()
