@@ -1,11 +1,17 @@
 """Bad input, case by case: non-zero exit, one line naming the file or option and the fix, no traceback,
 nothing written outside the run folder."""
 
+import gzip
 import io
 import json
 import os
+import resource
+import subprocess
+import struct
+import sys
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +120,8 @@ CASES = [
      "y_test has labels from 12 to 12"),
     ("truncated npz", lambda t: ["mnist", "--data", str(truncated(npz(t), 3000))], "not a readable .npz file"),
     ("truncated zip", lambda t: [str(truncated(zip_of(t, GOOD), 300))], "not a readable zip archive"),
+    (".tar.gz that is no archive", lambda t: [str(written(t / "photos.tar.gz", b"plain text, not an archive"))],
+     "photos.tar.gz: not a readable tar archive (not a tar file, nor one compressed with gzip, bzip2 or xz)"),
     ("truncated tar", lambda t: [str(truncated(tar_of(t, GOOD), 1500))], "truncated"),
     ("empty data set", lambda t: (t / "empty").mkdir() or [str(t / "empty")], "no images found"),
     ("class folder with no images", lambda t: [str(without_images(image_folder(t / "set"), "cat"))],
@@ -284,3 +292,83 @@ def test_a_file_that_fails_to_decode_is_one_warning_line_on_every_run(tmp_path, 
             "Pillow can identify" in err and "UserWarning" not in err, err
         results = json.loads((tmp_path / run / "results.json").read_text())
         assert results["dataset"]["skipped"] == ["train/ant/bad.png: not an image Pillow can identify"]
+
+
+BOMB_MIB = 520  # just beyond transferkit's 512 MiB per member; 0.5 MB on disk
+
+
+def deflated_zeros(mib: int) -> tuple[bytes, int]:
+    """A raw deflate stream of `mib` MiB of zeros and its CRC-32, made without compressing them all: after a
+    full flush the compressor starts afresh, so every MiB compresses to the same bytes."""
+    zeros, crc = bytes(1 << 20), 0
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    for _ in range(mib):
+        crc = zlib.crc32(zeros, crc)
+    return block * mib + zlib.compressobj(9, zlib.DEFLATED, -15).flush(), crc
+
+
+def zip_bomb(root: Path) -> Path:
+    """GOOD's members and one that inflates to BOMB_MIB MiB, as zip writes them (local headers, central
+    directory), with the bomb's stream made by deflated_zeros."""
+    members = {}
+    for name, data in GOOD.items():
+        c = zlib.compressobj(9, zlib.DEFLATED, -15)
+        members[name] = (c.compress(data) + c.flush(), zlib.crc32(data), len(data))
+    members["train/bee/bomb.png"] = (*deflated_zeros(BOMB_MIB), BOMB_MIB << 20)
+    local, central = b"", b""
+    for name, (stream, crc, size) in members.items():
+        fields = struct.pack("<HHHHHIIIHH", 20, 0, 8, 0, 0x21, crc, len(stream), size, len(name), 0)
+        central += struct.pack("<IH", 0x02014B50, 20) + fields + struct.pack("<HHHII", 0, 0, 0, 0, len(local))
+        central += name.encode()
+        local += struct.pack("<I", 0x04034B50) + fields + name.encode() + stream
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(central), len(local), 0)
+    path = root / "bomb.zip"
+    path.write_bytes(local + central + end)
+    return path
+
+
+def tar_gz_bomb(root: Path) -> Path:
+    """A .tar.gz of GOOD's members and one of BOMB_MIB MiB of zeros, as three gzip members (gzip reads them as
+    one stream): the tar headers and small files, the zeros (by deflated_zeros), the end of the archive."""
+    head = b""
+    for name, data in GOOD.items():
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        head += info.tobuf() + data + bytes(-len(data) % 512)
+    info = tarfile.TarInfo("train/bee/bomb.png")
+    info.size = BOMB_MIB << 20
+    stream, crc = deflated_zeros(BOMB_MIB)
+    zeros = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff" + stream + struct.pack("<II", crc, (BOMB_MIB << 20) % 2**32)
+    path = root / "bomb.tar.gz"
+    path.write_bytes(gzip.compress(head + info.tobuf()) + zeros + gzip.compress(bytes(1024)))
+    return path
+
+
+def folder_with_a_huge_file(root: Path) -> Path:
+    """A folder data set with a sparse 520 MiB file named as an image (no disk space taken)."""
+    for name, data in GOOD.items():
+        written(root / "set" / name, data)
+    with open(root / "set" / "train" / "bee" / "bomb.png", "wb") as f:
+        f.truncate(BOMB_MIB << 20)
+    return root / "set"
+
+
+def load_folder_limited(path: Path, memory: int = 1 << 30) -> subprocess.CompletedProcess:
+    """load_folder(path) in a process whose address space is capped: a regression fails, the machine stays up."""
+    code = ("import sys\nfrom transferkit.data import load_folder\nfrom transferkit import UserError\n"
+            "try:\n    load_folder(sys.argv[1])\nexcept UserError as e:\n    sys.exit(f'error: {e}')\n")
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=cap)
+
+
+@pytest.mark.parametrize("make", [zip_bomb, tar_gz_bomb, folder_with_a_huge_file], ids=["zip", "tar.gz", "folder"])
+def test_a_member_that_inflates_beyond_the_limit_is_refused_by_name(tmp_path, make):
+    done = load_folder_limited(make(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "bomb.png" in done.stderr and "holds 520 MiB, beyond the 512 MiB allowed for one image" in done.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .archive import read_bounded, read_regular_file, tar_error
 from .arrays import ArrayDataset
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -44,16 +45,17 @@ def load_cifar10_python(path: Path) -> ArrayDataset:
             if not f.is_file():
                 raise UserError(f"{folder}: {name} is missing; the CIFAR-10 python folder needs data_batch_1..5, "
                                 "test_batch and batches.meta")
-            batches[name] = _unpickle(f.read_bytes(), f)
+            batches[name] = _unpickle(read_regular_file(f), f)
     else:
         try:
             with tarfile.open(path) as tar:
                 for m in tar.getmembers():
                     name = m.name.rsplit("/", 1)[-1]
                     if m.isfile() and name in (*TRAIN_BATCHES, TEST_BATCH, "batches.meta"):
-                        batches[name] = _unpickle(tar.extractfile(m).read(), path)
+                        data = read_bounded(tar.extractfile(m), f"{path}: member {m.name!r}", m.size)
+                        batches[name] = _unpickle(data, path)
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise UserError(f"{path}: not a readable CIFAR-10 archive ({e}); re-download {ARCHIVE_NAME}") from None
+            raise UserError(f"{path}: not a readable CIFAR-10 archive ({tar_error(e)}); re-download {ARCHIVE_NAME}") from None
         missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in batches]
         if missing:
             raise UserError(f"{path}: missing {', '.join(missing)}; this is not the complete CIFAR-10 python archive")
