@@ -6,6 +6,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import struct
 import sys
@@ -276,7 +277,8 @@ def test_pickled_weights_are_refused(tmp_path):
 
     (tmp_path / "m.safetensors").write_bytes(pickle.dumps(Evil()))
     (tmp_path / "m.json").write_text('{"architecture": "seed_cnn", "model_config": {}, "in_channels": 1, '
-                                     '"image_size": [28, 28], "num_classes": 5}')
+                                     '"image_size": [28, 28], "num_classes": 2, "class_names": ["a", "b"], '
+                                     '"preprocessing": {"kind": "scale"}}')
     with pytest.raises(UserError, match="cannot load these weights"):
         load_model(tmp_path / "m.safetensors")
     assert not (tmp_path / "pwned").exists()
@@ -372,3 +374,89 @@ def test_a_member_that_inflates_beyond_the_limit_is_refused_by_name(tmp_path, ma
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "bomb.png" in done.stderr and "holds 520 MiB, beyond the 512 MiB allowed for one image" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mnist") / "run"
+    main(["run", "mnist", "--limit", "100", "--epochs", "1", "--no-scratch", "--quiet", "--out", str(out)])
+    return out
+
+
+def edited_json(path: Path, edit) -> None:
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+
+
+def backbone_run(root: Path, **preprocessing) -> Path:
+    """A run folder whose model description is a backbone's with these preprocessing values (and weights that
+    are never read: the description is refused first)."""
+    written(root / "weights" / "model.safetensors", b"never read")
+    spec = {"architecture": "backbone", "backbone": "resnet18", "head": {"units": 8, "dropout": 0.5},
+            "num_classes": 2, "class_names": ["a", "b"],
+            "preprocessing": {"kind": "normalize", "resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.2] * 3,
+                              **preprocessing}}
+    written(root / "weights" / "model.json", json.dumps(spec).encode())
+    written(root / "results.json", json.dumps({"model": "weights/model.safetensors", "config": {}, "phases": {}}).encode())
+    return root
+
+
+SPEC_CASES = [
+    ("filters 1e9", lambda s: s["model_config"].update(filters=10**9), "model_config.filters must be an integer from 1 to 65536"),
+    ("negative dense units", lambda s: s["model_config"].update(dense_units=-5), "model_config.dense_units must be an integer"),
+    ("filters that disagree with the tensors", lambda s: s["model_config"].update(filters=64),
+     "does not match transfer.json (tensor classifier.dense1.weight is of shape [128, 4608] in the weights, of shape "
+     "[128, 9216] in the description)"),
+    ("class names not a list", lambda s: s.update(class_names="56789"), "class_names must be a list of 5 strings"),
+    ("fewer class names than classes", lambda s: s.update(class_names=["5", "6"]), "class_names must be a list of 5 strings"),
+    ("num classes a string", lambda s: s.update(num_classes="5"), "num_classes must be an integer"),
+    ("image size beyond Pillow's limit", lambda s: s.update(image_size=[60000, 60000]), "image_size must be [height, width]"),
+    ("unknown architecture", lambda s: s.update(architecture="vit"), "architecture must be one of seed_cnn, backbone"),
+    ("description not an object", lambda s: (s.clear(), s.update({"": []})), "architecture is missing"),
+]
+
+
+@pytest.mark.parametrize("name, edit, fragment", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+def test_predict_checks_the_model_description_before_building(mnist_run, tmp_path, capsys, name, edit, fragment):
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    edited_json(run / "weights" / "transfer.json", edit)
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(run), str(tmp_path / "any.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("preprocessing, fragment", [
+    ({"resize": 0}, "preprocessing.resize must be an integer from 1 to 9459"),
+    ({"resize": 60000}, "preprocessing.resize must be an integer from 1 to 9459"),
+    ({"crop": 300}, "preprocessing.crop must be an integer from 1 to 256"),
+    ({"std": [0, 0, 0]}, "preprocessing.std must be a list of 3 numbers"),
+    ({"mean": "imagenet"}, "preprocessing.mean must be a list of 3 numbers"),
+], ids=["resize 0", "resize 60000", "crop beyond resize", "std 0", "mean a string"])
+def test_predict_checks_a_backbone_description(tmp_path, capsys, preprocessing, fragment):
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(backbone_run(tmp_path / "run", **preprocessing)), str(tmp_path / "any.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("model", [5, None, "../../elsewhere.safetensors"])
+def test_predict_checks_the_model_named_in_results_json(mnist_run, tmp_path, capsys, model):
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    edited_json(run / "results.json", lambda r: r.update(model=model))
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(run), str(tmp_path / "any.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and '"model" must name a file in the run folder' in err, err
+
+
+def test_predict_reports_a_fifo_on_its_row_without_blocking(mnist_run, tmp_path, capsys):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    digit = written(tmp_path / "digit.png", png(0, (28, 28), "L"))
+    main(["predict", str(mnist_run), str(fifo), str(digit), "--csv"])  # blocked forever before
+    out = capsys.readouterr().out
+    assert f"{fifo},,,,OSError: not a regular file (a FIFO)" in out and f"{digit},1," in out, out

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
 
+from ..data.archive import read_regular_file
 from ..data.folders import IMAGE_SUFFIXES, decode_image, unreadable_reason
 from ..data.preprocess import InputTransform, scale_images
 from ..errors import UserError
@@ -32,10 +33,11 @@ def model_file(run_dir: Path) -> Path:
     """The model a run folder offers for prediction (results.json names it)."""
     if not (run_dir / RESULTS_FILE).is_file():
         raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE}); give the folder of a run")
-    try:
-        return run_dir / read_results(run_dir).get("model", "weights/transfer.safetensors")
-    except (ValueError, AttributeError):
-        raise UserError(f"{run_dir / RESULTS_FILE}: damaged; the run's weights are in {run_dir / 'weights'}") from None
+    model = read_results(run_dir).get("model", "weights/transfer.safetensors")
+    if not isinstance(model, str) or PurePosixPath(model).is_absolute() or ".." in PurePosixPath(model).parts:
+        raise UserError(f"{run_dir / RESULTS_FILE}: \"model\" must name a file in the run folder, such as "
+                        f"weights/model.safetensors, got {model!r:.60}; the run's weights are in {run_dir / 'weights'}")
+    return run_dir / model
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:
@@ -75,7 +77,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
 
     for path in image_files(inputs):
         try:
-            pending.append((str(path), decode_image(path.read_bytes(), size, channels, cover)))
+            pending.append((str(path), decode_image(read_regular_file(path), size, channels, cover)))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
             flush()
             out.append(Prediction(str(path), [], f"{type(e).__name__}: {unreadable_reason(e)}"))
