@@ -21,6 +21,7 @@ from conftest import make_arrays
 from PIL import Image
 
 from transferkit.cli import main
+from transferkit.errors import UserError
 
 
 def png(color=(10, 200, 30), size=(8, 8), mode="RGB") -> bytes:
@@ -460,3 +461,37 @@ def test_predict_reports_a_fifo_on_its_row_without_blocking(mnist_run, tmp_path,
     main(["predict", str(mnist_run), str(fifo), str(digit), "--csv"])  # blocked forever before
     out = capsys.readouterr().out
     assert f"{fifo},,,,OSError: not a regular file (a FIFO)" in out and f"{digit},1," in out, out
+
+
+def test_a_diverging_loss_fails_the_run_with_one_line_and_strict_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as e:
+        main(["run", "mnist", "--limit", "100", "--epochs", "1", "--lr", "1e30", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "loss after epoch 1 became nan: training diverged at learning rate 1e+30; try a smaller --lr" in err, err
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed" and status["phase"] == "source" and "diverged" in status["error"]
+
+
+def test_results_json_is_strict_json(tmp_path):
+    from transferkit.reporting import write_results
+
+    write_results(tmp_path, {"phases": {"a": {"test_loss": float("inf"), "history": [
+        {"epoch": 1, "loss": float("nan"), "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5, "seconds": 1.0}]}}})
+    text = (tmp_path / "results.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert json.loads(text)["phases"]["a"]["test_loss"] is None
+
+
+def test_a_training_loss_that_becomes_nan_stops_fit_at_that_step():
+    import torch
+
+    from transferkit.training import TensorBatches, fit
+
+    model = torch.nn.Linear(4, 2)
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    x[40] = float("nan")  # the batch holding it gives a nan loss
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(UserError, match=r"phase source: the training loss in epoch 1, step \d became nan: training diverged at learning rate 0\.1; try a smaller --lr"):
+        fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, epochs=2, phase="source")

@@ -39,7 +39,9 @@ def _output_options(command):
 def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
     """What --json and --quiet print once the run is over (without them, the experiment printed everything)."""
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        from .reporting.results import strict_json
+
+        click.echo(strict_json(results))
     elif quiet:
         from rich.console import Console
 
