@@ -495,3 +495,19 @@ def test_a_training_loss_that_becomes_nan_stops_fit_at_that_step():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UserError, match=r"phase source: the training loss in epoch 1, step \d became nan: training diverged at learning rate 0\.1; try a smaller --lr"):
         fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, epochs=2, phase="source")
+
+
+def test_class_names_are_data_whatever_their_characters(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    root = image_folder(tmp_path / "set", classes=("$x^$", "ant", "bee", "cow"), per_class=4)
+    raw = os.fsencode(root / "train") + b"/d\xffg"  # a class folder whose name is not UTF-8
+    for split in ("train", "val"):
+        os.makedirs(raw.replace(b"/train/", f"/{split}/".encode()))
+        for i in range(4):
+            with open(raw.replace(b"/train/", f"/{split}/".encode()) + f"/{i}.png".encode(), "wb") as f:
+                f.write(png((i * 50, 0, 0)))
+    main(["run", str(root), "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])  # crashed in setup before
+    results = json.loads((tmp_path / "run" / "results.json").read_text(encoding="utf-8"))
+    assert results["phases"]["source"]["classes"] == ["$x^$", "ant"]
+    assert results["phases"]["transfer"]["classes"] == ["bee", "cow", "d\\xffg"]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "complete"
