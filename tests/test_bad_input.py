@@ -511,3 +511,28 @@ def test_class_names_are_data_whatever_their_characters(tmp_path, monkeypatch):
     assert results["phases"]["source"]["classes"] == ["$x^$", "ant"]
     assert results["phases"]["transfer"]["classes"] == ["bee", "cow", "d\\xffg"]
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "complete"
+
+
+def test_a_cifar_batch_with_a_key_that_is_not_utf8_is_read(tmp_path):
+    import pickle
+
+    from transferkit.data.cifar import _unpickle
+
+    batch = _unpickle(pickle.dumps({b"\xff\xfe": b"x", b"labels": [1]}), tmp_path / "data_batch_1")
+    assert batch["labels"] == [1] and "\\xff\\xfe" in batch  # crashed with UnicodeDecodeError before
+
+
+def test_exif_orientation_is_applied_and_other_images_keep_their_pixels():
+    from transferkit.data.folders import decode_image
+
+    img = Image.new("RGB", (8, 4), (200, 10, 10))
+    img.putpixel((0, 0), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", exif=exif)
+    turned = decode_image(buf.getvalue(), None, 3)
+    assert turned.shape == (8, 4, 3) and tuple(turned[0, -1]) == (0, 0, 255)
+    plain = io.BytesIO()
+    img.save(plain, format="PNG")
+    assert np.array_equal(decode_image(plain.getvalue(), None, 3), np.asarray(img))

@@ -61,7 +61,7 @@ def load_cifar10_python(path: Path) -> ArrayDataset:
             raise UserError(f"{path}: missing {', '.join(missing)}; this is not the complete CIFAR-10 python archive")
     names = CLASS_NAMES
     if "batches.meta" in batches:
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in batches["batches.meta"]["label_names"])
+        names = tuple(str(_text(n)) for n in batches["batches.meta"]["label_names"])
     x_train, y_train = _stack([batches[n] for n in TRAIN_BATCHES], path)
     x_test, y_test = _stack([batches[TEST_BATCH]], path)
     return ArrayDataset("cifar10", x_train, y_train, x_test, y_test, names, str(path))
@@ -86,7 +86,11 @@ def _unpickle(data: bytes, where: Path) -> dict:
         raise UserError(f"{where}: a CIFAR-10 batch cannot be read ({e}); re-download {ARCHIVE_NAME}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{where}: a CIFAR-10 batch is not a dict; re-download {ARCHIVE_NAME}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return {_text(k): v for k, v in obj.items()}  # a key that is not UTF-8 is kept, escaped, and never used
+
+
+def _text(value: object) -> object:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def _stack(batches: list[dict], where: Path) -> tuple[np.ndarray, np.ndarray]:

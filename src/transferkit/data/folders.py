@@ -138,6 +138,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None, channels: int, cover
     """
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)
+        img = ImageOps.exif_transpose(img)  # a phone's photo stands as it was taken; others: the same pixels
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(img, dtype=np.float64)
             scale = 257.0 if arr.max() > 255 else 1.0  # 16-bit to 8-bit
