@@ -536,3 +536,14 @@ def test_exif_orientation_is_applied_and_other_images_keep_their_pixels():
     plain = io.BytesIO()
     img.save(plain, format="PNG")
     assert np.array_equal(decode_image(plain.getvalue(), None, 3), np.asarray(img))
+
+
+@pytest.mark.parametrize("text", ["{not json", "[]", "5"])
+def test_predict_on_a_damaged_results_json_is_one_line(mnist_run, tmp_path, capsys, text):
+    run = tmp_path / "run"
+    shutil.copytree(mnist_run, run)
+    (run / "results.json").write_text(text)
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(run), str(tmp_path / "any.png")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "results.json: " in err and len(err.strip().splitlines()) == 1, err

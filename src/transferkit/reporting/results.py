@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..errors import UserError, first_line
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 
@@ -105,4 +106,12 @@ def write_results(run_dir: Path, results: dict) -> None:
 
 
 def read_results(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
+    """results.json of a run folder as a dict, or one UserError naming the file and what is wrong."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{path}: cannot be read ({first_line(e)[:120]}); the run folder is damaged") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: must hold a JSON object, got {type(results).__name__}; the run folder is damaged")
+    return results
