@@ -39,7 +39,9 @@ def _output_options(command):
 def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
     """What --json and --quiet print once the run is over (without them, the experiment printed everything)."""
     if as_json:
-        click.echo(json.dumps(results, indent=2))
+        from .reporting.results import strict_json
+
+        click.echo(strict_json(results))
     elif quiet:
         from .reporting.console import comparison_table, make_console
 
@@ -287,7 +289,6 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
       transferkit predict runs/my-finetune photos/new/ --top-k 1 --csv
     """
     import csv
-    import json
 
     from rich.table import Table
     from rich.text import Text

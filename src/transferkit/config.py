@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
 
@@ -35,6 +36,42 @@ PRESETS: dict[str, dict[str, object]] = {
 # as the head stops ending on a noisy step of a constant rate.
 BACKBONE_PRESET: dict[str, object] = {"optimizer": "adam", "batch_size": 32, "lr_schedule": "cosine"}
 
+# The largest --seed: numpy's and most tools' seed range (32 bits). Each phase seeds torch with
+# seed * 1000 + phase, which must stay inside torch.manual_seed's 64-bit range; 2**32 - 1 keeps it far inside.
+MAX_SEED = 2**32 - 1
+# The largest --image-size (square side): 2048 px is 12.6 MB per decoded RGB image, well above the inputs of
+# ImageNet backbones (224 to 600) and of the seed network (28 to 32); 100000 would ask 30 GB per image.
+MAX_IMAGE_SIZE = 2048
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a config field: batch_size -> --batch-size."""
+    return "--" + field_name.replace("_", "-")
+
+
+def check_seed(seed: int, option: str = "--seed") -> None:
+    """0 <= seed <= MAX_SEED, so that every seed derived from it is one torch accepts."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{option} must be between 0 and {MAX_SEED} (2**32 - 1), got {seed}")
+
+
+def check_image_size(size: int | None, minimum: int = MIN_IMAGE_SIZE, option: str = "--image-size") -> None:
+    """None (the default), or a square side from `minimum` to MAX_IMAGE_SIZE pixels."""
+    if size is not None and not minimum <= size <= MAX_IMAGE_SIZE:
+        raise UserError(f"{option} must be between {minimum} and {MAX_IMAGE_SIZE}, got {size}")
+
+
+def check_finite(option: str, value: float | None) -> None:
+    """A float option must be a number: nan and inf are refused (inf as --lr diverges at the first step)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{option} must be a finite number, got {value}")
+
+
+def check_floats_finite(config: object) -> None:
+    """check_finite on every float field of a config dataclass, named as its option."""
+    for f in fields(config):
+        check_finite(option_name(f.name), getattr(config, f.name))
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -48,12 +85,13 @@ class ModelConfig:
     classifier_dropout: float = 0.5
 
     def __post_init__(self) -> None:
+        check_floats_finite(self)
         for name in ("filters", "kernel_size", "pool_size", "dense_units"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UserError(f"{option_name(name)} must be at least 1, got {getattr(self, name)}")
         for name in ("feature_dropout", "classifier_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise UserError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(self, name)}")
+                raise UserError(f"{option_name(name)} must be in [0, 1), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -71,6 +109,7 @@ class TrainConfig:
     eval_batch_size: int = EVAL_BATCH_SIZE
 
     def __post_init__(self) -> None:
+        check_floats_finite(self)
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -83,8 +122,7 @@ class TrainConfig:
             raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UserError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be 0 or more, got {self.seed}")
+        check_seed(self.seed)
 
     @property
     def learning_rate(self) -> float:
@@ -114,6 +152,7 @@ class SplitConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        check_floats_finite(self)
         if self.head not in HEADS:
             raise UserError(f"--head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.limit is not None and self.limit < 1:
@@ -135,11 +174,6 @@ class SplitConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_image_size(size: int | None) -> None:
-    if size is not None and size < MIN_IMAGE_SIZE:
-        raise UserError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {size}")
 
 
 @dataclass(frozen=True)
@@ -186,6 +220,7 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         from .models import BACKBONES  # models import this module
 
+        check_floats_finite(self)
         if self.backbone not in BACKBONES:
             raise UserError(f"--backbone {self.backbone}: unknown; choose one of {', '.join(BACKBONES)}")
         self.train  # noqa: B018 - TrainConfig checks epochs, batch size, lr, schedule, seed, precision

@@ -6,11 +6,56 @@ import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+# The most one file or archive member may hold: 512 MiB is well above any real image (an uncompressed 8-bit
+# RGBA image at Pillow's pixel limit, 89.5 Mpixels, is 358 MB; photos are a few MB), and bounds what a
+# member that inflates without end (a zip bomb) can take.
+MAX_FILE_BYTES = 512 << 20
+_CHUNK = 1 << 20
+
+
+def check_size(what: str, size: int) -> None:
+    """Refuse a file or member (`what` names it) whose declared size is beyond MAX_FILE_BYTES, before reading."""
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{what} holds {size / 2**20:,.0f} MiB, beyond the {MAX_FILE_BYTES >> 20} MiB "
+                        "allowed for one image (a decompression bomb?); remove it")
+
+
+def read_bounded(f, what: str, declared: int) -> bytes:
+    """Read an open file or member (`what` names it) of `declared` size in chunks, stopping as soon as it
+    holds more."""
+    check_size(what, declared)
+    chunks, total = [], 0
+    while chunk := f.read(min(_CHUNK, declared + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > declared:
+            raise UserError(f"{what} inflates beyond its declared {declared:,} bytes; the archive is "
+                            "corrupt or hostile, remove it")
+    return b"".join(chunks)
+
+
+def read_regular_file(path: Path) -> bytes:
+    """A regular file's bytes, within MAX_FILE_BYTES; a FIFO, device or socket is refused without blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO without O_NONBLOCK waits for a writer
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"not a regular file ({_file_kind(st.st_mode)}); give image files")
+        return read_bounded(f, str(path), st.st_size)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return kind
+    return "not a plain file"
 
 
 class FileTree:
@@ -103,7 +148,7 @@ class DirectoryTree(FileTree):
         return {n: st.st_size for n, st in self._files.items()}
 
     def read(self, name: str) -> bytes:
-        return (self.path / name).read_bytes()
+        return read_regular_file(self.path / name)
 
     def stamp(self) -> str:
         return "\n".join(f"{n}\t{st.st_size}\t{st.st_mtime_ns}" for n, st in sorted(self._files.items()))
@@ -161,11 +206,20 @@ class ZipTree(_ArchiveTree):
         return {n: i.file_size for n, i in self._members.items()}
 
     def read(self, name: str) -> bytes:
+        info = self._members[name]
         try:
-            return self.handle().read(self._members[name])
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+            with self.handle().open(info) as f:
+                return read_bounded(f, f"{self.path}: member {name!r}", info.file_size)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
             raise UserError(f"{self.path}: member {name!r} cannot be read ({e}); the archive is truncated or corrupt") from None
 
+
+
+def tar_error(e: BaseException) -> str:
+    """tarfile's reason in one line: for a file no method opens it lists every method tried, line by line."""
+    if isinstance(e, tarfile.ReadError) and "could not be opened successfully" in str(e):
+        return "not a tar file, nor one compressed with gzip, bzip2 or xz"
+    return first_line(e)
 
 
 class TarTree(_ArchiveTree):
@@ -174,7 +228,7 @@ class TarTree(_ArchiveTree):
         try:
             infos = self.handle().getmembers()
         except (tarfile.TarError, EOFError, OSError) as e:
-            raise UserError(f"{path}: not a readable tar archive ({e}); re-create or re-download it") from None
+            raise UserError(f"{path}: not a readable tar archive ({tar_error(e)}); re-create or re-download it") from None
         self._members: dict[str, tarfile.TarInfo] = {}
         self._folders: set[str] = set()
         for info in infos:
@@ -202,9 +256,10 @@ class TarTree(_ArchiveTree):
         return {n: i.size for n, i in self._members.items()}
 
     def read(self, name: str) -> bytes:
+        info = self._members[name]
         try:
-            f = self.handle().extractfile(self._members[name])
-            data = f.read() if f is not None else b""
+            f = self.handle().extractfile(info)
+            data = read_bounded(f, f"{self.path}: member {name!r}", info.size) if f is not None else b""
         except (tarfile.TarError, EOFError, OSError) as e:
             raise UserError(f"{self.path}: member {name!r} cannot be read ({e}); the archive is truncated or corrupt") from None
         if len(data) != self._members[name].size:

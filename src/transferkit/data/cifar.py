@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .archive import read_bounded, read_regular_file, tar_error
 from .arrays import ArrayDataset
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
@@ -44,22 +45,23 @@ def load_cifar10_python(path: Path) -> ArrayDataset:
             if not f.is_file():
                 raise UserError(f"{folder}: {name} is missing; the CIFAR-10 python folder needs data_batch_1..5, "
                                 "test_batch and batches.meta")
-            batches[name] = _unpickle(f.read_bytes(), f)
+            batches[name] = _unpickle(read_regular_file(f), f)
     else:
         try:
             with tarfile.open(path) as tar:
                 for m in tar.getmembers():
                     name = m.name.rsplit("/", 1)[-1]
                     if m.isfile() and name in (*TRAIN_BATCHES, TEST_BATCH, "batches.meta"):
-                        batches[name] = _unpickle(tar.extractfile(m).read(), path)
+                        data = read_bounded(tar.extractfile(m), f"{path}: member {m.name!r}", m.size)
+                        batches[name] = _unpickle(data, path)
         except (tarfile.TarError, OSError, EOFError) as e:
-            raise UserError(f"{path}: not a readable CIFAR-10 archive ({e}); re-download {ARCHIVE_NAME}") from None
+            raise UserError(f"{path}: not a readable CIFAR-10 archive ({tar_error(e)}); re-download {ARCHIVE_NAME}") from None
         missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in batches]
         if missing:
             raise UserError(f"{path}: missing {', '.join(missing)}; this is not the complete CIFAR-10 python archive")
     names = CLASS_NAMES
     if "batches.meta" in batches:
-        names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in batches["batches.meta"]["label_names"])
+        names = tuple(str(_text(n)) for n in batches["batches.meta"]["label_names"])
     x_train, y_train = _stack([batches[n] for n in TRAIN_BATCHES], path)
     x_test, y_test = _stack([batches[TEST_BATCH]], path)
     return ArrayDataset("cifar10", x_train, y_train, x_test, y_test, names, str(path))
@@ -84,7 +86,11 @@ def _unpickle(data: bytes, where: Path) -> dict:
         raise UserError(f"{where}: a CIFAR-10 batch cannot be read ({e}); re-download {ARCHIVE_NAME}") from None
     if not isinstance(obj, dict):
         raise UserError(f"{where}: a CIFAR-10 batch is not a dict; re-download {ARCHIVE_NAME}")
-    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+    return {_text(k): v for k, v in obj.items()}  # a key that is not UTF-8 is kept, escaped, and never used
+
+
+def _text(value: object) -> object:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else value
 
 
 def _stack(batches: list[dict], where: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -66,9 +66,9 @@ def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0) -> Fol
         if split_layout:
             if len(parts) != 3 or parts[0] not in SPLIT_NAMES:
                 continue  # not <split>/<class>/<file>
-            by_split.setdefault(parts[0], {}).setdefault(parts[1], []).append(full)
+            by_split.setdefault(parts[0], {}).setdefault(printable(parts[1]), []).append(full)
         elif len(parts) == 2:
-            by_split.setdefault("train", {}).setdefault(parts[0], []).append(full)
+            by_split.setdefault("train", {}).setdefault(printable(parts[0]), []).append(full)
     where = f"{tree.path}{'/' + root if root else ''}"
     if "train" not in by_split and prefix and files_here:
         raise UserError(f"{tree.path}: only one class ({prefix[-1]}); classification needs at least two class folders")
@@ -77,9 +77,9 @@ def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0) -> Fol
     classes = sorted(by_split["train"])
     depth = len(prefix) + (2 if split_layout else 1)
     train_root = prefix + (("train",) if split_layout else ())
-    empty = sorted(PurePosixPath(f).name for f in tree.folders()
+    empty = sorted(printable(PurePosixPath(f).name) for f in tree.folders()
                    if len(PurePosixPath(f).parts) == depth and PurePosixPath(f).parts[:-1] == train_root
-                   and PurePosixPath(f).name not in classes)
+                   and printable(PurePosixPath(f).name) not in classes)
     if empty:
         raise UserError(f"{where}: class folder(s) {', '.join(empty)} hold no images; add images or remove them")
     _check_case_clash(where, classes)
@@ -96,6 +96,14 @@ def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0) -> Fol
         members["train"], members["val"] = stratified_split(members["train"], val_fraction, seed, where)
         split_from_train = True
     return FolderLayout(tuple(classes), members, split_from_train)
+
+
+def printable(name: str) -> str:
+    """A file or folder name as text any output can hold: bytes that are not UTF-8 (read as surrogates) and
+    control characters written as escapes (\\xff, \\n). Class names are made so: they go into results.json,
+    figures, the console and HTML."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _check_case_clash(where: str, classes: list[str]) -> None:
@@ -130,6 +138,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None, channels: int, cover
     """
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)
+        img = ImageOps.exif_transpose(img)  # a phone's photo stands as it was taken; others: the same pixels
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(img, dtype=np.float64)
             scale = 257.0 if arr.max() > 255 else 1.0  # 16-bit to 8-bit

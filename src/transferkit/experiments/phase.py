@@ -78,7 +78,8 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
 
     history = fit(runtime.ranks.wrap(inputs.trained), phase.optimizer, inputs.batches, inputs.val_x, inputs.val_y,
                   phase.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name),
-                  state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule)
+                  state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule,
+                  phase=phase.name)
     seconds = before + time.perf_counter() - start
     # On what validation ran on (cached features where there are, this rank's share of the images), so no
     # second pass through a backbone; the confusion matrix is summed over the ranks.

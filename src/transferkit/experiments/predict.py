@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.archive import read_regular_file
 from ..data.folders import IMAGE_SUFFIXES, decode_image, unreadable_reason
 from ..data.preprocess import InputTransform, scale_images
 from ..errors import UserError
@@ -65,7 +66,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
 
     for path in image_files(inputs):
         try:
-            pending.append((str(path), decode_image(path.read_bytes(), size, channels, cover)))
+            pending.append((str(path), decode_image(read_regular_file(path), size, channels, cover)))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
             flush()
             out.append(Prediction(str(path), [], f"{type(e).__name__}: {unreadable_reason(e)}"))

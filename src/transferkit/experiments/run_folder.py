@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from matplotlib.figure import Figure
 from safetensors.torch import load_file
@@ -154,10 +154,11 @@ def model_file(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / RESULTS_FILE).is_file():
         raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE}); give the folder of a run")
-    try:
-        return run_dir / read_results(run_dir).get("model", weights_entry("transfer"))
-    except (ValueError, AttributeError):
-        raise UserError(f"{run_dir / RESULTS_FILE}: damaged; the run's weights are in {run_dir / WEIGHTS_DIR}") from None
+    model = read_results(run_dir).get("model", weights_entry("transfer"))
+    if not isinstance(model, str) or PurePosixPath(model).is_absolute() or ".." in PurePosixPath(model).parts:
+        raise UserError(f"{run_dir / RESULTS_FILE}: \"model\" must name a file in the run folder, such as "
+                        f"{weights_entry('model')}, got {model!r:.60}; the run's weights are in {run_dir / WEIGHTS_DIR}")
+    return run_dir / model
 
 
 def backbone_source(run_dir: Path, option: str) -> Path:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..atomic import write_atomic
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..models import BackboneClassifier, SeedCNN
 from ..models.backbones import SPEC_KEY
+from ..models.spec import check_shapes, check_spec
 from .results import write_text_atomic
 
 ARCHITECTURES = {"seed_cnn": SeedCNN, "backbone": BackboneClassifier}
@@ -38,14 +40,26 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
             raise UserError(f"{f}: not found; point at a <phase>.safetensors in a run's weights/ folder")
     try:
         spec = json.loads(spec_file.read_text(encoding="utf-8"))
-        model = ARCHITECTURES[spec["architecture"]].from_spec(spec)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UserError(f"{spec_file}: not a transferkit model description ({type(e).__name__}: {e})") from None
+    except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
+        raise UserError(f"{spec_file}: not a transferkit model description ({type(e).__name__}: "
+                        f"{first_line(e)[:120]})") from None
+    check_spec(spec, spec_file)
+    build = partial(ARCHITECTURES[spec["architecture"]].from_spec, spec)
+    check_shapes(build, _tensor_shapes(weights, spec["architecture"]), spec_file, weights)
+    model = build()  # now known to be the size of the weights file
     try:
-        state = load_file(str(weights))
-        model.load_state_dict(state)
+        model.load_state_dict(load_file(str(weights)))
     except (SafetensorError, RuntimeError, OSError) as e:
-        raise UserError(f"{weights}: cannot load these weights into {spec['architecture']} ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{weights}: cannot load these weights into {spec['architecture']} ({first_line(e)})") from None
     model.eval()
     return model, spec
+
+
+def _tensor_shapes(weights: Path, architecture: str) -> dict[str, tuple[int, ...]]:
+    """The shape of each tensor in a safetensors file, from its header (no tensor is read)."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, RuntimeError, OSError) as e:
+        raise UserError(f"{weights}: cannot load these weights into {architecture} ({first_line(e)})") from None
 

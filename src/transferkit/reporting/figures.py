@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # Figure objects, not pyplot: no global state, no display needed
+from matplotlib.text import Text
 
 from ..atomic import write_atomic
 
@@ -137,7 +138,16 @@ def _show(ax, img: np.ndarray) -> None:
     ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=255)
 
 
+def plain_text(fig: Figure) -> Figure:
+    """Every text of `fig` drawn as written: class names and folder names are data, and matplotlib would read
+    a name such as `$x^$` as mathtext (and fail on it). Called before each layout and save."""
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
+    return fig
+
+
 def _savefig(fig: Figure, path: Path) -> None:
+    plain_text(fig)
     with warnings.catch_warnings():
         # Class names in scripts the default font lacks (CJK, ...) draw as boxes; a warning per glyph is noise.
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
@@ -145,6 +155,7 @@ def _savefig(fig: Figure, path: Path) -> None:
 
 
 def _tight(fig: Figure) -> None:
+    plain_text(fig)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
         fig.tight_layout()

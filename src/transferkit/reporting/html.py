@@ -17,6 +17,7 @@ import jinja2
 from matplotlib.figure import Figure
 
 from ..atomic import write_atomic
+from .figures import plain_text
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ def figure_image(fig: Figure, alt: str) -> Image:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
-        fig.savefig(buf, format="svg")
+        plain_text(fig).savefig(buf, format="svg")
     return Image("data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), alt)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..errors import UserError, first_line
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 
@@ -97,9 +99,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
+def strict_json(data: object) -> str:
+    """JSON that strict parsers accept: a float that is nan or inf (not JSON) is written as null."""
+    return json.dumps(_finite(data), indent=2, allow_nan=False)
+
+
+def _finite(data: object) -> object:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite(v) for v in data]
+    return data
+
+
 def write_results(run_dir: Path, results: dict) -> None:
     """results.json and history.csv (one row per phase and epoch)."""
-    write_text_atomic(run_dir / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(run_dir / RESULTS_FILE, strict_json(results) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
@@ -111,4 +128,12 @@ def write_results(run_dir: Path, results: dict) -> None:
 
 
 def read_results(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / RESULTS_FILE).read_text(encoding="utf-8"))
+    """results.json of a run folder as a dict, or one UserError naming the file and what is wrong."""
+    path = Path(run_dir) / RESULTS_FILE
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise UserError(f"{path}: cannot be read ({first_line(e)[:120]}); the run folder is damaged") from None
+    if not isinstance(results, dict):
+        raise UserError(f"{path}: must hold a JSON object, got {type(results).__name__}; the run folder is damaged")
+    return results

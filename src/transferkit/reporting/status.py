@@ -9,14 +9,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import Interrupted
-from .results import write_text_atomic
+from .results import strict_json, write_text_atomic
 
 STATUS_FILE = "status.json"
 
 
 def write_status(run_dir: Path, status: str, **details: object) -> None:
     record = {"status": status, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), **details}
-    write_text_atomic(run_dir / STATUS_FILE, json.dumps(record, indent=2) + "\n")
+    write_text_atomic(run_dir / STATUS_FILE, strict_json(record) + "\n")
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -42,5 +42,14 @@ def recording_status(run_dir: Path | None) -> Iterator[None]:
         raise
     except BaseException as e:
         if run_dir is not None:
-            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+            write_status(run_dir, "failed", **_phase_of(run_dir), error=f"{type(e).__name__}: {e}")
         raise
+
+
+def _phase_of(run_dir: Path) -> dict:
+    """The phase the run was in when it stopped, as status.json said ({} when it did not)."""
+    try:
+        phase = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8")).get("phase")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"phase": phase} if isinstance(phase, str) else {}

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ..errors import Interrupted
+from ..errors import Interrupted, UserError
 from .batches import ShuffledBatches, batches_of
 from .distributed import sum_over_ranks, unwrap
 from .freezing import train_mode
@@ -118,7 +118,9 @@ def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch
             scaler.step(optimizer)
             scaler.update()
         with torch.no_grad():
-            state.loss_sum += loss.item() * len(y)
+            value = loss.item()
+            check_finite_loss(value, f"training loss in epoch {state.epoch}, step {batches.position}", optimizer)
+            state.loss_sum += value * len(y)
             state.correct += int((logits.argmax(1) == y).sum())
         state.seen += len(y)
         state.steps += 1
@@ -128,6 +130,18 @@ def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch
             break
     loss_sum, correct, seen = sum_over_ranks([state.loss_sum, state.correct, state.seen])
     return loss_sum / max(seen, 1), correct / max(seen, 1)
+
+
+def check_finite_loss(value: float, what: str, optimizer: torch.optim.Optimizer) -> None:
+    """A loss of nan or inf means training diverged: every later step would be wasted, the results meaningless."""
+    if not math.isfinite(value):
+        rate = optimizer.param_groups[0].get("initial_lr", optimizer.param_groups[0]["lr"])
+        raise Diverged(f"the {what} became {value}: training diverged at learning rate {rate:g}; "
+                       "try a smaller --lr")
+
+
+class Diverged(UserError):
+    """A loss became nan or inf; the message says where and suggests a smaller --lr."""
 
 
 def inference_copy(model: nn.Module) -> nn.Module:
@@ -169,15 +183,26 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
         val_x: torch.Tensor | Iterable, val_y: torch.Tensor | None, epochs: int, eval_batch_size: int = 128,
         autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
         state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
-        should_stop: Callable[[], bool] | None = None, lr_schedule: str = "constant") -> list[EpochRecord]:
+        should_stop: Callable[[], bool] | None = None, lr_schedule: str = "constant",
+        phase: str | None = None) -> list[EpochRecord]:
     """Train until `epochs`, validating after each; one EpochRecord per epoch.
 
     `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them.
     `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
     `should_stop()` turns true between steps, after which fit raises Interrupted. `model` may be wrapped in
     DistributedDataParallel; validation runs on the module inside. `lr_schedule`: constant, or cosine (the
-    rate falls from the optimizer's to 0 over the fit's steps).
+    rate falls from the optimizer's to 0 over the fit's steps). A loss that becomes nan or inf ends the fit with
+    Diverged (a UserError naming `phase`, the epoch and the step).
     """
+    try:
+        return _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress,
+                    state, on_checkpoint, should_stop, lr_schedule)
+    except Diverged as e:
+        raise Diverged(f"phase {phase}: {e}" if phase else str(e)) from None
+
+
+def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress, state,
+         on_checkpoint, should_stop, lr_schedule) -> list[EpochRecord]:
     progress = progress or SilentProgress()
     state = state if state is not None else FitState()
     # fp16 needs loss scaling; the scale travels in the checkpoints with the rest of the fit's state.
@@ -203,6 +228,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
             save(state)
             raise Interrupted(f"stopped in epoch {state.epoch} after {train.position} of {len(train)} steps")
         val_loss, val_acc = evaluate(unwrap(model), val_x, val_y, eval_batch_size, autocast_dtype, train.device)
+        check_finite_loss(val_loss, f"validation loss after epoch {state.epoch}", optimizer)
         record = EpochRecord(state.epoch, loss, acc, val_loss, val_acc,
                              state.epoch_seconds + time.perf_counter() - start)
         state.history.append(record)
