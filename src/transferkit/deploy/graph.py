@@ -28,12 +28,14 @@ class Deployable(nn.Module):
 
 
 def deployable(model: nn.Module, spec: dict) -> Deployable:
-    """Wrap a model loaded by `load_model` with the normalisation its spec records (none for the seed network)."""
+    """Wrap a model loaded by `load_model` with the normalisation its spec records (none for the seed network),
+    for inference only (no gradients: a deployment's outputs need no .detach())."""
     pre = spec["preprocessing"]
     if pre.get("kind") == "normalize":
-        return Deployable(model, tuple(pre["mean"]), tuple(pre["std"])).eval()
-    channels = spec["in_channels"]
-    return Deployable(model, (0.0,) * channels, (1.0,) * channels).eval()
+        mean, std = tuple(pre["mean"]), tuple(pre["std"])
+    else:
+        mean, std = (0.0,) * spec["in_channels"], (1.0,) * spec["in_channels"]
+    return Deployable(model, mean, std).eval().requires_grad_(False)
 
 
 def input_shape(spec: dict) -> tuple[int, int, int]:
@@ -50,11 +52,12 @@ def describe(spec: dict) -> dict:
     pre = spec["preprocessing"]
     h, w, c = input_shape(spec)
     if pre.get("kind") == "normalize":
-        resize = (f"scale the image, keeping its aspect ratio (bilinear), until it covers {pre['resize']} x "
-                  f"{pre['resize']} px, then crop the centre {h} x {w} px (torchvision's Resize + CenterCrop)")
+        resize = (f"scale it, keeping the aspect ratio, to cover {pre['resize']} x {pre['resize']} px and crop the "
+                  f"centre (PIL: ImageOps.fit(image, ({pre['resize']}, {pre['resize']}), Image.BILINEAR)), then crop "
+                  f"the centre {w} x {h} px")
         inside = f"(pixel / 255 - mean) / std with mean {list(pre['mean'])} and std {list(pre['std'])}"
     else:
-        resize = f"resize the image to {w} x {h} px (bilinear, not keeping the aspect ratio)"
+        resize = f"resize it to {w} x {h} px, not keeping the aspect ratio (PIL: image.resize(({w}, {h}), Image.BILINEAR))"
         inside = "pixel / 255"
     mode = "RGB" if c == 3 else "L (grayscale)"
     return {
