@@ -7,9 +7,11 @@
 A finetune run is made first (EfficientNet-Lite0's ImageNet weights, a head trained for one epoch on 3 CIFAR-10
 classes of ../shared/data/cifar10-jpg.zip, 40 training images each), then exported to ONNX (checked against
 PyTorch, as every export is). The same image files are then predicted by the run folder (PyTorch eager) and
-by the .onnx file (ONNX Runtime, CPU), at batch 1 and 32, in this one process: `predict` whole (reading and
-decoding the files included) and the model alone (on the decoded images). Each figure is the best of
---repeat timings, the engines taking turns. Timings are noisy on shared machines: compare ratios within one run.
+by the .onnx file (ONNX Runtime, CPU), at batch 1 and 32, in this one process: `transferkit.predict` whole (loading
+the model, reading and decoding the files included) and the model alone (on the decoded images). Each figure
+is the best of --repeat timings, the engines taking turns. Both use the threads they take by default (PyTorch:
+one per core; ONNX Runtime: one per physical core). Timings are noisy on shared machines: compare ratios
+within one run.
 """
 
 from __future__ import annotations
