@@ -187,6 +187,13 @@ CASES = [
     ("finetune weights file missing", lambda t: ["finetune", str(image_folder(t / "set")), "--weights", "no.pt"],
      "--weights no.pt: no such file or folder; give imagenet, none, a weights file or a finetune run folder"),
     ("predict on a folder that is no run", lambda t: ["predict", str(t), "x.png"], "not a transferkit run folder"),
+    ("export a folder that is no run", lambda t: ["export", str(t)], "not a transferkit run folder"),
+    ("export an unfinished run",  # what a killed run leaves: results.json from its start, status running
+     lambda t: (written(t / "r" / "results.json", b'{"experiment": "finetune", "model": "weights/model.safetensors"}'),
+                written(t / "r" / "status.json", b'{"status": "running"}')) and ["export", str(t / "r")],
+     "the run is not finished (status.json says running); resume it with --resume, or export a complete run"),
+    ("export to an unknown format", lambda t: ["export", str(t), "--format", "tflite"],
+     "Invalid value for '--format': 'tflite' is not one of 'onnx', 'torchscript'"),
 ]
 
 
@@ -198,7 +205,7 @@ def test_bad_input(tmp_path, monkeypatch, capsys, name, setup, fragment):
     monkeypatch.chdir(work)
     args = setup(tmp_path)
     before = set(tmp_path.rglob("*"))
-    command = args if args[0] in ("finetune", "predict") else ["run", *args]
+    command = args if args[0] in ("finetune", "predict", "export") else ["run", *args]
     if command[0] == "run" and "--epochs" not in args:
         command += ["--limit", "50", "--epochs", "1"]
     with pytest.raises(SystemExit) as exit_info:

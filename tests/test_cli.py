@@ -80,7 +80,7 @@ def _cli(*args):
 
 
 def test_help_on_every_command():
-    for args in ([], ["run"], ["finetune"], ["predict"], ["report"], ["compare"]):
+    for args in ([], ["run"], ["finetune"], ["predict"], ["report"], ["compare"], ["export"]):
         done = _cli(*args, "--help")
         assert done.returncode == 0 and "Usage:" in done.stdout
 

@@ -11,9 +11,10 @@ from .errors import UserError  # noqa: E402
 # The library's verbs, imported on first use: torch takes seconds to load, and `transferkit --help` needs none
 # of it (PEP 562 module __getattr__; `from transferkit import run_split` works as usual).
 _LAZY = {"FinetuneResult": "experiments", "SplitResult": "experiments", "finetune": "experiments",
-         "predict": "experiments", "run_split": "experiments", "load_model": "reporting"}
+         "predict": "experiments", "run_split": "experiments", "load_model": "reporting",
+         "export": "deploy"}
 
-__all__ = ["FinetuneResult", "finetune", "predict", "SplitResult", "UserError", "__version__", "load_model", "run_split"]
+__all__ = ["FinetuneResult", "export", "finetune", "predict", "SplitResult", "UserError", "__version__", "load_model", "run_split"]
 
 
 def __getattr__(name: str):

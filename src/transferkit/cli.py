@@ -281,12 +281,14 @@ def _open(path: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list, one object per image).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, rank, class, probability, error.")
 def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: bool, as_csv: bool) -> None:
-    """Predict the classes of IMAGES (files or folders) with the model of RUN_DIR (from `run` or `finetune`).
+    """Predict the classes of IMAGES (files or folders) with the model of RUN_DIR (from `run` or `finetune`), or
+    with a .onnx file written by `transferkit export` (in ONNX Runtime).
 
     \b
     Examples:
       transferkit predict runs/20261123T101200Z-mnist digit.png
       transferkit predict runs/my-finetune photos/new/ --top-k 1 --csv
+      transferkit predict runs/my-finetune/export/model.onnx photos/new/
     """
     import csv
 
@@ -321,6 +323,34 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
         click.echo(f"{failed} of {len(predictions)} file(s) could not be read", err=True)
     if failed == len(predictions):
         raise click.exceptions.Exit(1)
+
+
+@cli.command("export")
+@click.argument("run_dir", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx", show_default=True,
+              help="onnx (ONNX Runtime and other runtimes; needs the export extra) or torchscript (torch.jit.load).")
+@click.option("--out", type=click.Path(), default=None,
+              help="The file to write.  [default: RUN_DIR/export/<model>.onnx or <model>.torchscript.pt]")
+@click.option("--force", is_flag=True, help="Replace --out (and its .json sidecar) when it exists.")
+@click.option("--check", "check", multiple=True, metavar="IMAGES",
+              help="Check on these image files or folders (repeatable) instead of the run's validation images.")
+def export_command(run_dir: str, fmt: str, out: str | None, force: bool, check: tuple[str, ...]) -> None:
+    """Export the model of RUN_DIR (a finished `run` or `finetune`) as a file that takes uint8 images (N, H, W, C)
+    and gives class probabilities, with the class names and preprocessing in its metadata and in a .json
+    sidecar. It is checked against PyTorch first (largest probability difference at most 1e-4, the same
+    top-1 class on every image); a failed check writes nothing.
+
+    \b
+    Examples:
+      transferkit export runs/my-finetune
+      transferkit export runs/my-finetune --format torchscript --out model.pt
+      transferkit export runs/20261123T101200Z-mnist --check digits/
+    """
+    from .deploy import export
+
+    result = export(run_dir, fmt, out=out, force=force, check=list(check) or None)
+    click.echo(f"checked on {result.check.summary()}")
+    click.echo(f"exported: {result.path} ({result.format}); description and check: {result.sidecar}")
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,31 +43,62 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+@dataclass(frozen=True)
+class Classifier:
+    """What predict needs of a model: its class names, how files are decoded for it, and the probabilities of a
+    batch of decoded images, uint8 (N, H, W[, C]) -> (N, classes)."""
+
+    class_names: list[str]
+    size: tuple[int, int]  # (width, height) files are decoded to
+    channels: int
+    cover: bool  # keep the aspect ratio and crop the centre (backbones), or stretch (the seed network)
+    probabilities: Callable[[np.ndarray], np.ndarray]
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return decode_image(data, self.size, self.channels, self.cover)
+
+
+def load_classifier(source: str | Path) -> Classifier:
+    """The model of a run folder (in PyTorch), or an exported .onnx file (in ONNX Runtime)."""
+    source = Path(source)
+    if source.suffix.lower() == ".onnx" and not source.is_dir():
+        from ..deploy.formats import onnx_classifier
+
+        return onnx_classifier(source)
+    model, spec = load_model(model_file(source))
+    pre = spec["preprocessing"]
+    size, channels, prepare = _preparation(spec, pre)
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return torch.softmax(model(prepare(images_to_tensor(batch, scale=False))).float(), dim=1).numpy()
+
+    # backbones were trained on aspect-kept, centre-cropped images
+    return Classifier(list(spec["class_names"]), size, channels, pre.get("kind") == "normalize", probabilities)
+
+
 def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
-    """Top-k classes with probabilities for each image; unreadable files get an error and the rest go on."""
+    """Top-k classes with probabilities for each image, with the model of a run folder or an exported .onnx
+    file; unreadable files get an error and the rest go on."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
-    model, spec = load_model(model_file(Path(run_dir)))
-    names, pre = spec["class_names"], spec["preprocessing"]
-    size, channels, prepare = _preparation(spec, pre)
-    cover = pre.get("kind") == "normalize"  # backbones were trained on aspect-kept, centre-cropped images
+    classifier = load_classifier(run_dir)
+    names = classifier.class_names
     out: list[Prediction] = []
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush() -> None:
         if not pending:
             return
-        x = images_to_tensor(np.stack([a for _, a in pending]), scale=False)
-        with torch.inference_mode():
-            probs = torch.softmax(model(prepare(x)).float(), dim=1)
-        values, indices = probs.topk(min(top_k, len(names)), dim=1)
-        for (path, _), v, i in zip(pending, values.tolist(), indices.tolist()):
-            out.append(Prediction(path, [(names[c], p) for c, p in zip(i, v)]))
+        probs = classifier.probabilities(np.stack([a for _, a in pending]))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(names))]
+        for (path, _), p, i in zip(pending, probs.tolist(), order.tolist()):
+            out.append(Prediction(path, [(names[c], p[c]) for c in i]))
         pending.clear()
 
     for path in image_files(inputs):
         try:
-            pending.append((str(path), decode_image(read_regular_file(path), size, channels, cover)))
+            pending.append((str(path), classifier.decode(read_regular_file(path))))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
             flush()
             out.append(Prediction(str(path), [], f"{type(e).__name__}: {unreadable_reason(e)}"))

@@ -1,0 +1,117 @@
+"""The check every export passes before it is written: the exported model against PyTorch, on the same images."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..data import load_dataset, split_by_class
+from ..data.archive import open_tree
+from ..data.folders import find_layout
+from ..data.splits import subsample
+from ..errors import UserError
+from ..experiments.predict import Classifier, image_files
+from .formats import Runner
+from .graph import graph_input
+
+TOLERANCE = 1e-4  # the largest difference of a probability allowed, in fp32
+CHECK_LIMIT = 256  # validation images checked at most (drawn with a fixed seed), to keep an export quick
+BATCH = 32
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """How the exported model compared with PyTorch."""
+
+    images: str  # where the images came from
+    checked: int
+    unreadable: int
+    max_probability_difference: float
+    same_top1: int
+    tolerance: float = TOLERANCE
+
+    @property
+    def passed(self) -> bool:
+        return self.checked > 0 and self.max_probability_difference <= self.tolerance and self.same_top1 == self.checked
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+    def summary(self) -> str:
+        return (f"{self.checked} image(s) from {self.images}: largest probability difference "
+                f"{self.max_probability_difference:.2e} (at most {self.tolerance:g}), same top-1 class on "
+                f"{self.same_top1} of {self.checked}")
+
+
+def run_images(run_dir: Path, results: dict, limit: int = CHECK_LIMIT) -> tuple[str, list[tuple[str, bytes]]]:
+    """The run's own validation images (at most `limit`), as (name, encoded bytes), and where they came from."""
+    config = results.get("config", {})
+    if results.get("experiment") == "finetune":
+        data = config.get("data")
+        if not data or not Path(data).exists():
+            raise UserError(f"{run_dir}: its validation images ({data}) are not there to check the export against; "
+                            "give images with --check IMAGES")
+        tree = open_tree(data)
+        try:
+            layout = find_layout(tree, config.get("val_fraction", 0.2), config.get("seed", 0))
+            members = layout.members.get("val") or layout.members.get("test") or []
+            keep = subsample(np.arange(len(members)), limit)
+            return (f"the validation set of {data}",
+                    [(members[i][0], tree.read(members[i][0])) for i in keep])
+        finally:
+            tree.close()
+    dataset, data = config.get("dataset"), config.get("data")
+    if (dataset not in ("mnist", "cifar10") and not Path(str(dataset)).exists()) or (data and not Path(data).exists()):
+        raise UserError(f"{run_dir}: its data set ({data or dataset}) is not there to check the export against; "
+                        "give images with --check IMAGES")
+    arrays = load_dataset(dataset, data, val_fraction=config.get("val_fraction") or 0.2, seed=config.get("seed") or 0,
+                          image_size=config.get("image_size"))
+    targets = [arrays.class_names.index(c) for c in config["target_classes"]]
+    x = split_by_class(arrays, targets).x_test
+    keep = subsample(np.arange(len(x)), limit)
+    return f"the test images of {', '.join(config['target_classes'])} in {data or dataset}", [
+        (f"test image {i}", _png(x[i])) for i in keep]
+
+
+def given_images(inputs: list[str | Path]) -> tuple[str, list[tuple[str, bytes]]]:
+    """Image files and folders named with --check."""
+    files = image_files(inputs)
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"--check {missing[0]}: no such file; give image files or folders that hold images")
+    if not files:
+        raise UserError(f"--check {' '.join(map(str, inputs))}: no images found; give image files or folders of them")
+    return "--check " + " ".join(map(str, inputs)), [(str(f), f.read_bytes()) for f in files]
+
+
+def compare(reference: Classifier, exported: Runner, images: list[tuple[str, bytes]], origin: str,
+            height: int, width: int, tolerance: float = TOLERANCE) -> CheckResult:
+    """Decode each image as predict does, run both models on it, and measure the largest difference."""
+    decoded, unreadable = [], 0
+    for _, data in images:
+        try:
+            decoded.append(reference.decode(data))
+        except Exception:  # noqa: BLE001 - an unreadable file is counted, as predict reports it
+            unreadable += 1
+    worst, same = 0.0, 0
+    for start in range(0, len(decoded), BATCH):
+        batch = np.stack(decoded[start:start + BATCH])
+        expected = reference.probabilities(batch)
+        got = exported(graph_input(batch, height, width))
+        if start == 0:  # one image alone as well: the batch size is free, and batch 1 is a deployment's usual
+            alone = exported(graph_input(batch[:1], height, width))
+            worst = float(np.abs(alone - expected[:1]).max())
+        worst = max(worst, float(np.abs(got - expected).max()))
+        same += int((got.argmax(1) == expected.argmax(1)).sum())
+    return CheckResult(origin, len(decoded), unreadable, worst, same, tolerance)
+
+
+def _png(image: np.ndarray) -> bytes:
+    """An array of the data set as an image file, so it is decoded exactly as predict decodes files."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()

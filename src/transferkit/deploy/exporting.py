@@ -1,0 +1,85 @@
+"""`transferkit export`: a run's model to ONNX or TorchScript, checked against PyTorch before it is written."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..atomic import write_atomic
+from ..errors import UserError
+from ..experiments.predict import load_classifier
+from ..experiments.run_folder import model_file
+from ..reporting import load_model, read_results, read_status, write_text_atomic
+from .check import TOLERANCE, CheckResult, compare, given_images, run_images
+from .formats import OPSET, onnx_bytes, onnx_runner, require_onnx, torchscript_bytes, torchscript_runner
+from .graph import deployable, describe, input_shape
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """The exported file, its JSON sidecar (description and check) and how the check went."""
+
+    path: Path
+    sidecar: Path
+    format: str
+    check: CheckResult
+
+    def summary(self) -> str:
+        return f"{self.path} ({self.format}): checked against PyTorch on {self.check.summary()}"
+
+
+def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None = None, force: bool = False,
+           check: list[str | Path] | None = None, tolerance: float = TOLERANCE) -> ExportResult:
+    """Export the model of a finished `run` or `finetune` folder (default file: RUN_DIR/export/<model>.onnx or
+    .torchscript.pt), after checking it against PyTorch on the run's validation images or on `check`."""
+    run_dir = Path(run_dir)
+    if format not in FORMATS:
+        raise UserError(f"--format {format}: unknown; choose one of {', '.join(FORMATS)}")
+    weights = model_file(run_dir)
+    status = (read_status(run_dir) or {}).get("status", "complete")  # runs from before status.json were complete
+    if status != "complete":
+        raise UserError(f"{run_dir}: the run is not finished (status.json says {status}); resume it with --resume, "
+                        "or export a complete run")
+    if format == "onnx":
+        require_onnx()
+    out = Path(out) if out is not None else run_dir / "export" / f"{weights.stem}{SUFFIXES[format]}"
+    sidecar = out.with_name(out.name + ".json")
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the file to write, such as {out / (weights.stem + SUFFIXES[format])}")
+    if (out.exists() or sidecar.exists()) and not force:
+        raise UserError(f"{out if out.exists() else sidecar}: exists; give another --out, or --force to replace it")
+    origin, images = given_images(check) if check else run_images(run_dir, read_results(run_dir))
+
+    model, spec = load_model(weights)
+    height, width, channels = input_shape(spec)
+    example = torch.zeros((2, height, width, channels), dtype=torch.uint8)  # batch 2: a batch size, not a constant
+    description = {**describe(spec), "format": format, **({"opset": OPSET} if format == "onnx" else {}),
+                   "source": {"run": str(run_dir), "weights": weights.relative_to(run_dir).as_posix(),
+                              "architecture": spec["architecture"], "backbone": spec.get("backbone")},
+                   "versions": {"transferkit": __version__, "torch": torch.__version__}}
+    if format == "onnx":
+        data = onnx_bytes(deployable(model, spec), example, description)
+        runner = onnx_runner(data)
+    else:
+        data = torchscript_bytes(deployable(model, spec), example, description)
+        runner = torchscript_runner(data)
+    result = compare(load_classifier(run_dir), runner, images, origin, height, width, tolerance)
+    if not result.passed:
+        raise UserError(f"{out}: not written, the exported model does not match PyTorch on {result.summary()}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, lambda tmp: tmp.write_bytes(data))
+    try:
+        write_text_atomic(sidecar, json.dumps({**description, "file": out.name, "check": result.to_dict()}, indent=2)
+                          + "\n")
+    except BaseException:
+        out.unlink(missing_ok=True)  # a model without its sidecar would be a half export
+        raise
+    return ExportResult(out, sidecar, format, result)
