@@ -12,9 +12,10 @@ from .errors import UserError  # noqa: E402
 # of it (PEP 562 module __getattr__; `from transferkit import run_split` works as usual).
 _LAZY = {"FinetuneResult": "experiments", "SplitResult": "experiments", "finetune": "experiments",
          "predict": "experiments", "run_split": "experiments", "load_model": "reporting",
-         "export": "deploy"}
+         "export": "deploy", "study": "experiments", "StudyResult": "experiments"}
 
-__all__ = ["FinetuneResult", "export", "finetune", "predict", "SplitResult", "UserError", "__version__", "load_model", "run_split"]
+__all__ = ["FinetuneResult", "SplitResult", "StudyResult", "UserError", "__version__", "export", "finetune",
+           "load_model", "predict", "run_split", "study"]
 
 
 def __getattr__(name: str):

@@ -221,6 +221,98 @@ def finetune_command(data: str, out: str | None, force: bool, resume: str | None
     _closing_output(result.results, quiet, as_json)
 
 
+@cli.group("study")
+def study_group() -> None:
+    """Transfer studies: many trainings of the split experiment, summarised over seeds with 95% intervals.
+
+    \b
+      shots   with how little target data does transfer pay? transfer vs scratch per shot count
+      freeze  how deep to freeze? Yosinski et al.'s baseB, BnB, BnB+, AnB, AnB+ at every cut
+    """
+
+
+def _study_options(command):
+    """The options both studies take: the data, the classes, the seeds, the split experiment's training."""
+    options = [
+        click.argument("dataset", default="mnist"),
+        click.option("--data", type=click.Path(), help="As for `run`: the data set's file or folder."),
+        click.option("--source", help="Source classes (A).  [default: the first half]"),
+        click.option("--target", help="Target classes (B).  [default: the second half]"),
+        click.option("--arms", help="A comma list of the study's arms (default: all of them)."),
+        click.option("--epochs", type=int, help="Epochs per point.  [default: 5; cifar10: 20]"),
+        click.option("--min-steps", type=int, default=300, show_default=True,
+                     help="Every point trains at least this many optimizer steps, spread over its epochs, so "
+                          "that a few images are trained to convergence too."),
+        click.option("--batch-size", type=int, help="[default: 128, or the training images when fewer]"),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adadelta; cifar10: adam]"),
+        click.option("--lr", type=float, default=None, help="Learning rate (default: the optimizer's, as `run`)."),
+        click.option("--head", type=click.Choice(HEADS), default=None, help="Transfer arm: as `run --head`."),
+        click.option("--filters", type=int, help="Filters per conv layer.  [default: 32; cifar10: 64]"),
+        click.option("--seed", type=int, help="First seed; seeds are this and the next ones.  [default: 0]"),
+        click.option("--limit", type=int, default=None, help="Use at most N images per split (quick studies)."),
+        click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]"),
+        click.option("--out", type=click.Path(), default=None,
+                     help="Study folder (new or empty). Default: runs/<UTC time>-study-<kind>-<dataset>."),
+        click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty."),
+        click.option("--resume", type=click.Path(), default=None,
+                     help="Continue an interrupted study from the points it finished (same options)."),
+        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+        click.option("--json", "as_json", is_flag=True, help="Print study.json to stdout and nothing else."),
+        click.option("--quiet", "-q", is_flag=True, help="Print only the findings."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@study_group.command("shots")
+@_study_options
+@click.option("--shots", default="1,2,5,10,20,50,100,all", show_default=True,
+              help="Training images per target class at each point (all: every image).")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds per point (2 or more).")
+def study_shots_command(**options: object) -> None:
+    """With how little target data does transfer pay? For every shot count and seed: the transfer arm (frozen
+    source features, new head) and the scratch arm, on the same images, tested on the whole target test set.
+
+    \b
+    Examples:
+      transferkit study shots mnist
+      transferkit study shots mnist --shots 1,10,100,all --seeds 3 --limit 5000
+    """
+    _study("shots", **options)
+
+
+@study_group.command("freeze")
+@_study_options
+@click.option("--cuts", default="1,2,3", show_default=True,
+              help="Cut n copies the first n weight layers (conv1, conv2, dense1).")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per point (2 or more).")
+def study_freeze_command(**options: object) -> None:
+    """How deep to freeze? Yosinski et al. (NIPS 2014): baseB, and at every cut BnB / BnB+ (baseB's first layers,
+    frozen / fine-tuned) and AnB / AnB+ (the source network's), all trained on the target classes.
+
+    \b
+    Examples:
+      transferkit study freeze mnist
+      transferkit study freeze cifar10 --data ../shared/data/cifar10-jpg.zip --limit 5000 --epochs 5
+    """
+    _study("freeze", **options)
+
+
+def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
+           **options: object) -> None:
+    from .experiments.study import study
+
+    result = _resumable(study, kind, dataset, out=out, resume=resume, force=force,
+                        verbose=not (quiet or as_json), **options)
+    if as_json:
+        from .reporting.results import strict_json
+
+        click.echo(strict_json(result.results))
+    elif quiet:
+        click.echo("\n".join(result.results["findings"]))
+
+
 @cli.command("report")
 @click.argument("run_dir", type=click.Path())
 @click.option("--open", "open_page", is_flag=True, help="Open the report in the default web browser.")

@@ -51,13 +51,15 @@ class Phase:
     layers: list[LayerRow]  # the parameter summary, as trained
     val_images: Callable[[np.ndarray], np.ndarray]  # validation images by index, as people see them
     samples: Callable[[], tuple[int, int]]  # training and validation images used (known after a stream's pass)
+    weights: bool = True  # saved with the run, so read again when the phase finished before (a study's points: no)
 
 
 def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseResult, Mistakes | None]:
     """Train `phase` with a checkpoint after every epoch and return its record and mistakes; a phase recorded
     as finished is read again instead: its weights into `phase.model`, its examples for the report."""
     if run.finished(phase.name):
-        run.load_weights(phase.name, into=phase.model)
+        if phase.weights:
+            run.load_weights(phase.name, into=phase.model)
         result = PhaseResult.from_dict(phase.name, run.results["phases"][phase.name])
         runtime.console.print(f"phase {phase.name}: finished before, test accuracy {result.test_accuracy:.4f}")
         mistakes = None if result.misclassified is None else Mistakes.from_examples(

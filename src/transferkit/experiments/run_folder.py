@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..reporting import read_results, read_status, save_model, write_results, write_status
 from ..reporting.figures import save_figures
 from ..reporting.report import write_report
-from ..reporting.results import RESULTS_FILE
+from ..reporting.results import RESULTS_FILE, results_file
 from ..reporting.status import STATUS_FILE, recording_status
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import Distributed, on_main
@@ -101,7 +101,7 @@ class RunFolder:
 
     def save_weights(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict) -> None:
         if self.writes:
-            save_model(self.path / WEIGHTS_DIR, phase, model, class_names, preprocessing)
+            save_model(self.path / WEIGHTS_DIR, weights_file(self.path, phase).stem, model, class_names, preprocessing)
 
     def save_phase(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict,
                    redrawn: dict[str, Figure], last: bool) -> None:
@@ -141,8 +141,9 @@ class RunFolder:
 
 
 def weights_entry(phase: str) -> str:
-    """Where a phase's weights lie in the run folder, as results.json names them ("model")."""
-    return f"{WEIGHTS_DIR}/{phase}.safetensors"
+    """Where a phase's weights lie in the run folder, as results.json names them ("model"); a study's phase
+    `baseA/seed=0` is the file baseA-seed=0."""
+    return f"{WEIGHTS_DIR}/{phase.replace('/', '-')}.safetensors"
 
 
 def weights_file(run_dir: Path, phase: str) -> Path:
@@ -181,7 +182,7 @@ def prepare_run_dir(out: Path, force: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: is a file; give a folder for the run")
     if out.is_dir() and any(out.iterdir()) and not force:
-        if (out / STATUS_FILE).is_file() or (out / RESULTS_FILE).is_file():
+        if (out / STATUS_FILE).is_file() or results_file(out).is_file():
             raise UserError(f"--out {out}: holds a run already; continue it with --resume {out}, "
                             "or choose a new --out")
         raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder, or --force to write into it")
@@ -196,14 +197,14 @@ def resumable(run_dir: Path, config: dict, world_size: int = 1) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"--resume {run_dir}: no such run folder")
     status = read_status(run_dir)
-    if status is None or not (run_dir / RESULTS_FILE).is_file():
+    if status is None or not results_file(run_dir).is_file():
         raise UserError(f"--resume {run_dir}: not a transferkit run folder (no {STATUS_FILE} / {RESULTS_FILE})")
     if status["status"] == "complete":
         raise UserError(f"--resume {run_dir}: this run is complete already; nothing to resume")
     try:
         previous = read_results(run_dir)
     except ValueError:
-        raise UserError(f"--resume {run_dir}: {RESULTS_FILE} is damaged; start a new run") from None
+        raise UserError(f"--resume {run_dir}: {results_file(run_dir).name} is damaged; start a new run") from None
     differences = _differences(previous["config"], config)
     if differences:
         raise UserError(f"--resume {run_dir}: this run was made with another configuration ({'; '.join(differences)}); "

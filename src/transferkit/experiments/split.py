@@ -172,6 +172,19 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     return result
 
 
+def transfer_model(source_model: SeedCNN, num_classes: int, head: str) -> SeedCNN:
+    """The source network with its features frozen and a classifier for `num_classes`: `head` reuse keeps the
+    source-trained dense layers (only an output layer of the wrong size is new), reset starts them anew."""
+    model = copy.deepcopy(source_model)
+    freeze(model.features)
+    if head == "reset":
+        model.reset_classifier(num_classes)
+    elif model.num_classes != num_classes:
+        model.classifier.dense2 = nn.Linear(model.classifier.dense2.in_features, num_classes)
+        keras_init(model.classifier.dense2)
+    return model
+
+
 class _Phases:
     """Each phase's network, optimizer and inputs: the seed network, or a pretrained backbone."""
 
@@ -194,7 +207,7 @@ class _Phases:
         if self.backbone is not None:
             model, transform = self.backbone.model(name)
         elif name == "transfer":
-            model = self._transfer_model(source_model, len(split.class_names))
+            model = transfer_model(source_model, len(split.class_names), self.config.head)
         else:
             model = SeedCNN(self.config.model, self.image_shape[0], self.image_shape[1:], len(split.class_names))
         runtime.console.rule(f"phase {name}: {', '.join(split.class_names)}")
@@ -241,17 +254,6 @@ class _Phases:
         runtime.console.print(f"cached frozen features {tuple(features[0].shape[1:])} for {len(images[0])} + "
                               f"{len(images[1])} images in {time.perf_counter() - start:.1f}s")
         return nn.Sequential(tail, model.classifier), features, None
-
-    def _transfer_model(self, source_model: nn.Module, num_classes: int) -> SeedCNN:
-        model = copy.deepcopy(source_model)
-        freeze(model.features)
-        if self.config.head == "reset":
-            model.reset_classifier(num_classes)
-        elif model.num_classes != num_classes:
-            # --head reuse keeps the source-trained dense layers; only an output layer of the wrong size is new.
-            model.classifier.dense2 = nn.Linear(model.classifier.dense2.in_features, num_classes)
-            keras_init(model.classifier.dense2)
-        return model
 
 
 class _PretrainedBackbone:

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..models import LayerRow
 from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
-from .results import RESULTS_FILE, Gain, transfer_gain
+from .results import RESULTS_FILE, Gain, results_file, transfer_gain
 from .status import read_status
 
 REPORT_FILE = "report.html"
@@ -81,17 +81,22 @@ def load_run(run_dir: Path) -> dict:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
     try:
-        return json.loads((run_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+        return json.loads(results_file(run_dir).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE})") from None
     except (OSError, ValueError) as e:
-        raise UserError(f"{run_dir / RESULTS_FILE}: cannot be read ({e})") from None
+        raise UserError(f"{results_file(run_dir)}: cannot be read ({e})") from None
 
 
 def write_report(run_dir: Path) -> Path:
     """Build report.html in `run_dir` from its files; returns its path."""
     run_dir = Path(run_dir)
-    view = build_view(run_dir, load_run(run_dir))
+    results = load_run(run_dir)
+    if results.get("experiment") == "study":
+        from .study import write_study_report  # scipy loads with it: only for studies
+
+        return write_study_report(run_dir, results)
+    view = build_view(run_dir, results)
     return write_html(run_dir / REPORT_FILE, render("report.html.j2", report=view, classes_label=classes_label))
 
 

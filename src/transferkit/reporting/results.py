@@ -15,6 +15,7 @@ from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 
 RESULTS_FILE = "results.json"
+STUDY_FILE = "study.json"  # a study's record, in the same shape: experiment "study", phases, and its points
 HISTORY_FILE = "history.csv"
 
 
@@ -114,9 +115,18 @@ def _finite(data: object) -> object:
     return data
 
 
+def results_file(run_dir: Path, results: dict | None = None) -> Path:
+    """The record of a run folder: results.json, or study.json for a study (`results` given: the one it is
+    written to; else the one that is there)."""
+    run_dir = Path(run_dir)
+    if results is not None:
+        return run_dir / (STUDY_FILE if results.get("experiment") == "study" else RESULTS_FILE)
+    return run_dir / STUDY_FILE if (run_dir / STUDY_FILE).is_file() else run_dir / RESULTS_FILE
+
+
 def write_results(run_dir: Path, results: dict) -> None:
-    """results.json and history.csv (one row per phase and epoch)."""
-    write_text_atomic(run_dir / RESULTS_FILE, strict_json(results) + "\n")
+    """results.json (a study's: study.json) and history.csv (one row per phase and epoch)."""
+    write_text_atomic(results_file(run_dir, results), strict_json(results) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
@@ -128,8 +138,8 @@ def write_results(run_dir: Path, results: dict) -> None:
 
 
 def read_results(run_dir: Path) -> dict:
-    """results.json of a run folder as a dict, or one UserError naming the file and what is wrong."""
-    path = Path(run_dir) / RESULTS_FILE
+    """results.json (or study.json) of a run folder as a dict, or one UserError naming the file and what is wrong."""
+    path = results_file(run_dir)
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors

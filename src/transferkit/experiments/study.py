@@ -1,0 +1,392 @@
+"""Transfer studies: many small trainings of the split experiment, each a point (an arm at a shot count or a
+cut, for one seed), summarised over seeds with 95% intervals.
+
+- shots: how little target data transfer pays with: the transfer and scratch arms at every shot count
+  (images per target class), the same images for both arms of a seed.
+- freeze: how deep to freeze (Yosinski, Clune, Bengio and Lipson, NIPS 2014): baseB, and at every cut n
+  (the first n weight layers) BnB and BnB+ (copied from baseB, frozen or fine-tuned), AnB and AnB+ (copied
+  from baseA, the source network).
+
+One source network per seed, read again on resume; the transfer arm's frozen features computed once per
+source network and indexed by every shot count; every point written to study.json as it finishes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from rich.text import Text
+from torch import nn
+
+from ..config import SplitConfig
+from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
+from ..errors import UserError
+from ..models import SeedCNN, count_params
+from ..reporting import describe_environment
+from ..reporting.console import make_console
+from ..reporting.study import (
+    STUDY_CSV,
+    freeze_figure,
+    shots_figure,
+    summarise,
+    write_study_csv,
+)
+from ..training import (
+    TensorBatches,
+    compute_features,
+    freeze,
+    images_to_tensor,
+    make_optimizer,
+    resolve_precision,
+    split_frozen,
+    trainable_parameters,
+)
+from .phase import Phase, PhaseInputs, train_phase
+from .run_folder import RunFolder
+from .runtime import Runtime, running, start
+from .split import make_split_config, transfer_model
+
+STUDY_KINDS = ("shots", "freeze")
+ARMS = {"shots": ("transfer", "scratch"), "freeze": ("baseB", "BnB", "BnB+", "AnB", "AnB+")}
+# The seed network's weight layers in order: cut n copies the first n (conv1, conv2, dense1; dense2 is the
+# output layer, new for the target classes).
+WEIGHT_LAYERS = ("features.conv1", "features.conv2", "classifier.dense1")
+DEFAULT_SHOTS = (1, 2, 5, 10, 20, 50, 100, 0)  # 0: all
+# Each point trains at least this many optimizer steps: a 1-shot set is a single small batch an epoch, which
+# the source-sized epochs would leave far from converged.
+MIN_STEPS = 300
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study: the split experiment's configuration, then what varies (shots or cuts), the arms, the seeds."""
+
+    kind: str
+    split: SplitConfig = field(default_factory=SplitConfig)
+    seeds: int = 3
+    shots: tuple[int, ...] = DEFAULT_SHOTS  # shots study: images per target class (0: all)
+    cuts: tuple[int, ...] = (1, 2, 3)  # freeze study: cut after the first n weight layers
+    arms: tuple[str, ...] = ()  # default: every arm of the kind
+    min_steps: int = MIN_STEPS
+
+    def __post_init__(self) -> None:
+        if self.kind not in STUDY_KINDS:
+            raise UserError(f"study {self.kind!r}: unknown; choose one of {', '.join(STUDY_KINDS)}")
+        if self.split.backbone is not None:
+            raise UserError("--backbone: studies run on the seed network so far; drop --backbone")
+        if self.seeds < 2:
+            raise UserError(f"--seeds {self.seeds}: a 95% interval needs 2 seeds or more")
+        unknown = [a for a in self.arms if a not in ARMS[self.kind]]
+        if unknown:
+            raise UserError(f"--arms: unknown arm {unknown[0]!r}; the {self.kind} study's arms are "
+                            f"{', '.join(ARMS[self.kind])}")
+        if self.kind == "shots" and (not self.shots or any(n < 0 for n in self.shots)):
+            raise UserError("--shots: give images per class as positive numbers or all, e.g. 1,5,10,all")
+        bad = [n for n in self.cuts if not 1 <= n <= len(WEIGHT_LAYERS)]
+        if self.kind == "freeze" and (bad or not self.cuts):
+            raise UserError(f"--cuts {bad[0] if bad else ''}: the seed network has {len(WEIGHT_LAYERS)} weight "
+                            f"layers before its output ({', '.join(WEIGHT_LAYERS)}); give cuts from 1 to "
+                            f"{len(WEIGHT_LAYERS)}")
+        if self.min_steps < 1:
+            raise UserError(f"--min-steps must be at least 1, got {self.min_steps}")
+
+    @property
+    def chosen_arms(self) -> tuple[str, ...]:
+        return self.arms or ARMS[self.kind]
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["shots"] = [n or "all" for n in self.shots] if self.kind == "shots" else None
+        d["cuts"] = list(self.cuts) if self.kind == "freeze" else None
+        d["arms"] = list(self.chosen_arms)
+        return d
+
+
+@dataclass(frozen=True)
+class Point:
+    """One training of a study: an arm at a shot count (shots) or a cut (freeze), for one seed."""
+
+    arm: str
+    seed: int
+    shots: int | None = None  # 0: all
+    cut: int | None = None
+
+    @property
+    def name(self) -> str:
+        x = (f"shots={self.shots or 'all'}" if self.shots is not None else
+             f"cut={self.cut}" if self.cut is not None else "")
+        return "/".join(p for p in (self.arm, x, f"seed={self.seed}") if p)
+
+
+@dataclass
+class StudyResult:
+    """What study.json carries: every point, the summary per arm and x with intervals, and the figures."""
+
+    config: StudyConfig
+    results: dict
+    figures: dict[str, Figure]
+    run_dir: Path | None
+
+    @property
+    def table(self) -> list[dict]:
+        """One row per arm and shot count (or cut): mean test accuracy over seeds and its 95% interval."""
+        return self.results["summary"]
+
+    def summary(self) -> str:
+        return " ".join(self.results["findings"])
+
+
+def study(kind: str, dataset: str = "mnist", source: object = None, target: object = None, *, seeds: int = 3,
+          shots: object = None, cuts: object = None, arms: object = None, min_steps: int = MIN_STEPS,
+          out: str | Path | None = None, resume: str | Path | None = None, force: bool = False, save: bool = True,
+          verbose: bool = True, device: str = "auto", **options: object) -> StudyResult:
+    """Run a study (`kind` shots or freeze) of the split experiment on `dataset` and return its StudyResult.
+
+    `shots`: images per target class (`"1,5,10,all"` or a list; 0 or "all" for all); `cuts`: the freeze study's
+    cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
+    `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). `out`, `resume`, `force`, `save`,
+    `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point.
+    """
+    config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
+                         **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=_numbers(cuts, "--cuts"),
+                                  arms=_names(arms)), min_steps=min_steps)
+    ranks, console = start(device, verbose)
+    if ranks.world_size > 1:
+        raise UserError("studies train their points one after another in one process; run without torchrun")
+    run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
+    split = config.split
+    data = load_dataset(split.dataset, split.data, val_fraction=split.val_fraction, seed=split.train.seed,
+                        image_size=split.image_size)
+    src, tgt = resolve_split(split.source, split.target, data.class_names)
+    a, b = split_by_class(data, src, split.limit), split_by_class(data, tgt, split.limit)
+    _check_shots(config, b)
+    SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
+    precision = resolve_precision(split.train.precision, device=ranks.device)
+    run = run or RunFolder.create(ranks, f"study-{kind}-{Path(split.dataset).stem or 'data'}", out, force, save)
+    points = _plan(config)
+    console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source "
+                                f"{', '.join(a.class_names)} -> target {', '.join(b.class_names)}; {len(points)} "
+                                f"points ({', '.join(config.chosen_arms)} x {config.seeds} seeds); precision "
+                                f"{precision.name}"))
+    results = run.begin({
+        "experiment": "study", "kind": kind,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
+                    "source_classes": list(a.class_names), "target_classes": list(b.class_names),
+                    "source_train_samples": len(a.y_train), "target_train_samples": len(b.y_train),
+                    "target_test_samples": len(b.y_test),
+                    "target_class_sizes": np.bincount(b.y_train, minlength=len(tgt)).tolist()},
+        "config": config.to_dict(), "environment": describe_environment(precision, ranks.device),
+        "phases": {}, "points": {},
+    }, ranks.describe(split.train.batch_size, split.train.learning_rate))
+    with run.recording(), running(ranks, console, precision, split.train.eval_batch_size) as runtime:
+        trainer = _Trainer(config, data.image_shape, a, b, run, runtime)
+        for seed in range(config.seeds):
+            trainer.seed(seed, [p for p in points if p.seed == seed])
+    results["summary"], results["findings"], results["crossover"] = summarise(results["points"], kind)
+    figures = {"study": (shots_figure if kind == "shots" else freeze_figure)(results)}
+    run.save_results()
+    run.save_figures(figures)
+    if run.writes:
+        write_study_csv(run.path / STUDY_CSV, results["points"])
+    run.complete()
+    for line in results["findings"]:
+        console.print(line)
+    if run.path is not None:
+        console.print(f"study folder: {run.path}\nreport: {run.path / 'report.html'}")
+    return StudyResult(config, results, figures, run.path)
+
+
+class _Trainer:
+    """Trains a seed's points: its source network (baseA) once, baseB once (freeze), then every point."""
+
+    def __init__(self, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
+                 run: RunFolder, runtime: Runtime):
+        self.config, self.image_shape, self.a, self.b, self.run = config, image_shape, a, b, run
+        self.runtime = runtime
+        # The points' own epochs print nothing: a study prints a line a point, with the time left.
+        self.quiet = dataclasses.replace(runtime, console=make_console(quiet=True))
+        self.x_test, self.y_test = images_to_tensor(b.x_test), torch.from_numpy(b.y_test)
+        # Every training, the source networks (and baseB where it is no arm) included.
+        extra = config.seeds * (1 + (config.kind == "freeze" and "baseB" not in config.chosen_arms))
+        self.done, self.total = 0, len(_plan(config)) + extra
+        self.trained_here: list[float] = []
+
+    def seed(self, seed: int, points: list[Point]) -> None:
+        cfg = self.config.split.train
+        base_a = self._train(Point("baseA", seed), self.a, record=False)
+        if self.config.kind == "shots":
+            # The frozen features of every target image through this seed's source network, once: each shot
+            # count's transfer point indexes them.
+            prefix, self.tail = split_frozen(base_a.features)
+            self.features = [compute_features(prefix, x, cfg.eval_batch_size, self.runtime.autocast_dtype,
+                                              device=self.runtime.device)
+                             for x in (images_to_tensor(self.b.x_train), self.x_test)]
+            for point in points:
+                self._shots_point(point, base_a)
+            return
+        base_b = self._train(Point("baseB", seed), self.b, record=Point("baseB", seed) in points)
+        for point in points:
+            if point.arm != "baseB":
+                self._freeze_point(point, base_a if point.arm.startswith("A") else base_b)
+
+    def _shots_point(self, point: Point, source: SeedCNN) -> None:
+        keep = shot_indices(self.b.y_train, point.shots, self.config.split.train.seed * 1000 + point.seed)
+        k = len(self.b.class_names)
+        torch.manual_seed(self._point_seed(point))
+        if point.arm == "transfer":
+            model = transfer_model(source, k, self.config.split.head)
+            trained = nn.Sequential(self.tail, model.classifier)
+            x_train, x_test = self.features[0][keep], self.features[1]
+        else:
+            model = trained = self._network(k)
+            x_train, x_test = images_to_tensor(self.b.x_train[keep]), self.x_test
+        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test, len(keep))
+
+    def _freeze_point(self, point: Point, copied_from: SeedCNN) -> None:
+        """A new target network whose first `cut` weight layers are copied (frozen unless the arm ends in +)."""
+        torch.manual_seed(self._point_seed(point))
+        model = self._network(len(self.b.class_names))
+        for name in WEIGHT_LAYERS[:point.cut]:
+            layer = model.get_submodule(name)
+            layer.load_state_dict(copied_from.get_submodule(name).state_dict())
+            if not point.arm.endswith("+"):
+                freeze(layer)
+        self._fit(point, model, model, images_to_tensor(self.b.x_train), torch.from_numpy(self.b.y_train),
+                  self.x_test, len(self.b.y_train))
+
+    def _train(self, point: Point, split: ClassSplit, record: bool) -> SeedCNN:
+        """A whole network trained on `split` (baseA on the source classes, baseB on the target's), its
+        weights kept: the points copy from it, and a resumed study reads it again."""
+        torch.manual_seed(self._point_seed(point))
+        model = self._network(len(split.class_names))
+        self._fit(point, model, model, images_to_tensor(split.x_train), torch.from_numpy(split.y_train),
+                  images_to_tensor(split.x_test), len(split.y_train), split, True, record)
+        return model.eval()
+
+    def _fit(self, point: Point, model: nn.Module, trained: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+             x_test: torch.Tensor, n: int, split: ClassSplit | None = None, weights: bool = False,
+             record: bool = True) -> None:
+        cfg, runtime, split = self.config.split.train, self.quiet, split or self.b
+        seed = self._point_seed(point)
+        batch = min(cfg.batch_size, n)  # no image twice in a batch: a 1-shot set is one small batch
+        # At least min_steps optimizer steps in all, spread over the epochs (see MIN_STEPS).
+        per_epoch = -(-self.config.min_steps // cfg.epochs)
+        model.to(runtime.device)
+        optimizer = make_optimizer(trainable_parameters(model), cfg)
+        y_test = torch.from_numpy(split.y_test)
+        phase = Phase(point.name, model, optimizer, lambda: PhaseInputs(
+            trained, TensorBatches(x_train, y_train, batch, seed, device=runtime.device, min_steps=per_epoch),
+            x_test, y_test), cfg.epochs, cfg.lr_schedule, list(split.class_names), [], split.x_test.__getitem__,
+            lambda: (n, len(split.y_test)), weights=weights)
+        finished_before = self.run.finished(point.name)
+        result, _ = train_phase(phase, self.run, runtime)
+        model.eval().cpu()
+        results = self.run.results
+        results["phases"][point.name] = result.to_dict()
+        if record:
+            results["points"][point.name] = {
+                "arm": point.arm, "shots": point.shots, "cut": point.cut, "seed": point.seed,
+                "train_samples": n, "steps": sum(results["distributed"]["steps_per_rank"].get(point.name, [0])),
+                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+                "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable}
+        if weights:
+            self.run.save_weights(point.name, model, list(split.class_names),
+                                  {"kind": "scale", "channels": self.image_shape[0], "size": list(self.image_shape[1:])})
+        self.run.save_results()  # atomically: a killed study resumes from the points written here
+        self._progress(point, result.test_accuracy, result.train_seconds, finished_before)
+
+    def _progress(self, point: Point, accuracy: float, seconds: float, finished_before: bool) -> None:
+        self.done += 1
+        if not finished_before:
+            self.trained_here.append(seconds)
+        left = self.total - self.done
+        eta = (f", about {_minutes(left * np.mean(self.trained_here))} left" if self.trained_here and left
+               else "")
+        how = "finished before" if finished_before else f"{seconds:.1f} s"
+        self.runtime.console.print(f"[{self.done}/{self.total}] {point.name}: test accuracy {accuracy:.4f} "
+                                   f"({how}){eta}")
+
+    def _network(self, num_classes: int) -> SeedCNN:
+        return SeedCNN(self.config.split.model, self.image_shape[0], self.image_shape[1:], num_classes)
+
+    def _point_seed(self, point: Point) -> int:
+        """Each point seeds its own generator: the same point draws the same numbers in a resumed study."""
+        arm = (("baseA", "baseB") + ARMS[self.config.kind]).index(point.arm)
+        x = point.shots if point.shots is not None else (point.cut or 0)
+        return ((self.config.split.train.seed * 1000 + point.seed) * 16 + arm) * 100_000 + x
+
+
+def shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """`shots` training images of every class (0: all), drawn with `seed`, nested: a seed's 10-shot set holds
+    its 5-shot set, so shot counts differ by the images added and not by a new draw."""
+    if shots == 0:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
+    return np.sort(np.concatenate(keep))
+
+
+def _plan(config: StudyConfig) -> list[Point]:
+    """Every point that is recorded, seed by seed in the order they train."""
+    arms, points = config.chosen_arms, []
+    for s in range(config.seeds):
+        if config.kind == "shots":
+            points += [Point(arm, s, shots=n) for n in config.shots for arm in arms]
+            continue
+        points += [Point("baseB", s)] if "baseB" in arms else []
+        points += [Point(arm, s, cut=n) for n in config.cuts for arm in arms if arm != "baseB"]
+    return points
+
+
+def _check_shots(config: StudyConfig, b: ClassSplit) -> None:
+    if config.kind != "shots":
+        return
+    sizes = np.bincount(b.y_train, minlength=len(b.class_names))
+    smallest = int(np.argmin(sizes))
+    too_many = [n for n in config.shots if n > sizes[smallest]]
+    if too_many:
+        raise UserError(f"--shots {max(too_many)}: class {b.class_names[smallest]!r} has only {sizes[smallest]} "
+                        f"training images; give shot counts up to {sizes[smallest]} (or all)")
+
+
+def _numbers(value: object, option: str, allow_all: bool = False) -> tuple[int, ...] | None:
+    """`"1,5,all"` or a list -> (1, 5, 0) (0: all, where allowed)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out = []
+    for item in items:
+        text = str(item).strip().lower()
+        if allow_all and text in ("all", "0"):
+            out.append(0)
+            continue
+        try:
+            number = int(text)
+        except ValueError:
+            raise UserError(f"{option} {value}: {item!r} is not a whole number"
+                            + (" or all" if allow_all else "")) from None
+        if number < 1:
+            raise UserError(f"{option} {value}: {number} is not a positive number")
+        out.append(number)
+    return tuple(sorted(set(out), key=lambda n: (n == 0, n)))
+
+
+def _names(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip())
+
+
+def _given(**values: object) -> dict:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
