@@ -45,3 +45,11 @@ def finetune_run(tmp_path_factory, photos) -> Path:
         main(["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
               "--epochs", "2", "--unfreeze-epochs", "1", "--batch-size", "8", "--out", str(out)])
     return out
+
+
+@pytest.fixture(scope="session")
+def shots_study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "shots-study"
+    main(["study", "shots", "mnist", "--shots", "2,all", "--seeds", "2", "--limit", "200", "--epochs", "1",
+          "--min-steps", "4", "--out", str(out), "--quiet"])
+    return out

@@ -139,3 +139,17 @@ def test_compare_in_chromium(browser, split_run, finetune_run, tmp_path):
     assert "backbone" in browser.find_element("id", "differences").text
     _screenshot(browser, tmp_path / "compare.png", 1280)
     _screenshot(browser, tmp_path / "compare-phone.png", 390)
+
+
+def test_study_report_in_chromium(browser, shots_study, tmp_path):
+    study = json.loads((shots_study / "study.json").read_text())
+    _load(browser, shots_study / "report.html")
+    images = _check_page(browser)
+    assert len(images) == 1  # accuracy against shots, with the intervals
+    assert browser.find_element("id", "finding-list").text.splitlines() == study["findings"]
+    for row in study["summary"]:
+        x = "all" if row["shots"] == 0 else row["shots"]
+        value, text = _number(browser, f'[data-arm="{row["arm"]}"][data-x="{row["shots"]}"][data-metric="test_accuracy"]')
+        assert value == row["test_accuracy"] and text == f"{row['test_accuracy']:.4f}", x
+    _screenshot(browser, tmp_path / "study.png", 1280)
+    _screenshot(browser, tmp_path / "study-phone.png", 390)
