@@ -42,3 +42,60 @@ def test_names_that_look_like_markup_are_printed_as_they_are(tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert "[bold]" in printed and str(root) in printed and f"run folder: {out}" in printed
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
+
+
+def _split_run(tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    main(["run", "mnist", "--limit", "100", "--epochs", "1", "--no-scratch", "--out", str(out)])
+    return out
+
+
+@pytest.mark.parametrize("content, says", [
+    ("[]", "must hold a JSON object, got list"),
+    ("{}", "config is missing"),
+    ('{"config": {}, "phases": {"source": {"classes": "0,1"}}}', "phases.source.classes must be a list of strings"),
+    ('{"config": {}, "phases": {"source": {"classes": ["0"], "train_samples": 1, "test_samples": 1, "epochs": 1, '
+     '"train_seconds": 1, "test_accuracy": "high"}}}', "phases.source.test_accuracy must be a finite number"),
+])
+def test_results_json_of_the_wrong_shape_is_one_line_in_report_and_compare(tmp_path, capsys, content, says):
+    run = _split_run(tmp_path)
+    good = tmp_path / "good"
+    import shutil
+
+    shutil.copytree(run, good)
+    (run / "results.json").write_text(content)
+    for command in (["report", str(run)], ["compare", str(good), str(run), "--out", str(tmp_path / "c.html")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and says in err and "results.json" in err, err
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_a_damaged_status_json_reads_as_none(tmp_path):
+    from transferkit.reporting.status import read_status
+
+    for content in ("[]", "{}", '{"status": 5}', '{"status": "dancing"}'):
+        (tmp_path / "status.json").write_text(content)
+        assert read_status(tmp_path) is None
+    (tmp_path / "status.json").write_text('{"status": "complete"}')
+    assert read_status(tmp_path) == {"status": "complete"}
+
+
+def test_checkpoint_metadata_of_the_wrong_type_is_refused_in_one_line(tmp_path):
+    import torch
+
+    from transferkit.training import TensorBatches
+    from transferkit.training.checkpoint import Checkpointer, load_checkpoint, save_checkpoint
+    from transferkit.training.loop import FitState
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = TensorBatches(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long), 2, seed=0)
+    checkpoints = Checkpointer(tmp_path / "checkpoint.safetensors")
+    checkpoints.save("p", model, optimizer, batches, FitState(), 1.0)
+    tensors, meta = load_checkpoint(checkpoints.path)
+    meta["fit"]["epoch"] = "two"
+    save_checkpoint(checkpoints.path, tensors, meta)
+    with pytest.raises(UserError, match=r"fit\.epoch must be an integer from 0 up, got 'two'"):
+        checkpoints.restore("p", model, optimizer, batches)

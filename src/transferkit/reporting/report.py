@@ -6,7 +6,6 @@ page for any run, also one made before a section existed: what a run did not rec
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from ..errors import UserError
 from ..models import LayerRow
 from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
-from .results import RESULTS_FILE, Gain, results_file, transfer_gain
+from .results import RESULTS_FILE, Gain, read_results, results_file, transfer_gain
 from .status import read_status
 
 REPORT_FILE = "report.html"
@@ -80,12 +79,9 @@ def load_run(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"{run_dir}: no such run folder")
-    try:
-        return json.loads(results_file(run_dir).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE})") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{results_file(run_dir)}: cannot be read ({e})") from None
+    if not results_file(run_dir).is_file():
+        raise UserError(f"{run_dir}: not a transferkit run folder (no {RESULTS_FILE})")
+    return read_results(run_dir)
 
 
 def write_report(run_dir: Path) -> Path:

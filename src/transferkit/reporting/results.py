@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..atomic import write_atomic
 from ..errors import UserError, first_line
+from ..fields import Fields
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 
@@ -146,4 +147,29 @@ def read_results(run_dir: Path) -> dict:
         raise UserError(f"{path}: cannot be read ({first_line(e)[:120]}); the run folder is damaged") from None
     if not isinstance(results, dict):
         raise UserError(f"{path}: must hold a JSON object, got {type(results).__name__}; the run folder is damaged")
+    check_results(path, results)
     return results
+
+
+def check_results(path: Path, results: dict) -> None:
+    """The fields that report, compare, predict and --resume read, checked for type: a file of the wrong shape is
+    one line naming the file and the field, not a KeyError later."""
+    fields = Fields(path, results, "the run folder is damaged; run it again")
+    fields.sub("config")
+    if "experiment" in fields:
+        fields.text("experiment")
+    for name, phase in fields.sub("phases").obj.items():
+        p = Fields(path, phase, "the run folder is damaged; run it again", f"phases.{name}.")
+        p.texts("classes")
+        for key in ("train_samples", "test_samples", "epochs"):
+            p.integer(key)
+        p.number("train_seconds", low=0)
+        p.number("test_accuracy", low=0, high=1)
+        p.number("test_loss")
+        counts = p.sub("params")
+        for key in ("total", "trainable", "non_trainable"):
+            counts.integer(key)
+        for record in p.subs("history"):
+            record.integer("epoch", low=1)
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
+                record.number(key)

@@ -19,11 +19,18 @@ def write_status(run_dir: Path, status: str, **details: object) -> None:
     write_text_atomic(run_dir / STATUS_FILE, strict_json(record) + "\n")
 
 
+STATUSES = ("running", "interrupted", "failed", "complete")
+
+
 def read_status(run_dir: Path) -> dict | None:
+    """status.json, or None where there is none or it is not an object with a known `status` (damaged)."""
     try:
-        return json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(status, dict) or status.get("status") not in STATUSES:
+        return None
+    return status
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 
 from ..atomic import write_atomic
 from ..errors import UserError
+from ..fields import Fields
 from .distributed import current_rank, gather_to_main
 from .loop import FitState
 
@@ -101,6 +102,20 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def _check_fit(path: Path, fit: object) -> None:
+    """The fit state's fields by type: a checkpoint that loads but holds `"epoch": "two"` is refused here, not
+    a crash inside the training loop."""
+    fields = Fields(path, fit, "start the run again without --resume", "fit.")
+    for key in ("epoch", "correct", "seen", "steps"):
+        fields.integer(key)
+    for key in ("loss_sum", "epoch_seconds"):
+        fields.number(key, low=0)
+    for record in fields.subs("history"):
+        record.integer("epoch", low=1)
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
+            record.number(key)
+
+
 class Checkpointer:
     """Saves and restores one phase's training state (model, optimizer, batch order, RNGs, fit state).
 
@@ -149,7 +164,9 @@ class Checkpointer:
             optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
             batches.load_state_dict(tensors, meta["batches"])
             restore_rng(tensors, meta["rng"])
-            state = FitState.from_dict(meta.get("rank_fits", [meta["fit"]])[current_rank()])
+            fit = meta.get("rank_fits", [meta["fit"]])[current_rank()]
+            _check_fit(self.path, fit)
+            state = FitState.from_dict(fit)
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{self.path}: does not fit this run ({str(e).splitlines()[0][:160]}); "
                             "start a new run") from None
