@@ -4,6 +4,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -99,3 +100,35 @@ def test_checkpoint_metadata_of_the_wrong_type_is_refused_in_one_line(tmp_path):
     save_checkpoint(checkpoints.path, tensors, meta)
     with pytest.raises(UserError, match=r"fit\.epoch must be an integer from 0 up, got 'two'"):
         checkpoints.restore("p", model, optimizer, batches)
+
+
+@pytest.mark.parametrize("tamper, says", [
+    (lambda a: a.update(class_names=np.asarray(["x", "y", "z", "w"])), "other classes than the folder's"),
+    (lambda a: [a.pop(k) for k in ("x_val", "y_val")], "other splits than the folder's"),
+    (lambda a: a.update(y_train=a["y_train"][:-1]), "inconsistent arrays"),
+    (lambda a: a.update(x_train=255 - a["x_train"]), "content that does not match its digest"),
+    (lambda a: a.pop("digest"), "unreadable"),
+])
+def test_a_cache_entry_that_does_not_prove_it_belongs_is_rebuilt(tmp_path, tamper, says):
+    import warnings
+
+    import numpy as np
+
+    from transferkit.data import load_folder
+
+    root = _folder(tmp_path / "set", ("ant", "bee", "cat", "dog"))
+    cache = tmp_path / "cache"
+    first = load_folder(root, cache_dir=cache)
+    [entry] = cache.glob("*.npz")
+    with np.load(entry) as npz:
+        arrays = dict(npz)
+    tamper(arrays)
+    np.savez(entry, **arrays)  # well-formed, but not what the folder decodes to
+    with pytest.warns(UserWarning, match=f"cache entry with {says}; discarded"):
+        again = load_folder(root, cache_dir=cache)
+    assert again.class_names == first.class_names
+    for split, (x, y) in first.splits.items():
+        assert np.array_equal(again.splits[split][0], x) and np.array_equal(again.splits[split][1], y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the rebuilt entry is good again
+        load_folder(root, cache_dir=cache)

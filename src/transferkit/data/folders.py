@@ -21,7 +21,7 @@ from .archive import FileTree, open_tree
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLIT_NAMES = ("train", "val", "test")
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: entries carry their key and a digest of their content
 
 
 @dataclass
@@ -173,7 +173,7 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
     try:
         layout = find_layout(tree, val_fraction, seed)
         key = _cache_key(tree, layout, (image_size, channels, val_fraction, seed, cover))
-        data = _read_cache(cache_dir, key) if cache_dir else None
+        data = _read_cache(cache_dir, key, layout) if cache_dir else None
         if data is None:
             data = _decode_all(tree, layout, image_size, channels, cover)
             if cache_dir:
@@ -263,19 +263,48 @@ def _cache_key(tree: FileTree, layout: FolderLayout, options: tuple) -> str:
     return h.hexdigest()[:32]
 
 
-def _read_cache(cache_dir: Path, key: str) -> FolderData | None:
+def _read_cache(cache_dir: Path, key: str, layout: FolderLayout) -> FolderData | None:
+    """The cached decode of this key, if the entry proves it is one: its own recorded key, the layout's classes
+    and splits, consistent arrays and the digest of its content. Anything else is discarded (and rebuilt by the
+    caller) with a warning: a cache must never change what a run trains on."""
     path = cache_dir / f"{key}.npz"
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as npz:
+            recorded_key, digest = str(npz["key"]), str(npz["digest"])
             meta = npz["meta"].tolist()
             class_names = tuple(npz["class_names"].tolist())
             splits = {s: (npz[f"x_{s}"], npz[f"y_{s}"]) for s in SPLIT_NAMES if f"x_{s}" in npz.files}
             skipped = npz["skipped"].tolist()
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None  # a damaged cache is rebuilt
-    return FolderData(meta, class_names, splits, skipped)
+        problem = "unreadable"
+    else:
+        data = FolderData(meta, class_names, splits, skipped)
+        problem = ("recorded for another key" if recorded_key != key else
+                   "other classes than the folder's" if class_names != tuple(layout.class_names) else
+                   "other splits than the folder's" if set(splits) != set(layout.members) else
+                   "inconsistent arrays" if not all(x.dtype == np.uint8 and len(x) == len(y) and
+                                                    (len(y) == 0 or 0 <= y.min() <= y.max() < len(class_names))
+                                                    for x, y in splits.values()) else
+                   "content that does not match its digest" if _digest(data) != digest else None)
+        if problem is None:
+            return data
+    warnings.warn(f"{path}: a decoded-image cache entry with {problem}; discarded, decoding the images again",
+                  stacklevel=3)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _digest(data: FolderData) -> str:
+    """Of everything an entry holds, so that an entry edited or damaged after writing is told apart."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((data.origin, tuple(data.class_names), list(data.skipped))).encode("utf-8", "surrogateescape"))
+    for s in sorted(data.splits):
+        for a in data.splits[s]:
+            h.update(f"{s}{a.dtype}{a.shape}".encode())
+            h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 def _write_cache(cache_dir: Path, key: str, data: FolderData) -> None:
@@ -287,7 +316,8 @@ def _write_cache(cache_dir: Path, key: str, data: FolderData) -> None:
                       stacklevel=3)
         return
     arrays = {"meta": np.asarray(data.origin), "class_names": np.asarray(data.class_names),
-              "skipped": np.asarray(data.skipped, dtype=str)}
+              "skipped": np.asarray(data.skipped, dtype=str), "key": np.asarray(key),
+              "digest": np.asarray(_digest(data))}
     for s, (x, y) in data.splits.items():
         arrays[f"x_{s}"], arrays[f"y_{s}"] = x, y
     tmp = cache_dir / f".{key}.{os.getpid()}.tmp.npz"
