@@ -80,7 +80,8 @@ def _cli(*args):
 
 
 def test_help_on_every_command():
-    for args in ([], ["run"], ["finetune"], ["predict"], ["report"], ["compare"], ["export"]):
+    for args in ([], ["run"], ["finetune"], ["predict"], ["report"], ["compare"], ["export"], ["study"],
+                 ["study", "shots"], ["study", "freeze"]):
         done = _cli(*args, "--help")
         assert done.returncode == 0 and "Usage:" in done.stdout
 
@@ -88,14 +89,16 @@ def test_help_on_every_command():
 def test_help_answers_without_loading_torch():
     # torch takes seconds to import; help, --version and option errors should not wait for it
     check = ("import sys; from transferkit.cli import cli\n"
-             "for args in (['--help'], ['run', '--help'], ['finetune', '--help'], ['--version']):\n"
+             "for args in (['--help'], ['run', '--help'], ['finetune', '--help'], ['study', 'shots', '--help'],\n"
+             "             ['--version']):\n"
              "    try: cli(args, standalone_mode=False)\n"
              "    except SystemExit: pass\n"
              "assert 'torch' not in sys.modules, 'torch was imported'\n"
              "import transferkit; transferkit.run_split; transferkit.finetune; transferkit.predict; transferkit.load_model\n"
              "assert 'torch' in sys.modules\n"
              # torchvision takes seconds more: only backbones and their preprocessing load it, when used
-             "assert 'torchvision' not in sys.modules, 'torchvision was imported'")
+             "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
+             "assert 'scipy.stats' not in sys.modules, 'scipy.stats was imported'")
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from scipy import stats
 
 from .figures import PHASE_COLORS, _tight, _title
 from .html import figure_image, png_image, render, write_html
@@ -32,6 +31,8 @@ def interval(values: list[float]) -> tuple[float, float, float]:
     mean = float(a.mean())
     if len(a) < 2:
         return mean, mean, mean
+    from scipy import stats  # here: scipy.stats takes a second to import, which only studies need
+
     half = float(stats.t.ppf(0.975, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
     return mean, mean - half, mean + half
 
