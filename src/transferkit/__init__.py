@@ -10,10 +10,12 @@ from .errors import UserError  # noqa: E402
 
 # The library's verbs, imported on first use: torch takes seconds to load, and `transferkit --help` needs none
 # of it (PEP 562 module __getattr__; `from transferkit import run_split` works as usual).
-_LAZY = {"FinetuneResult": "experiments", "SplitResult": "experiments", "finetune": "experiments",
-         "predict": "experiments", "run_split": "experiments", "load_model": "reporting"}
+_LAZY = {"FinetuneResult": "experiments", "RankResult": "experiments", "SplitResult": "experiments",
+         "finetune": "experiments", "predict": "experiments", "rank": "experiments", "run_split": "experiments",
+         "load_model": "reporting"}
 
-__all__ = ["FinetuneResult", "finetune", "predict", "SplitResult", "UserError", "__version__", "load_model", "run_split"]
+__all__ = ["FinetuneResult", "finetune", "predict", "RankResult", "rank", "SplitResult", "UserError", "__version__",
+           "load_model", "run_split"]
 
 
 def __getattr__(name: str):

@@ -91,7 +91,13 @@ def load_run(run_dir: Path) -> dict:
 def write_report(run_dir: Path) -> Path:
     """Build report.html in `run_dir` from its files; returns its path."""
     run_dir = Path(run_dir)
-    view = build_view(run_dir, load_run(run_dir))
+    results = load_run(run_dir)
+    if results.get("experiment") == "rank":
+        from .rank import rank_view  # drawn from the rank's table, not from phases
+
+        return write_html(run_dir / REPORT_FILE, render("rank.html.j2", report=rank_view(results, read_status(run_dir),
+                                                                                           flatten)))
+    view = build_view(run_dir, results)
     return write_html(run_dir / REPORT_FILE, render("report.html.j2", report=view, classes_label=classes_label))
 
 
