@@ -10,12 +10,12 @@ from .errors import UserError  # noqa: E402
 
 # The library's verbs, imported on first use: torch takes seconds to load, and `transferkit --help` needs none
 # of it (PEP 562 module __getattr__; `from transferkit import run_split` works as usual).
-_LAZY = {"FinetuneResult": "experiments", "SplitResult": "experiments", "finetune": "experiments",
-         "predict": "experiments", "run_split": "experiments", "load_model": "reporting",
-         "export": "deploy", "study": "experiments", "StudyResult": "experiments"}
+_LAZY = {"FinetuneResult": "experiments", "RankResult": "experiments", "SplitResult": "experiments",
+         "StudyResult": "experiments", "finetune": "experiments", "predict": "experiments", "rank": "experiments",
+         "run_split": "experiments", "study": "experiments", "load_model": "reporting", "export": "deploy"}
 
-__all__ = ["FinetuneResult", "SplitResult", "StudyResult", "UserError", "__version__", "export", "finetune",
-           "load_model", "predict", "run_split", "study"]
+__all__ = ["FinetuneResult", "RankResult", "SplitResult", "StudyResult", "UserError", "__version__", "export",
+           "finetune", "load_model", "predict", "rank", "run_split", "study"]
 
 
 def __getattr__(name: str):

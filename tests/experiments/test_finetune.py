@@ -292,12 +292,11 @@ def test_streaming_under_torchrun_is_refused(photos, monkeypatch):
 
 def test_under_torchrun_auto_decodes_into_memory_on_every_rank(photos, monkeypatch):
     from transferkit.data import streaming
-    from transferkit.experiments.finetune import FinetuneConfig, _read_data
+    from transferkit.experiments.image_data import read_image_data
 
     monkeypatch.setattr(streaming, "memory_budget", lambda: 1000)  # would stream in a single process
-    config = FinetuneConfig(data=str(photos), stream="auto")
-    assert _read_data(config, 18, 1, None, 0).loading.stream
-    together = _read_data(config, 18, 2, None, 0).loading
+    assert read_image_data(str(photos), 0.2, 0, None, "auto", 18, 1, None, 0).loading.stream
+    together = read_image_data(str(photos), 0.2, 0, None, "auto", 18, 2, None, 0).loading
     assert not together.stream and together.reason == "under torchrun every rank decodes into memory"
 
 

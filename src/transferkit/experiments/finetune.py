@@ -5,7 +5,7 @@ backbone."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -16,13 +16,9 @@ from rich.text import Text
 from torch import nn
 
 from ..config import FinetuneConfig, HeadConfig
-from ..data import cache_dir, load_folder, streaming
-from ..data.archive import TarTree, open_tree
-from ..data.folders import find_layout, warn_skipped
+from ..data.folders import warn_skipped
 from ..data.preprocess import InputTransform
-from ..data.splits import subsample
-from ..data.streaming import FolderImages, Loading, collate_readable
-from ..errors import UserError
+from ..data.streaming import collate_readable
 from ..models import BackboneClassifier, Preprocessing, layer_rows, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment
 from ..reporting.console import print_closing
@@ -42,6 +38,7 @@ from ..training import (
 from ..training.batches import worker_count
 from ..training.predictions import Mistakes
 from .feature_pass import backbone_identity, frozen_features
+from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import RunFolder, weights_entry, weights_source
 from .runtime import Runtime, running, start
@@ -80,11 +77,10 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     ranks, console = start(device, verbose)
     torch.manual_seed(config.seed)  # the frozen phase's seed: its head is drawn from it
     model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
-    pre = load_backbone_weights(model, weights_source(config.weights))
-    if config.image_size is not None:  # keep the weights' resize/crop ratio at the size asked for
-        pre = replace(pre, resize=round(config.image_size * pre.resize / pre.crop), crop=config.image_size)
+    pre = load_backbone_weights(model, weights_source(config.weights)).at_size(config.image_size)
     run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
-    data = _read_data(config, pre.resize, ranks.world_size, run.results if run else None, workers)
+    data = read_image_data(config.data, config.val_fraction, config.seed, config.limit, config.stream, pre.resize,
+                           ranks.world_size, run.results if run else None, workers)
     classes = data.classes
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
     model.to(ranks.device)
@@ -147,11 +143,11 @@ class _Inputs:
     val_y: torch.Tensor | None
     val_images: Callable[[np.ndarray], np.ndarray]  # by index, as people see them
     index_of: Callable[[np.ndarray], np.ndarray]  # positions in val_x -> indices in the validation set
-    data: _Data
+    data: ImageData
     transform: InputTransform  # uint8 images -> what the backbone eats (with --augment: random crops, flips)
 
     @classmethod
-    def of(cls, config: FinetuneConfig, data: _Data, pre: Preprocessing, runtime: Runtime) -> _Inputs:
+    def of(cls, config: FinetuneConfig, data: ImageData, pre: Preprocessing, runtime: Runtime) -> _Inputs:
         transform = InputTransform(pre.crop, pre.mean, pre.std, augment=config.augment,
                                    vertical_flip=config.vertical_flip).to(runtime.device)
         if data.loading.stream:  # the images stay on disk; DataLoader workers decode each batch
@@ -238,81 +234,3 @@ def _unfrozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Prep
         trained, inputs.batches(inputs.train_x, inputs.train_y, config.batch_size, seed, runtime.device),
         inputs.val_x, inputs.val_y, inputs.index_of), config.unfreeze_epochs, config.lr_schedule, inputs.data.classes,
         layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples)
-
-
-@dataclass
-class _Data:
-    """The training and validation images with their labels: uint8 NHWC arrays decoded into memory, or
-    FolderImages that decode from `tree` per batch (streamed)."""
-
-    origin: str
-    classes: list[str]
-    loading: Loading
-    train: tuple[np.ndarray | FolderImages, np.ndarray]
-    val: tuple[np.ndarray | FolderImages, np.ndarray]
-    skipped: list[str]  # found while decoding into memory; a stream finds its own as it reads
-
-    def samples(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """A few training images of every class (not the first n, which are one class) for samples.png."""
-        images, labels = self.train
-        shown = subsample(np.arange(len(labels)), n)
-        if isinstance(images, FolderImages):
-            x, kept = images.images(shown)  # decoded here: a handful
-            return x, labels[kept]
-        return images[shown], labels[shown]
-
-    def close(self) -> None:
-        if isinstance(self.train[0], FolderImages):
-            self.train[0].tree.close()
-
-
-def _read_data(config: FinetuneConfig, size: int, world_size: int, previous: dict | None, workers: int) -> _Data:
-    """List the files, then decode them into memory (cached) or, when they would not fit, stream them."""
-    tree = open_tree(config.data)
-    try:
-        layout = find_layout(tree, config.val_fraction, config.seed)
-        split = "val" if "val" in layout.members else "test"
-        members = {s: [layout.members[s][i] for i in subsample(np.arange(len(layout.members[s])), config.limit)]
-                   for s in ("train", split)}
-        n = sum(len(m) for m in members.values())
-        before = (previous or {}).get("dataset", {}).get("loading")
-        if before is not None:  # a resumed run reads its data as it started to, whatever memory there is now
-            loading = Loading.decided(before["stream"], "as when the run started", n, size, workers)
-        elif config.stream == "auto" and world_size > 1:  # one answer for every rank, whatever each one's memory
-            loading = Loading.decided(False, "under torchrun every rank decodes into memory", n, size, workers)
-        else:
-            # Decoding into memory decodes the whole folder (--limit applies after), so that is what must fit.
-            everything = sum(len(m) for s, m in layout.members.items() if s in ("train", split))
-            loading = streaming.choose_loading(config.stream, everything, size, workers)
-            loading = replace(loading, images=n) if loading.stream else loading
-        if loading.stream:
-            _check_streamable(tree, loading, world_size)
-            train, val = (FolderImages(tree, members[s], size) for s in ("train", split))
-            return _Data(str(tree.path), list(layout.class_names), loading, (train, train.labels),
-                         (val, val.labels), [])
-    except BaseException:
-        tree.close()
-        raise
-    tree.close()
-    folder = load_folder(config.data, image_size=size, channels=3, val_fraction=config.val_fraction,
-                         seed=config.seed, cache_dir=cache_dir() / "images", cover=True)
-    return _Data(folder.origin, list(folder.class_names), loading, _limited(folder.splits["train"], config.limit),
-                 _limited(folder.splits.get("val", folder.splits.get("test")), config.limit), folder.skipped)
-
-
-def _check_streamable(tree, loading: Loading, world_size: int) -> None:
-    if world_size > 1:
-        raise UserError(f"{tree.path}: streaming images from disk ({loading.reason}) runs in a single process; "
-                        "under torchrun use --stream never with enough memory, or run without torchrun")
-    if isinstance(tree, TarTree) and tree.compressed:
-        raise UserError(f"{tree.path}: streaming ({loading.reason}) reads images out of order, which a compressed "
-                        "tar can only do by decompressing again; extract it, or pack it as .zip or plain .tar")
-
-
-def _limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
-    x, y = split
-    keep = subsample(np.arange(len(y)), limit)
-    return x[keep], y[keep]
-
-
-

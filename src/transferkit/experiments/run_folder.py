@@ -8,6 +8,7 @@
                                                    `transferkit predict` uses
       checkpoint.safetensors   the phase under way, after every epoch; deleted once the run is complete
       *.png, report.html
+      rank.json          `transferkit rank`'s table, best first (everything else of a rank is in results.json)
 
 Rank 0 alone writes. On the other ranks of a torchrun run, and for a run without a folder (`save=False`),
 every write is skipped, so experiments never ask which rank they are on.
@@ -16,6 +17,7 @@ every write is skipped, so experiments never ask which rank they are on.
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -27,12 +29,13 @@ from ..errors import UserError
 from ..reporting import read_results, read_status, save_model, write_results, write_status
 from ..reporting.figures import save_figures
 from ..reporting.report import write_report
-from ..reporting.results import RESULTS_FILE, results_file
+from ..reporting.results import RESULTS_FILE, results_file, write_text_atomic
 from ..reporting.status import STATUS_FILE, recording_status
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import Distributed, on_main
 
 WEIGHTS_DIR = "weights"
+RANK_FILE = "rank.json"  # `transferkit rank`'s table, best first
 
 # Options added after runs were saved, and what those runs did without them: such a run resumes as it began.
 BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never"}
@@ -90,6 +93,10 @@ class RunFolder:
     def save_results(self) -> None:
         if self.writes:
             write_results(self.path, self.results)
+
+    def save_rank(self, table: list[dict]) -> None:
+        if self.writes:
+            write_text_atomic(self.path / RANK_FILE, json.dumps(table, indent=2) + "\n")
 
     def save_figures(self, figures: dict[str, Figure]) -> None:
         if self.writes:

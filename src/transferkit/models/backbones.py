@@ -3,7 +3,7 @@ new `classifier` head."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -15,7 +15,15 @@ from ..config import HeadConfig
 from ..download import download
 from ..errors import UserError
 from ..paths import cache_dir
-from .efficientnet_lite import LITE_MEAN, LITE_STD, LITE_WEIGHTS, build_lite, lite_imagenet_state, map_reference_state
+from .efficientnet_lite import (
+    LITE_MEAN,
+    LITE_STD,
+    LITE_WEIGHTS,
+    build_lite,
+    lite_checkpoint,
+    lite_imagenet_state,
+    map_reference_state,
+)
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
                          "efficientnet_b0", "convnext_tiny")
@@ -37,6 +45,10 @@ class Preprocessing:
     def to_dict(self) -> dict:
         return {"kind": "normalize", **asdict(self)}
 
+    def at_size(self, size: int | None) -> Preprocessing:
+        """Crops of `size` px (--image-size), resized first in the weights' resize/crop ratio; None: as is."""
+        return self if size is None else replace(self, resize=round(size * self.resize / self.crop), crop=size)
+
 
 class BackboneClassifier(nn.Module):
     """A torchvision model without its last Linear (`features`, giving pooled vectors) and a new `classifier`."""
@@ -52,9 +64,7 @@ class BackboneClassifier(nn.Module):
         setattr(model.get_submodule(parent_name), name, nn.Identity())  # what remains gives pooled features
         self.replaced = qualified  # e.g. "fc" or "classifier.3": its weights are ImageNet's head, not loaded
         self.features = model
-        self.classifier = nn.Sequential(
-            nn.Dropout(head.dropout), nn.Linear(last.in_features, head.units), nn.ReLU(),
-            nn.Dropout(head.dropout), nn.Linear(head.units, num_classes))
+        self.classifier = new_head(last.in_features, num_classes, head)
 
     @property
     def num_classes(self) -> int:
@@ -70,6 +80,25 @@ class BackboneClassifier(nn.Module):
     @classmethod
     def from_spec(cls, spec: dict) -> BackboneClassifier:
         return cls(spec["backbone"], spec["num_classes"], HeadConfig(**spec["head"]))
+
+
+def new_head(in_features: int, num_classes: int, head: HeadConfig = HeadConfig()) -> nn.Sequential:
+    """Seed 004's head on pooled features: Dropout, Linear(units) + ReLU, Dropout, Linear(classes)."""
+    return nn.Sequential(nn.Dropout(head.dropout), nn.Linear(in_features, head.units), nn.ReLU(),
+                         nn.Dropout(head.dropout), nn.Linear(head.units, num_classes))
+
+
+def weights_missing(backbone: str) -> str | None:
+    """Why `backbone`'s ImageNet weights cannot be loaded here without a download, with the fix; None when they
+    can (EfficientNet-Lite: its weights package is installed; torchvision's: the file is in TORCH_HOME)."""
+    if backbone in LITE_WEIGHTS:
+        try:
+            lite_checkpoint(backbone)
+        except UserError as e:
+            return str(e)
+        return None
+    path, meta = imagenet_weights_file(backbone)
+    return None if path.is_file() else f"ImageNet weights not here: put {path.name} (from {meta.url}) in {path.parent}"
 
 
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:

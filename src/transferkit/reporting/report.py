@@ -92,6 +92,11 @@ def write_report(run_dir: Path) -> Path:
         from .study import write_study_report  # scipy loads with it: only for studies
 
         return write_study_report(run_dir, results)
+    if results.get("experiment") == "rank":
+        from .rank import rank_view  # drawn from the rank's table, not from phases
+
+        return write_html(run_dir / REPORT_FILE, render("rank.html.j2", report=rank_view(results, read_status(run_dir),
+                                                                                           flatten)))
     view = build_view(run_dir, results)
     return write_html(run_dir / REPORT_FILE, render("report.html.j2", report=view, classes_label=classes_label))
 

@@ -1,0 +1,208 @@
+"""`transferkit rank`: which pretrained backbone (or, with --layers, which of its stages) suits the user's
+images, scored on frozen features (LogME, kNN, a linear probe) and, with --verify, checked against heads
+trained as finetune trains them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from rich.text import Text
+from torch import nn
+
+from ..config import RankConfig
+from ..data.preprocess import InputTransform
+from ..errors import UserError
+from ..models import BackboneClassifier, count_params, layer_rows, load_backbone_weights, new_head
+from ..models.stages import PooledStages
+from ..reporting import describe_environment
+from ..reporting.rank import RankRow, rank_figure, rank_table, recommendation
+from ..scores import SCORES, kendall_tau, order_by_scores, score_features
+from ..training import TensorBatches, freeze, images_to_tensor, make_optimizer, resolve_precision
+from .candidates import Candidate, plan_candidates
+from .feature_pass import backbone_identity, frozen_features
+from .image_data import ImageData, read_image_data
+from .phase import Phase, PhaseInputs, train_phase
+from .run_folder import RunFolder, weights_source
+from .runtime import Runtime, running, start
+
+
+@dataclass
+class RankResult:
+    config: RankConfig
+    results: dict
+    table: list[RankRow]  # best first
+    recommendation: str
+    figures: dict[str, Figure]
+    run_dir: Path | None
+
+    def summary(self) -> str:
+        return self.recommendation
+
+
+def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | None = None,
+         out: str | Path | None = None, resume: str | Path | None = None, force: bool = False, save: bool = True,
+         verbose: bool = True, device: str = "auto", **options: object) -> RankResult:
+    """Score pretrained backbones on the image folder data set `data` and return the table, best first.
+
+    `backbones`: names (a list, or one string separated by commas), each optionally `name:weights` (imagenet,
+    none, a file); default: every backbone whose weights are here. `options` are RankConfig fields
+    (`layers=True`, `verify=True`, `epochs=5`, `limit=500`, `control=False`).
+    """
+    if isinstance(backbones, str):
+        backbones = [b.strip() for b in backbones.split(",") if b.strip()]
+    config = RankConfig(data=str(data), backbones=None if backbones is None else tuple(backbones),
+                        **{k: v for k, v in options.items() if v is not None})
+    ranks, console = start(device, verbose)
+    if ranks.world_size > 1:
+        raise UserError("transferkit rank runs in one process; start it without torchrun")
+    candidates, skipped = plan_candidates(config)
+    precision = resolve_precision(config.precision, device=ranks.device)
+    run = (RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None
+           else RunFolder.create(ranks, f"rank-{Path(config.data).stem}", out, force, save))
+    results = run.begin({
+        "experiment": "rank", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"origin": config.data}, "config": config.to_dict(),
+        "environment": describe_environment(precision, ranks.device), "skipped": skipped, "candidates": [],
+        "done": [], "phases": {},
+    }, ranks.describe(config.batch_size, config.lr))
+    console.print(Text.assemble(("transferkit rank", "bold"), f" {len(candidates)} candidate(s) on {config.data}"
+                                f"{' by stage' if config.layers else ''}, precision {precision.name}"))
+    for s in skipped:
+        console.print(f"skipped {s['backbone']}: {s['reason']}")
+    images = _Images(config)
+    with run.recording(), running(ranks, console, precision) as runtime:
+        for candidate in candidates:
+            if candidate.label in results["done"]:
+                console.print(f"{candidate.label}: scored before")
+                continue
+            rows = _score_candidate(candidate, config, images, results, run, runtime)
+            if rows is None:
+                continue
+            results["candidates"] += rows
+            results["done"].append(candidate.label)
+            run.save_results()
+    if not any(not r["control"] for r in results["candidates"]):
+        raise UserError("no candidate's weights could be loaded: " + "; ".join(s["reason"] for s in results["skipped"]))
+    rows = [results["candidates"][i] for i in order_by_scores(results["candidates"])]
+    results["ranking"] = [r["name"] for r in rows]
+    if config.verify:
+        results["kendall_tau"] = _kendall(rows)
+    table = [RankRow.of(position + 1, r) for position, r in enumerate(rows)]
+    results["recommendation"] = recommendation(table)
+    figures = {"rank": rank_figure(table)}
+    run.save_results()
+    run.save_rank([row.to_dict() for row in table])
+    run.save_figures(figures)
+    run.complete()
+    console.print(rank_table(table, results.get("kendall_tau")))
+    console.print(results["recommendation"])
+    if run.path is not None:
+        console.print(f"run folder: {run.path} (report.html)")
+    return RankResult(config, results, table, results["recommendation"], figures, run.path)
+
+
+class _Images:
+    """The data set decoded at one backbone's size at a time (the image cache keeps every size decoded)."""
+
+    def __init__(self, config: RankConfig):
+        self.config, self.size, self.data = config, None, None
+
+    def at(self, size: int, results: dict) -> ImageData:
+        if size != self.size:
+            c = self.config
+            self.data = read_image_data(c.data, c.val_fraction, c.seed, c.limit, "auto", size, 1, None, 0)
+            self.size = size
+            if self.data.loading.stream:
+                raise UserError(f"{c.data}: {self.data.loading.reason}; rank keeps the decoded images in memory: "
+                                "give --limit N (images per split)")
+            _check_classes(self.data)
+            results["dataset"].update({"origin": self.data.origin, "class_names": self.data.classes,
+                                       "train_samples": len(self.data.train[1]),
+                                       "val_samples": len(self.data.val[1]), "skipped": self.data.skipped})
+        return self.data
+
+
+def _check_classes(data: ImageData) -> None:
+    counts = np.bincount(data.train[1], minlength=len(data.classes))
+    few = [f"{c} ({n})" for c, n in zip(data.classes, counts) if n < 2]
+    if few:
+        raise UserError(f"{data.origin}: class(es) {', '.join(few)} have fewer than 2 training images, too few for "
+                        "the probe and the kNN; add images (or lower --val-fraction)")
+    if len(data.val[1]) == 0:
+        raise UserError(f"{data.origin}: no validation images; add a val/ folder or raise --val-fraction")
+
+
+def _score_candidate(candidate: Candidate, config: RankConfig, images: _Images, results: dict, run: RunFolder,
+                     runtime: Runtime) -> list[dict] | None:
+    """The rows of one candidate (one per stage with --layers, else one): its frozen pass, scores, and the
+    verified accuracy; None when its ImageNet weights are not here (recorded as skipped)."""
+    torch.manual_seed(config.seed)  # random weights (the control) are drawn alike in every run
+    model = BackboneClassifier(candidate.backbone, 2)
+    try:
+        pre = load_backbone_weights(model, weights_source(candidate.weights)).at_size(config.image_size)
+    except UserError as e:
+        if candidate.weights != "imagenet":
+            raise
+        results["skipped"].append({"backbone": candidate.backbone, "reason": str(e)})
+        runtime.console.print(f"skipped {candidate.backbone}: {e}")
+        return None
+    data = images.at(pre.resize, results)
+    freeze(model.features, eval_mode=True)
+    identity = backbone_identity(candidate.backbone, model.features, pre, runtime.precision)
+    net: nn.Module = model.features
+    if config.layers and not candidate.control:
+        net, identity = PooledStages.of(candidate.backbone, model.features, pre.crop), identity + "|stages"
+    transform = InputTransform(pre.crop, pre.mean, pre.std)
+    train_y, val_y = torch.from_numpy(data.train[1]).long(), torch.from_numpy(data.val[1]).long()
+    (train_f, val_f), record = frozen_features(
+        candidate.label, nn.Sequential(transform, net).to(runtime.device),
+        [images_to_tensor(data.train[0], scale=False), images_to_tensor(data.val[0], scale=False)],
+        identity, pre.crop, runtime)
+    parts = net.split(train_f) if isinstance(net, PooledStages) else {None: train_f}
+    val_parts = net.split(val_f) if isinstance(net, PooledStages) else {None: val_f}
+    rows = []
+    for layer, train_part in parts.items():
+        name = candidate.label if layer is None else f"{candidate.label} {layer}"
+        scores, seconds = score_features(train_part.contiguous(), train_y, val_parts[layer].contiguous(), val_y)
+        runtime.console.print(f"{name}: " + ", ".join(f"{s} {scores[s]:.4f} ({seconds[s]:.2f}s)" for s in SCORES))
+        row = {"name": name, "backbone": candidate.backbone, "weights": candidate.weights, "layer": layer,
+               "control": candidate.control, "params": count_params(model.features).total,
+               "feature_size": int(train_part.shape[1]), "input_size": pre.crop, "feature_pass": record,
+               "scores": scores, "seconds": seconds}
+        if config.verify:
+            row["verified"] = _verify(name, train_part.contiguous(), train_y, val_parts[layer].contiguous(), val_y,
+                                      data, config, run, runtime)
+        rows.append(row)
+    return rows
+
+
+def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, val_y: torch.Tensor,
+            data: ImageData, config: RankConfig, run: RunFolder, runtime: Runtime) -> dict:
+    """Train seed 004's head on the stored features as finetune's frozen phase does (same seed, epochs, batch,
+    Adam and cosine schedule for every candidate); its last epoch's validation accuracy."""
+    torch.manual_seed(config.seed)
+    head = new_head(train_f.shape[1], len(data.classes)).to(runtime.device)
+    optimizer = make_optimizer(list(head.parameters()), config.train)
+    start_time = time.perf_counter()
+    phase = Phase(f"verify {name}", head, optimizer, lambda: PhaseInputs(
+        head, TensorBatches(train_f, train_y, config.batch_size, config.seed, device=runtime.device), val_f, val_y),
+        config.epochs, "cosine", data.classes, layer_rows(head, (train_f.shape[1],)), data.val[0].__getitem__,
+        lambda: (len(train_y), len(val_y)))
+    result, _ = train_phase(phase, run, runtime)
+    run.results["phases"][phase.name] = result.to_dict()  # its history, confusion matrix, mistakes
+    return {"accuracy": result.test_accuracy, "loss": result.test_loss, "epochs": result.epochs,
+            "seconds": round(time.perf_counter() - start_time, 3), "phase": phase.name}
+
+
+def _kendall(rows: list[dict]) -> dict[str, float | None]:
+    """Kendall's tau-b between each score's order (and the combined ranking's) and the verified accuracies'."""
+    accuracy = [r["verified"]["accuracy"] for r in rows]
+    taus = {s: kendall_tau([r["scores"][s] for r in rows], accuracy) for s in SCORES}
+    taus["ranking"] = kendall_tau([-i for i in range(len(rows))], accuracy)
+    return taus
