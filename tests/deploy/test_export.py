@@ -111,7 +111,11 @@ def test_predict_on_the_onnx_file_gives_the_run_folders_top_k(exported, tuned, p
     main(["predict", str(onnx_file), str(photos / "red"), "--csv", "--top-k", "2"])
     onnx_rows = capsys.readouterr().out.splitlines()
     main(["predict", str(tuned), str(photos / "red"), "--csv", "--top-k", "2"])
-    assert onnx_rows == capsys.readouterr().out.splitlines() and len(onnx_rows) == 1 + 8 * 2
+    run_rows = capsys.readouterr().out.splitlines()
+    assert len(onnx_rows) == len(run_rows) == 1 + 8 * 2 and onnx_rows[0] == run_rows[0]
+    for a, b in zip(onnx_rows[1:], run_rows[1:]):  # path, rank, class alike; probabilities printed to 6 digits
+        (*same_a, p_a, err_a), (*same_b, p_b, err_b) = a.split(","), b.split(",")
+        assert same_a == same_b and err_a == err_b and abs(float(p_a) - float(p_b)) <= 2e-6
 
 
 def test_a_run_mnist_folder_exports_its_transfer_model(digits, tmp_path, capsys):

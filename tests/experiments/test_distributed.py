@@ -167,7 +167,8 @@ def _children(pid: int) -> list[int]:
 def test_resume_refuses_another_world_size(tmp_path):
     config = SplitConfig()
     (tmp_path / "status.json").write_text(json.dumps({"status": "running"}))
-    (tmp_path / "results.json").write_text(json.dumps({"config": config.to_dict(), "distributed": {"world_size": 2}}))
+    (tmp_path / "results.json").write_text(json.dumps({"config": config.to_dict(), "phases": {},
+                                                        "distributed": {"world_size": 2}}))
     with pytest.raises(UserError, match=r"trained by 2 process\(es\), now 1; resume it with as many"):
         resumable(tmp_path, config.to_dict(), world_size=1)
     assert resumable(tmp_path, config.to_dict(), world_size=2)["distributed"]["world_size"] == 2
