@@ -189,7 +189,8 @@ CASES = [
     ("predict on a folder that is no run", lambda t: ["predict", str(t), "x.png"], "not a transferkit run folder"),
     ("export a folder that is no run", lambda t: ["export", str(t)], "not a transferkit run folder"),
     ("export an unfinished run",  # what a killed run leaves: results.json from its start, status running
-     lambda t: (written(t / "r" / "results.json", b'{"experiment": "finetune", "model": "weights/model.safetensors"}'),
+     lambda t: (written(t / "r" / "results.json", b'{"experiment": "finetune", "config": {}, "phases": {}, '
+                                                       b'"model": "weights/model.safetensors"}'),
                 written(t / "r" / "status.json", b'{"status": "running"}')) and ["export", str(t / "r")],
      "the run is not finished (status.json says running); resume it with --resume, or export a complete run"),
     ("export to an unknown format", lambda t: ["export", str(t), "--format", "tflite"],
