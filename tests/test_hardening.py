@@ -132,3 +132,18 @@ def test_a_cache_entry_that_does_not_prove_it_belongs_is_rebuilt(tmp_path, tampe
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the rebuilt entry is good again
         load_folder(root, cache_dir=cache)
+
+
+def test_a_crash_after_the_run_folder_exists_says_failed_not_running(tmp_path, monkeypatch):
+    # Anything between creating the folder and the first phase (drawing the samples figure, here) used to leave
+    # status.json at running / setup for ever.
+    import transferkit.experiments.split as split
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the figure could not be drawn")
+
+    monkeypatch.setattr(split, "samples_figure", broken)
+    with pytest.raises(RuntimeError):
+        split.run_split("mnist", limit=100, epochs=1, out=tmp_path / "run", verbose=False)
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["status"] == "failed" and "the figure could not be drawn" in status["error"]

@@ -86,46 +86,47 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     model.to(ranks.device)
     precision = resolve_precision(config.precision, device=ranks.device)
     run = run or RunFolder.create(ranks, f"finetune-{Path(config.data).stem}", out, force, save)
-    n_train, n_val = len(data.train[1]), len(data.val[1])
-    console.print(Text.assemble(("transferkit finetune", "bold"), f" {config.backbone} ({config.weights} weights) on "
-                                f"{data.origin}: {len(classes)} classes, {n_train} train / {n_val} validation images, "
-                                f"input {pre.crop}px, precision {precision.name}"))
-    console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
-    results = run.begin({
-        "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
-                    "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict()},
-        "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
-        "environment": describe_environment(precision, ranks.device), "phases": {}, "model": weights_entry("model"),
-    }, ranks.describe(config.batch_size, config.lr))
-    figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
-    run.save_figures(figures)  # once: each phase below saves only the figures it redraws
-    phases: dict[str, PhaseResult] = {}
-    mistakes: dict[str, Mistakes] = {}
-    names = ["frozen", "unfrozen"] if config.unfreeze_epochs else ["frozen"]
-    with run.recording(), running(ranks, console, precision) as runtime:
-        inputs = _Inputs.of(config, data, pre, runtime)
-        for name in names:
-            phase = (_frozen_phase if name == "frozen" else _unfrozen_phase)(config, model, pre, inputs, runtime)
-            phases[name], found = train_phase(phase, run, runtime)
-            if found is not None:
-                mistakes[name] = found
-            inputs.report_skipped(results)
-            results["phases"][name] = phases[name].to_dict()
-            redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
-            figures.update(redrawn)
-            run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=False)
-    data.close()
-    model.eval().cpu()  # the model returned and saved lives on the CPU, wherever it trained
-    # The final model's, as its last phase measured it after training (no second pass over the images).
-    results["confusion_matrix"] = results["phases"][names[-1]]["confusion_matrix"]
-    redrawn = {"curves": curves_figure(results["phases"]),
-               "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes)}
-    figures.update(redrawn)
-    run.save_weights("model", model, classes, pre.to_dict())  # what `transferkit predict` uses
-    run.save_results()
-    run.save_figures(redrawn)
-    run.complete()
+    with run.recording():  # from here on a crash says failed in status.json, never running
+        n_train, n_val = len(data.train[1]), len(data.val[1])
+        console.print(Text.assemble(("transferkit finetune", "bold"), f" {config.backbone} ({config.weights} weights) on "
+                                    f"{data.origin}: {len(classes)} classes, {n_train} train / {n_val} validation images, "
+                                    f"input {pre.crop}px, precision {precision.name}"))
+        console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
+        results = run.begin({
+            "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
+                        "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict()},
+            "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
+            "environment": describe_environment(precision, ranks.device), "phases": {}, "model": weights_entry("model"),
+        }, ranks.describe(config.batch_size, config.lr))
+        figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
+        run.save_figures(figures)  # once: each phase below saves only the figures it redraws
+        phases: dict[str, PhaseResult] = {}
+        mistakes: dict[str, Mistakes] = {}
+        names = ["frozen", "unfrozen"] if config.unfreeze_epochs else ["frozen"]
+        with running(ranks, console, precision) as runtime:
+            inputs = _Inputs.of(config, data, pre, runtime)
+            for name in names:
+                phase = (_frozen_phase if name == "frozen" else _unfrozen_phase)(config, model, pre, inputs, runtime)
+                phases[name], found = train_phase(phase, run, runtime)
+                if found is not None:
+                    mistakes[name] = found
+                inputs.report_skipped(results)
+                results["phases"][name] = phases[name].to_dict()
+                redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
+                figures.update(redrawn)
+                run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=False)
+        data.close()
+        model.eval().cpu()  # the model returned and saved lives on the CPU, wherever it trained
+        # The final model's, as its last phase measured it after training (no second pass over the images).
+        results["confusion_matrix"] = results["phases"][names[-1]]["confusion_matrix"]
+        redrawn = {"curves": curves_figure(results["phases"]),
+                   "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes)}
+        figures.update(redrawn)
+        run.save_weights("model", model, classes, pre.to_dict())  # what `transferkit predict` uses
+        run.save_results()
+        run.save_figures(redrawn)
+        run.complete()
     result = FinetuneResult(config, results, phases, model, figures, run.path)
     print_closing(console, results["phases"], result.summary(), run.path,
                   then=f"predict with: transferkit predict {run.path} IMAGES...")

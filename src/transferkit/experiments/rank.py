@@ -65,41 +65,42 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
     precision = resolve_precision(config.precision, device=ranks.device)
     run = (RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None
            else RunFolder.create(ranks, f"rank-{Path(config.data).stem}", out, force, save))
-    results = run.begin({
-        "experiment": "rank", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"origin": config.data}, "config": config.to_dict(),
-        "environment": describe_environment(precision, ranks.device), "skipped": skipped, "candidates": [],
-        "done": [], "phases": {},
-    }, ranks.describe(config.batch_size, config.lr))
-    console.print(Text.assemble(("transferkit rank", "bold"), f" {len(candidates)} candidate(s) on {config.data}"
-                                f"{' by stage' if config.layers else ''}, precision {precision.name}"))
-    for s in skipped:
-        console.print(f"skipped {s['backbone']}: {s['reason']}")
-    images = _Images(config)
-    with run.recording(), running(ranks, console, precision) as runtime:
-        for candidate in candidates:
-            if candidate.label in results["done"]:
-                console.print(f"{candidate.label}: scored before")
-                continue
-            rows = _score_candidate(candidate, config, images, results, run, runtime)
-            if rows is None:
-                continue
-            results["candidates"] += rows
-            results["done"].append(candidate.label)
-            run.save_results()
-    if not any(not r["control"] for r in results["candidates"]):
-        raise UserError("no candidate's weights could be loaded: " + "; ".join(s["reason"] for s in results["skipped"]))
-    rows = [results["candidates"][i] for i in order_by_scores(results["candidates"])]
-    results["ranking"] = [r["name"] for r in rows]
-    if config.verify:
-        results["kendall_tau"] = _kendall(rows)
-    table = [RankRow.of(position + 1, r) for position, r in enumerate(rows)]
-    results["recommendation"] = recommendation(table)
-    figures = {"rank": rank_figure(table)}
-    run.save_results()
-    run.save_rank([row.to_dict() for row in table])
-    run.save_figures(figures)
-    run.complete()
+    with run.recording():  # from here on a crash says failed in status.json, never running
+        results = run.begin({
+            "experiment": "rank", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dataset": {"origin": config.data}, "config": config.to_dict(),
+            "environment": describe_environment(precision, ranks.device), "skipped": skipped, "candidates": [],
+            "done": [], "phases": {},
+        }, ranks.describe(config.batch_size, config.lr))
+        console.print(Text.assemble(("transferkit rank", "bold"), f" {len(candidates)} candidate(s) on {config.data}"
+                                    f"{' by stage' if config.layers else ''}, precision {precision.name}"))
+        for s in skipped:
+            console.print(f"skipped {s['backbone']}: {s['reason']}")
+        images = _Images(config)
+        with running(ranks, console, precision) as runtime:
+            for candidate in candidates:
+                if candidate.label in results["done"]:
+                    console.print(f"{candidate.label}: scored before")
+                    continue
+                rows = _score_candidate(candidate, config, images, results, run, runtime)
+                if rows is None:
+                    continue
+                results["candidates"] += rows
+                results["done"].append(candidate.label)
+                run.save_results()
+        if not any(not r["control"] for r in results["candidates"]):
+            raise UserError("no candidate's weights could be loaded: " + "; ".join(s["reason"] for s in results["skipped"]))
+        rows = [results["candidates"][i] for i in order_by_scores(results["candidates"])]
+        results["ranking"] = [r["name"] for r in rows]
+        if config.verify:
+            results["kendall_tau"] = _kendall(rows)
+        table = [RankRow.of(position + 1, r) for position, r in enumerate(rows)]
+        results["recommendation"] = recommendation(table)
+        figures = {"rank": rank_figure(table)}
+        run.save_results()
+        run.save_rank([row.to_dict() for row in table])
+        run.save_figures(figures)
+        run.complete()
     console.print(rank_table(table, results.get("kendall_tau")))
     console.print(results["recommendation"])
     if run.path is not None:

@@ -120,53 +120,53 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                                    config.train.seed)
     splits = {"target": target} if backbone else {"source": split_by_class(data, src, config.limit), "target": target}
     run = run or RunFolder.create(ranks, Path(config.dataset).stem or "data", out, force, save)
-
-    if backbone:
-        source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"
-                       else f"{config.backbone} with weights {config.weights}")
-    else:
-        source_text = f"classes {', '.join(splits['source'].class_names)}"
-    console.print(Text.assemble(("transferkit", "bold"), f" split experiment on {data.name} ({data.origin})"))
-    console.print(f"source {source_text} -> target classes {', '.join(target.class_names)} "
-                  f"({len(target.y_train)} training images); precision {precision.name} ({precision.reason})")
-    results = run.begin({
-        "experiment": "split",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
-                    "class_names": list(data.class_names), "train_samples": len(data.y_train),
-                    "test_samples": len(data.y_test), "skipped": list(data.skipped)},
-        "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
-                   "source_classes": list(splits["source"].class_names) if "source" in splits else [],
-                   "target_classes": list(target.class_names)},
-        "source": source_text,
-        "environment": describe_environment(precision, ranks.device),
-        "phases": {},
-        "model": weights_entry("transfer"),  # what `transferkit predict` uses: the target classifier
-    }, ranks.describe(config.train.batch_size, config.train.learning_rate))
-    shown = {g: subsample(np.arange(len(s.y_train)), 16) for g, s in splits.items()}  # every class, not the first
-    figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]], list(s.class_names))
-                                          for g, s in splits.items()})}
-    run.save_figures(figures)  # once: each phase below saves only the figures it redraws
-    result = SplitResult(config, results, {}, run_dir=run.path)
-    names = [p for p in PHASES if (p != "source" or not backbone) and (p != "scratch" or config.scratch)]
-    mistakes: dict[str, Mistakes] = {}
-    with run.recording(), running(ranks, console, precision, config.train.eval_batch_size) as runtime:
-        phases = _Phases(config, data.image_shape, runtime, backbone)
-        for name in names:
-            split = splits["source" if name == "source" else "target"]
-            phase = phases.phase(name, split, result.models.get("source"))
-            result.phases[name], found = train_phase(phase, run, runtime)
-            if found is not None:
-                mistakes[name] = found
-            results["phases"][name] = result.phases[name].to_dict()
-            result.models[name] = phase.model.eval().cpu()  # on the CPU: saved, summarised, copied by the next
-            redrawn = {"curves": curves_figure(results["phases"]), "training_time": time_figure(results["phases"])}
-            if mistakes:
-                redrawn["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in mistakes.items()})
-            figures.update(redrawn)
-            run.save_phase(name, phase.model, split.class_names, phases.preprocessing(name), redrawn,
-                           last=name == names[-1])
-    run.complete()
+    with run.recording():  # from here on a crash says failed in status.json, never running
+        if backbone:
+            source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"
+                           else f"{config.backbone} with weights {config.weights}")
+        else:
+            source_text = f"classes {', '.join(splits['source'].class_names)}"
+        console.print(Text.assemble(("transferkit", "bold"), f" split experiment on {data.name} ({data.origin})"))
+        console.print(f"source {source_text} -> target classes {', '.join(target.class_names)} "
+                      f"({len(target.y_train)} training images); precision {precision.name} ({precision.reason})")
+        results = run.begin({
+            "experiment": "split",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
+                        "class_names": list(data.class_names), "train_samples": len(data.y_train),
+                        "test_samples": len(data.y_test), "skipped": list(data.skipped)},
+            "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
+                       "source_classes": list(splits["source"].class_names) if "source" in splits else [],
+                       "target_classes": list(target.class_names)},
+            "source": source_text,
+            "environment": describe_environment(precision, ranks.device),
+            "phases": {},
+            "model": weights_entry("transfer"),  # what `transferkit predict` uses: the target classifier
+        }, ranks.describe(config.train.batch_size, config.train.learning_rate))
+        shown = {g: subsample(np.arange(len(s.y_train)), 16) for g, s in splits.items()}  # every class, not the first
+        figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]], list(s.class_names))
+                                              for g, s in splits.items()})}
+        run.save_figures(figures)  # once: each phase below saves only the figures it redraws
+        result = SplitResult(config, results, {}, run_dir=run.path)
+        names = [p for p in PHASES if (p != "source" or not backbone) and (p != "scratch" or config.scratch)]
+        mistakes: dict[str, Mistakes] = {}
+        with running(ranks, console, precision, config.train.eval_batch_size) as runtime:
+            phases = _Phases(config, data.image_shape, runtime, backbone)
+            for name in names:
+                split = splits["source" if name == "source" else "target"]
+                phase = phases.phase(name, split, result.models.get("source"))
+                result.phases[name], found = train_phase(phase, run, runtime)
+                if found is not None:
+                    mistakes[name] = found
+                results["phases"][name] = result.phases[name].to_dict()
+                result.models[name] = phase.model.eval().cpu()  # on the CPU: saved, summarised, copied by the next
+                redrawn = {"curves": curves_figure(results["phases"]), "training_time": time_figure(results["phases"])}
+                if mistakes:
+                    redrawn["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in mistakes.items()})
+                figures.update(redrawn)
+                run.save_phase(name, phase.model, split.class_names, phases.preprocessing(name), redrawn,
+                               last=name == names[-1])
+        run.complete()
     result.figures = figures
     print_closing(console, results["phases"], result.summary(), run.path)
     return result

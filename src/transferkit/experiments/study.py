@@ -169,33 +169,34 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
     precision = resolve_precision(split.train.precision, device=ranks.device)
     run = run or RunFolder.create(ranks, f"study-{kind}-{Path(split.dataset).stem or 'data'}", out, force, save)
-    points = _plan(config)
-    console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source "
-                                f"{', '.join(a.class_names)} -> target {', '.join(b.class_names)}; {len(points)} "
-                                f"points ({', '.join(config.chosen_arms)} x {config.seeds} seeds); precision "
-                                f"{precision.name}"))
-    results = run.begin({
-        "experiment": "study", "kind": kind,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
-                    "source_classes": list(a.class_names), "target_classes": list(b.class_names),
-                    "source_train_samples": len(a.y_train), "target_train_samples": len(b.y_train),
-                    "target_test_samples": len(b.y_test),
-                    "target_class_sizes": np.bincount(b.y_train, minlength=len(tgt)).tolist()},
-        "config": config.to_dict(), "environment": describe_environment(precision, ranks.device),
-        "phases": {}, "points": {},
-    }, ranks.describe(split.train.batch_size, split.train.learning_rate))
-    with run.recording(), running(ranks, console, precision, split.train.eval_batch_size) as runtime:
-        trainer = _Trainer(config, data.image_shape, a, b, run, runtime)
-        for seed in range(config.seeds):
-            trainer.seed(seed, [p for p in points if p.seed == seed])
-    results["summary"], results["findings"], results["crossover"] = summarise(results["points"], kind)
-    figures = {"study": (shots_figure if kind == "shots" else freeze_figure)(results)}
-    run.save_results()
-    run.save_figures(figures)
-    if run.writes:
-        write_study_csv(run.path / STUDY_CSV, results["points"])
-    run.complete()
+    with run.recording():  # from here on a crash says failed in status.json, never running
+        points = _plan(config)
+        console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source "
+                                    f"{', '.join(a.class_names)} -> target {', '.join(b.class_names)}; {len(points)} "
+                                    f"points ({', '.join(config.chosen_arms)} x {config.seeds} seeds); precision "
+                                    f"{precision.name}"))
+        results = run.begin({
+            "experiment": "study", "kind": kind,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
+                        "source_classes": list(a.class_names), "target_classes": list(b.class_names),
+                        "source_train_samples": len(a.y_train), "target_train_samples": len(b.y_train),
+                        "target_test_samples": len(b.y_test),
+                        "target_class_sizes": np.bincount(b.y_train, minlength=len(tgt)).tolist()},
+            "config": config.to_dict(), "environment": describe_environment(precision, ranks.device),
+            "phases": {}, "points": {},
+        }, ranks.describe(split.train.batch_size, split.train.learning_rate))
+        with running(ranks, console, precision, split.train.eval_batch_size) as runtime:
+            trainer = _Trainer(config, data.image_shape, a, b, run, runtime)
+            for seed in range(config.seeds):
+                trainer.seed(seed, [p for p in points if p.seed == seed])
+        results["summary"], results["findings"], results["crossover"] = summarise(results["points"], kind)
+        figures = {"study": (shots_figure if kind == "shots" else freeze_figure)(results)}
+        run.save_results()
+        run.save_figures(figures)
+        if run.writes:
+            write_study_csv(run.path / STUDY_CSV, results["points"])
+        run.complete()
     for line in results["findings"]:
         console.print(line)
     if run.path is not None:
