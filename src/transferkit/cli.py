@@ -248,7 +248,8 @@ def _study_options(command):
         click.option("--lr", type=float, default=None, help="Learning rate (default: the optimizer's, as `run`)."),
         click.option("--head", type=click.Choice(HEADS), default=None, help="Transfer arm: as `run --head`."),
         click.option("--filters", type=int, help="Filters per conv layer.  [default: 32; cifar10: 64]"),
-        click.option("--seed", type=int, help="First seed; seeds are this and the next ones.  [default: 0]"),
+        click.option("--seed", type=int, help="Base seed: each point's seeds derive from it and the seed number "
+                                              "(0 to --seeds - 1).  [default: 0]"),
         click.option("--limit", type=int, default=None, help="Use at most N images per split (quick studies)."),
         click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]"),
         click.option("--out", type=click.Path(), default=None,
@@ -271,8 +272,9 @@ def _study_options(command):
               help="Training images per target class at each point (all: every image).")
 @click.option("--seeds", type=int, default=5, show_default=True, help="Seeds per point (2 or more).")
 def study_shots_command(**options: object) -> None:
-    """With how little target data does transfer pay? For every shot count and seed: the transfer arm (frozen
-    source features, new head) and the scratch arm, on the same images, tested on the whole target test set.
+    """With how little target data does transfer pay? For every shot count and seed: the transfer arm (the
+    source network's frozen features, its classifier trained on, as `run`'s transfer phase) and the scratch arm,
+    on the same images, tested on the whole target test set.
 
     \b
     Examples:
@@ -355,7 +357,9 @@ def rank_command(data: str, out: str | None, force: bool, resume: str | None, qu
 
     result = _resumable(rank, data, out=out, resume=resume, force=force, verbose=not (quiet or as_json), **options)
     if as_json:
-        click.echo(json.dumps(result.results, indent=2))
+        from .reporting.results import strict_json
+
+        click.echo(strict_json(result.results))
     elif quiet:
         from .reporting.console import make_console
         from .reporting.rank import rank_table

@@ -93,3 +93,23 @@ def test_completion_deletes_the_checkpoint_and_says_complete(tmp_path):
     assert not (tmp_path / "run" / CHECKPOINT_FILE).exists()
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "complete"
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_force_into_an_earlier_runs_folder_clears_its_record_and_checkpoint(tmp_path):
+    old = _new_run(tmp_path, {"old": True})
+    (old.path / CHECKPOINT_FILE).write_bytes(b"an earlier run's training state")
+    (old.path / "study.json").write_text("{}")
+    with pytest.raises(UserError, match="holds a run already"):
+        RunFolder.create(MAIN, "test", out=old.path)
+    new = RunFolder.create(MAIN, "test", out=old.path, force=True)
+    assert not (new.path / CHECKPOINT_FILE).exists() and not (new.path / "study.json").exists()
+    assert json.loads((new.path / "status.json").read_text())["status"] == "running"
+
+
+def test_a_resumed_run_says_running_again(tmp_path):
+    config = SplitConfig().to_dict()
+    _new_run(tmp_path, config)
+    (tmp_path / "run" / "status.json").write_text('{"status": "interrupted"}')
+    run = RunFolder.resume(tmp_path / "run", config, MAIN)
+    run.begin({}, {"world_size": 1})
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "running"

@@ -115,7 +115,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                 results["phases"][name] = phases[name].to_dict()
                 redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
                 figures.update(redrawn)
-                run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=False)
+                run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=name == names[-1])
         data.close()
         model.eval().cpu()  # the model returned and saved lives on the CPU, wherever it trained
         # The final model's, as its last phase measured it after training (no second pass over the images).

@@ -3,6 +3,7 @@
     RUN_DIR/
       status.json        running (phase) | interrupted | failed (error) | complete
       results.json       configuration, data set, environment, one record per phase; history.csv beside it
+                         (a study's: study.json, with its points, and study.csv; a rank's: rank.json too)
       weights/<phase>.safetensors + <phase>.json   each finished phase's network (the spec is also inside the
                                                    safetensors metadata); results.json["model"] names the one
                                                    `transferkit predict` uses
@@ -29,7 +30,7 @@ from ..errors import UserError
 from ..reporting import read_results, read_status, save_model, write_results, write_status
 from ..reporting.figures import save_figures
 from ..reporting.report import write_report
-from ..reporting.results import RESULTS_FILE, results_file, write_text_atomic
+from ..reporting.results import HISTORY_FILE, RESULTS_FILE, STUDY_FILE, results_file, write_text_atomic
 from ..reporting.status import STATUS_FILE, recording_status
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import Distributed, on_main
@@ -80,7 +81,9 @@ class RunFolder:
         if not self.resumed:
             self.results = results
         self.results.setdefault("distributed", distributed)
-        if not self.resumed:
+        if self.resumed:
+            self.status("running", phase="setup")  # no longer interrupted: at work again
+        else:
             self.save_results()
         return self.results
 
@@ -194,6 +197,10 @@ def prepare_run_dir(out: Path, force: bool) -> None:
                             "or choose a new --out")
         raise UserError(f"--out {out}: folder exists and is not empty; choose a new folder, or --force to write into it")
     try:
+        # --force into an earlier run's folder: its record and checkpoint go, or they would be read as this run's
+        # (a checkpoint of a phase of the same name would be restored into it).
+        for name in (STATUS_FILE, RESULTS_FILE, STUDY_FILE, HISTORY_FILE, CHECKPOINT_FILE):
+            (out / name).unlink(missing_ok=True)
         (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None

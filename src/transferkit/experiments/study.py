@@ -61,6 +61,7 @@ DEFAULT_SHOTS = (1, 2, 5, 10, 20, 50, 100, 0)  # 0: all
 # Each point trains at least this many optimizer steps: a 1-shot set is a single small batch an epoch, which
 # the source-sized epochs would leave far from converged.
 MIN_STEPS = 300
+DEFAULT_SEEDS = {"shots": 5, "freeze": 3}  # the issue's protocols; the CLI shows the same
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,9 @@ class StudyConfig:
             raise UserError(f"study {self.kind!r}: unknown; choose one of {', '.join(STUDY_KINDS)}")
         if self.split.backbone is not None:
             raise UserError("--backbone: studies run on the seed network so far; drop --backbone")
+        if self.split.shots is not None or self.split.train_fraction is not None or not self.split.scratch:
+            raise UserError("shots, train_fraction and scratch are the study's to vary: give a shots study's "
+                            "--shots, and its --arms")
         if self.seeds < 2:
             raise UserError(f"--seeds {self.seeds}: a 95% interval needs 2 seeds or more")
         unknown = [a for a in self.arms if a not in ARMS[self.kind]]
@@ -142,7 +146,7 @@ class StudyResult:
         return " ".join(self.results["findings"])
 
 
-def study(kind: str, dataset: str = "mnist", source: object = None, target: object = None, *, seeds: int = 3,
+def study(kind: str, dataset: str = "mnist", source: object = None, target: object = None, *, seeds: int | None = None,
           shots: object = None, cuts: object = None, arms: object = None, min_steps: int = MIN_STEPS,
           out: str | Path | None = None, resume: str | Path | None = None, force: bool = False, save: bool = True,
           verbose: bool = True, device: str = "auto", **options: object) -> StudyResult:
@@ -153,6 +157,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). `out`, `resume`, `force`, `save`,
     `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point.
     """
+    seeds = DEFAULT_SEEDS.get(kind, 3) if seeds is None else seeds
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
                          **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=_numbers(cuts, "--cuts"),
                                   arms=_names(arms)), min_steps=min_steps)
@@ -215,24 +220,26 @@ class _Trainer:
         self.quiet = dataclasses.replace(runtime, console=make_console(quiet=True))
         self.x_test, self.y_test = images_to_tensor(b.x_test), torch.from_numpy(b.y_test)
         # Every training, the source networks (and baseB where it is no arm) included.
-        extra = config.seeds * (1 + (config.kind == "freeze" and "baseB" not in config.chosen_arms))
+        extra = config.seeds * _needs_base_a(config)  # the source networks, trained but no point
         self.done, self.total = 0, len(_plan(config)) + extra
         self.trained_here: list[float] = []
 
     def seed(self, seed: int, points: list[Point]) -> None:
         cfg = self.config.split.train
-        base_a = self._train(Point("baseA", seed), self.a, record=False)
+        # baseA (the source network) where an arm copies from it; baseB in every freeze study: the reference.
+        base_a = self._train(Point("baseA", seed), self.a, record=False) if _needs_base_a(self.config) else None
         if self.config.kind == "shots":
-            # The frozen features of every target image through this seed's source network, once: each shot
-            # count's transfer point indexes them.
-            prefix, self.tail = split_frozen(base_a.features)
-            self.features = [compute_features(prefix, x, cfg.eval_batch_size, self.runtime.autocast_dtype,
-                                              device=self.runtime.device)
-                             for x in (images_to_tensor(self.b.x_train), self.x_test)]
+            if base_a is not None:
+                # The frozen features of every target image through this seed's source network, once: each
+                # shot count's transfer point indexes them.
+                prefix, self.tail = split_frozen(base_a.features)
+                self.features = [compute_features(prefix, x, cfg.eval_batch_size, self.runtime.autocast_dtype,
+                                                  device=self.runtime.device)
+                                 for x in (images_to_tensor(self.b.x_train), self.x_test)]
             for point in points:
                 self._shots_point(point, base_a)
             return
-        base_b = self._train(Point("baseB", seed), self.b, record=Point("baseB", seed) in points)
+        base_b = self._train(Point("baseB", seed), self.b, record=True)
         for point in points:
             if point.arm != "baseB":
                 self._freeze_point(point, base_a if point.arm.startswith("A") else base_b)
@@ -324,6 +331,10 @@ class _Trainer:
         return ((self.config.split.train.seed * 1000 + point.seed) * 16 + arm) * 100_000 + x
 
 
+def _needs_base_a(config: StudyConfig) -> bool:
+    return any(arm in ("transfer", "AnB", "AnB+") for arm in config.chosen_arms)
+
+
 def shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     """`shots` training images of every class (0: all), drawn with `seed`, nested: a seed's 10-shot set holds
     its 5-shot set, so shot counts differ by the images added and not by a new draw."""
@@ -341,7 +352,7 @@ def _plan(config: StudyConfig) -> list[Point]:
         if config.kind == "shots":
             points += [Point(arm, s, shots=n) for n in config.shots for arm in arms]
             continue
-        points += [Point("baseB", s)] if "baseB" in arms else []
+        points += [Point("baseB", s)]  # the reference line, trained and recorded whatever the arms
         points += [Point(arm, s, cut=n) for n in config.cuts for arm in arms if arm != "baseB"]
     return points
 
@@ -361,7 +372,7 @@ def _numbers(value: object, option: str, allow_all: bool = False) -> tuple[int, 
     """`"1,5,all"` or a list -> (1, 5, 0) (0: all, where allowed)."""
     if value is None:
         return None
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = value.split(",") if isinstance(value, str) else [value] if isinstance(value, int) else list(value)
     out = []
     for item in items:
         text = str(item).strip().lower()
