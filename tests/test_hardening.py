@@ -124,7 +124,7 @@ def test_a_cache_entry_that_does_not_prove_it_belongs_is_rebuilt(tmp_path, tampe
         arrays = dict(npz)
     tamper(arrays)
     np.savez(entry, **arrays)  # well-formed, but not what the folder decodes to
-    with pytest.warns(UserWarning, match=f"cache entry with {says}; discarded"):
+    with pytest.warns(UserWarning, match=rf"cache entry discarded \({says}\)"):
         again = load_folder(root, cache_dir=cache)
     assert again.class_names == first.class_names
     for split, (x, y) in first.splits.items():

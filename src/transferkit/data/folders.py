@@ -290,7 +290,7 @@ def _read_cache(cache_dir: Path, key: str, layout: FolderLayout) -> FolderData |
                    "content that does not match its digest" if _digest(data) != digest else None)
         if problem is None:
             return data
-    warnings.warn(f"{path}: a decoded-image cache entry with {problem}; discarded, decoding the images again",
+    warnings.warn(f"{path}: decoded-image cache entry discarded ({problem}); decoding the images again",
                   stacklevel=3)
     path.unlink(missing_ok=True)
     return None
