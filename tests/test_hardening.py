@@ -147,3 +147,22 @@ def test_a_crash_after_the_run_folder_exists_says_failed_not_running(tmp_path, m
         split.run_split("mnist", limit=100, epochs=1, out=tmp_path / "run", verbose=False)
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["status"] == "failed" and "the figure could not be drawn" in status["error"]
+
+
+def test_the_pixel_limit_warning_names_the_file(tmp_path, monkeypatch):
+    # Pillow warns (decodes) between its pixel limit and twice it, and refuses beyond: a 40 x 40 image under a
+    # limit of 1,000 pixels stands for an image of 89 to 179 million pixels. Its warning named no file.
+    from PIL import Image as PILImage
+
+    from transferkit.data import load_folder
+    from transferkit.experiments import predict
+
+    root = _folder(tmp_path / "set", ("ant", "bee", "cat", "dog"))
+    PILImage.new("RGB", (40, 40), (9, 9, 9)).save(root / "train" / "ant" / "huge.png")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.warns(PILImage.DecompressionBombWarning, match=r"ant/huge\.png: Image size \(1600 pixels\) exceeds"):
+        load_folder(root, image_size=8)
+    run = _split_run(tmp_path)
+    with pytest.warns(PILImage.DecompressionBombWarning, match=r"huge\.png: Image size \(1600 pixels\) exceeds"):
+        [p] = predict(run, [root / "train" / "ant" / "huge.png"])
+    assert p.error is None

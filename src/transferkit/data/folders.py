@@ -3,12 +3,14 @@ split by `val_fraction`; from a folder or an archive; decoded once into uint8 ar
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import warnings
 import zipfile
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -154,6 +156,21 @@ def decode_image(data: bytes, size: tuple[int, int] | None, channels: int, cover
         return np.asarray(img, dtype=np.uint8)
 
 
+@contextlib.contextmanager
+def naming_the_file(name: str) -> Iterator[None]:
+    """Pillow's pixel-limit warning (an image of 89 to 179 million pixels: decoded, but possibly a
+    decompression bomb) names no file: re-issued naming `name`. Other warnings pass through as they were.
+    For code that decodes one image at a time in a thread of its own (catch_warnings is process-wide)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, Image.DecompressionBombWarning):
+            warnings.warn(f"{name}: {w.message}", Image.DecompressionBombWarning, stacklevel=3)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
 def probe(data: bytes) -> tuple[tuple[int, int], bool]:
     """(size, is_colour) from an image's header, without decoding the pixels."""
     with Image.open(io.BytesIO(data)) as img:
@@ -204,7 +221,8 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
                     raise OSError("cannot be read")
                 if not data:
                     raise OSError("empty file")
-                headers[f] = probe(data)
+                with naming_the_file(f"{tree.path}: {f}"):
+                    headers[f] = probe(data)
             except Image.DecompressionBombError as e:
                 raise UserError(f"{tree.path}: {f} is a decompression bomb ({e}); remove it") from None
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
@@ -219,7 +237,9 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
     else:
         size = (image_size, image_size)
     splits = {}
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Pillow decodes without the GIL
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        # Pillow decodes without the GIL. Its pixel-limit warnings were given above, naming the files.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         for split, items in raw.items():
             todo = [(f, lbl, d) for f, lbl, d in items if f in headers]
             results = list(pool.map(lambda it: _decode_or_reason(it[2], size, channels, cover), todo))

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .archive import FileTree
-from .folders import decode_image, unreadable_reason
+from .folders import decode_image, naming_the_file, unreadable_reason
 
 # What a failed read or decode raises; UserError is a zip or tar member that cannot be read.
 UNREADABLE = (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError, UserError)
@@ -48,7 +48,8 @@ class FolderImages(Dataset):
             data = self.tree.read(path)
             if not data:
                 raise OSError("empty file")
-            return decode_image(data, (self.size, self.size), 3, cover=True)
+            with naming_the_file(f"{self.tree.path}: {path}"):  # one image at a time, in this process's thread
+                return decode_image(data, (self.size, self.size), 3, cover=True)
         except UNREADABLE as e:
             return Unreadable(path, unreadable_reason(e))
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ..data.archive import read_regular_file
-from ..data.folders import IMAGE_SUFFIXES, decode_image, unreadable_reason
+from ..data.folders import IMAGE_SUFFIXES, decode_image, naming_the_file, unreadable_reason
 from ..data.preprocess import InputTransform, scale_images
 from ..errors import UserError
 from ..reporting import load_model
@@ -98,7 +98,8 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
 
     for path in image_files(inputs):
         try:
-            pending.append((str(path), classifier.decode(read_regular_file(path))))
+            with naming_the_file(str(path)):
+                pending.append((str(path), classifier.decode(read_regular_file(path))))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
             flush()
             out.append(Prediction(str(path), [], f"{type(e).__name__}: {unreadable_reason(e)}"))
