@@ -12,7 +12,18 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .config import DEFAULT_LR, HEADS, LR_SCHEDULES, OPTIMIZERS, PRECISIONS, STREAM_MODES
+from .config import (
+    DEFAULT_LR,
+    HEADS,
+    LR_SCHEDULES,
+    OPTIMIZERS,
+    PRECISIONS,
+    STREAM_MODES,
+    STUDY_CUTS,
+    STUDY_MIN_STEPS,
+    STUDY_SEEDS,
+    STUDY_SHOTS,
+)
 from .errors import Interrupted, UserError
 
 PRECISION_HELP = ("auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; on a GPU bf16 where "
@@ -240,7 +251,7 @@ def _study_options(command):
         click.option("--target", help="Target classes (B).  [default: the second half]"),
         click.option("--arms", help="A comma list of the study's arms (default: all of them)."),
         click.option("--epochs", type=int, help="Epochs per point.  [default: 5; cifar10: 20]"),
-        click.option("--min-steps", type=int, default=300, show_default=True,
+        click.option("--min-steps", type=int, default=STUDY_MIN_STEPS, show_default=True,
                      help="Every point trains at least this many optimizer steps, spread over its epochs, so "
                           "that a few images are trained to convergence too."),
         click.option("--batch-size", type=int, help="[default: 128, or the training images when fewer]"),
@@ -268,9 +279,10 @@ def _study_options(command):
 
 @study_group.command("shots")
 @_study_options
-@click.option("--shots", default="1,2,5,10,20,50,100,all", show_default=True,
+@click.option("--shots", default=",".join(str(n or "all") for n in STUDY_SHOTS), show_default=True,
               help="Training images per target class at each point (all: every image).")
-@click.option("--seeds", type=int, default=5, show_default=True, help="Seeds per point (2 or more).")
+@click.option("--seeds", type=int, default=STUDY_SEEDS["shots"], show_default=True,
+              help="Seeds per point (2 or more).")
 def study_shots_command(**options: object) -> None:
     """With how little target data does transfer pay? For every shot count and seed: the transfer arm (the
     source network's frozen features, its classifier trained on, as `run`'s transfer phase) and the scratch arm,
@@ -286,9 +298,10 @@ def study_shots_command(**options: object) -> None:
 
 @study_group.command("freeze")
 @_study_options
-@click.option("--cuts", default="1,2,3", show_default=True,
+@click.option("--cuts", default=",".join(map(str, STUDY_CUTS)), show_default=True,
               help="Cut n copies the first n weight layers (conv1, conv2, dense1).")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Seeds per point (2 or more).")
+@click.option("--seeds", type=int, default=STUDY_SEEDS["freeze"], show_default=True,
+              help="Seeds per point (2 or more).")
 def study_freeze_command(**options: object) -> None:
     """How deep to freeze? Yosinski et al. (NIPS 2014): baseB, and at every cut BnB / BnB+ (baseB's first layers,
     frozen / fine-tuned) and AnB / AnB+ (the source network's), all trained on the target classes.

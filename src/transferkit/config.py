@@ -19,6 +19,14 @@ EVAL_BATCH_SIZE = 128
 # --image-size: below 8 px the seed network's two 3x3 convolutions and pool leave nothing.
 MIN_IMAGE_SIZE = 8
 
+# Studies (experiments/study.py), their protocols as the CLI shows them: images per target class (0: all), the
+# freeze study's cuts, seeds per kind, and the least optimizer steps of a point (a 1-shot set is a single small
+# batch, which epochs of the source's size would leave far from converged).
+STUDY_SHOTS = (1, 2, 5, 10, 20, 50, 100, 0)
+STUDY_CUTS = (1, 2, 3)
+STUDY_SEEDS = {"shots": 5, "freeze": 3}
+STUDY_MIN_STEPS = 300
+
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.
 DEFAULT_LR = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01}

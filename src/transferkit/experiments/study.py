@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from rich.text import Text
 from torch import nn
 
-from ..config import SplitConfig
+from ..config import STUDY_CUTS, STUDY_MIN_STEPS, STUDY_SEEDS, STUDY_SHOTS, SplitConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..errors import UserError
 from ..models import SeedCNN, count_params
@@ -57,12 +57,6 @@ ARMS = {"shots": ("transfer", "scratch"), "freeze": ("baseB", "BnB", "BnB+", "An
 # The seed network's weight layers in order: cut n copies the first n (conv1, conv2, dense1; dense2 is the
 # output layer, new for the target classes).
 WEIGHT_LAYERS = ("features.conv1", "features.conv2", "classifier.dense1")
-DEFAULT_SHOTS = (1, 2, 5, 10, 20, 50, 100, 0)  # 0: all
-# Each point trains at least this many optimizer steps: a 1-shot set is a single small batch an epoch, which
-# the source-sized epochs would leave far from converged.
-MIN_STEPS = 300
-DEFAULT_SEEDS = {"shots": 5, "freeze": 3}  # the issue's protocols; the CLI shows the same
-
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -71,10 +65,10 @@ class StudyConfig:
     kind: str
     split: SplitConfig = field(default_factory=SplitConfig)
     seeds: int = 3
-    shots: tuple[int, ...] = DEFAULT_SHOTS  # shots study: images per target class (0: all)
-    cuts: tuple[int, ...] = (1, 2, 3)  # freeze study: cut after the first n weight layers
+    shots: tuple[int, ...] = STUDY_SHOTS  # shots study: images per target class (0: all)
+    cuts: tuple[int, ...] = STUDY_CUTS  # freeze study: cut after the first n weight layers
     arms: tuple[str, ...] = ()  # default: every arm of the kind
-    min_steps: int = MIN_STEPS
+    min_steps: int = STUDY_MIN_STEPS
 
     def __post_init__(self) -> None:
         if self.kind not in STUDY_KINDS:
@@ -147,7 +141,7 @@ class StudyResult:
 
 
 def study(kind: str, dataset: str = "mnist", source: object = None, target: object = None, *, seeds: int | None = None,
-          shots: object = None, cuts: object = None, arms: object = None, min_steps: int = MIN_STEPS,
+          shots: object = None, cuts: object = None, arms: object = None, min_steps: int = STUDY_MIN_STEPS,
           out: str | Path | None = None, resume: str | Path | None = None, force: bool = False, save: bool = True,
           verbose: bool = True, device: str = "auto", **options: object) -> StudyResult:
     """Run a study (`kind` shots or freeze) of the split experiment on `dataset` and return its StudyResult.
@@ -157,7 +151,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). `out`, `resume`, `force`, `save`,
     `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point.
     """
-    seeds = DEFAULT_SEEDS.get(kind, 3) if seeds is None else seeds
+    seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
                          **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=_numbers(cuts, "--cuts"),
                                   arms=_names(arms)), min_steps=min_steps)
@@ -218,7 +212,8 @@ class _Trainer:
         self.runtime = runtime
         # The points' own epochs print nothing: a study prints a line a point, with the time left.
         self.quiet = dataclasses.replace(runtime, console=make_console(quiet=True))
-        self.x_test, self.y_test = images_to_tensor(b.x_test), torch.from_numpy(b.y_test)
+        # The target images as the network eats them, converted once: every point indexes or uses them.
+        self.x_train, self.x_test = images_to_tensor(b.x_train), images_to_tensor(b.x_test)
         # Every training, the source networks (and baseB where it is no arm) included.
         extra = config.seeds * _needs_base_a(config)  # the source networks, trained but no point
         self.done, self.total = 0, len(_plan(config)) + extra
@@ -235,7 +230,7 @@ class _Trainer:
                 prefix, self.tail = split_frozen(base_a.features)
                 self.features = [compute_features(prefix, x, cfg.eval_batch_size, self.runtime.autocast_dtype,
                                                   device=self.runtime.device)
-                                 for x in (images_to_tensor(self.b.x_train), self.x_test)]
+                                 for x in (self.x_train, self.x_test)]
             for point in points:
                 self._shots_point(point, base_a)
             return
@@ -254,7 +249,7 @@ class _Trainer:
             x_train, x_test = self.features[0][keep], self.features[1]
         else:
             model = trained = self._network(k)
-            x_train, x_test = images_to_tensor(self.b.x_train[keep]), self.x_test
+            x_train, x_test = self.x_train[keep], self.x_test
         self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test, len(keep))
 
     def _freeze_point(self, point: Point, copied_from: SeedCNN) -> None:
@@ -266,8 +261,8 @@ class _Trainer:
             layer.load_state_dict(copied_from.get_submodule(name).state_dict())
             if not point.arm.endswith("+"):
                 freeze(layer)
-        self._fit(point, model, model, images_to_tensor(self.b.x_train), torch.from_numpy(self.b.y_train),
-                  self.x_test, len(self.b.y_train))
+        self._fit(point, model, model, self.x_train, torch.from_numpy(self.b.y_train), self.x_test,
+                  len(self.b.y_train))
 
     def _train(self, point: Point, split: ClassSplit, record: bool) -> SeedCNN:
         """A whole network trained on `split` (baseA on the source classes, baseB on the target's), its
@@ -284,7 +279,7 @@ class _Trainer:
         cfg, runtime, split = self.config.split.train, self.quiet, split or self.b
         seed = self._point_seed(point)
         batch = min(cfg.batch_size, n)  # no image twice in a batch: a 1-shot set is one small batch
-        # At least min_steps optimizer steps in all, spread over the epochs (see MIN_STEPS).
+        # At least min_steps optimizer steps in all, spread over the epochs (see STUDY_MIN_STEPS).
         per_epoch = -(-self.config.min_steps // cfg.epochs)
         model.to(runtime.device)
         optimizer = make_optimizer(trainable_parameters(model), cfg)
