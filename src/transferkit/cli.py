@@ -47,8 +47,9 @@ def _output_options(command):
     return click.option("--quiet", "-q", is_flag=True, help="Print only the final results table.")(command)
 
 
-def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
-    """What --json and --quiet print once the run is over (without them, the experiment printed everything)."""
+def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> None:
+    """What --json and --quiet print once the run is over (without them, the experiment printed everything):
+    the record as strict JSON, or the `summary()` renderable (default: the phases' results table)."""
     if as_json:
         from .reporting.results import strict_json
 
@@ -56,7 +57,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool) -> None:
     elif quiet:
         from .reporting.console import comparison_table, make_console
 
-        make_console().print(comparison_table(results["phases"]))
+        make_console().print(summary() if summary is not None else comparison_table(results["phases"]))
 
 
 @cli.command("run")
@@ -320,12 +321,7 @@ def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | 
 
     result = _resumable(study, kind, dataset, out=out, resume=resume, force=force,
                         verbose=not (quiet or as_json), **options)
-    if as_json:
-        from .reporting.results import strict_json
-
-        click.echo(strict_json(result.results))
-    elif quiet:
-        click.echo("\n".join(result.results["findings"]))
+    _closing_output(result.results, quiet, as_json, lambda: "\n".join(result.results["findings"]))
 @cli.command("rank")
 @click.argument("data", type=click.Path())
 @click.option("--backbones", default=None, metavar="NAME[:WEIGHTS],...",
@@ -367,17 +363,10 @@ def rank_command(data: str, out: str | None, force: bool, resume: str | None, qu
       transferkit rank photos/ --backbones efficientnet_lite0 --layers
     """
     from .experiments import rank
+    from .reporting.rank import rank_table
 
     result = _resumable(rank, data, out=out, resume=resume, force=force, verbose=not (quiet or as_json), **options)
-    if as_json:
-        from .reporting.results import strict_json
-
-        click.echo(strict_json(result.results))
-    elif quiet:
-        from .reporting.console import make_console
-        from .reporting.rank import rank_table
-
-        make_console().print(rank_table(result.table, result.results.get("kendall_tau")))
+    _closing_output(result.results, quiet, as_json, lambda: rank_table(result.table, result.results.get("kendall_tau")))
 
 
 @cli.command("report")
