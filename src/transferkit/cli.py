@@ -13,6 +13,7 @@ import click
 
 from . import __version__
 from .config import (
+    CLASS_WEIGHTS,
     DEFAULT_LR,
     HEADS,
     LR_SCHEDULES,
@@ -28,6 +29,8 @@ from .errors import Interrupted, UserError
 
 PRECISION_HELP = ("auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; on a GPU bf16 where "
                   "it has bf16 (Ampere and later), else fp16 with loss scaling. fp16 is for GPUs only.")
+CLASS_WEIGHTS_HELP = ("Weigh the training loss by inverse class frequency: auto does when the largest class has more "
+                      "than twice the training images of the smallest (the choice is printed), none never.")
 DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's "
                "Distributed section) each process trains on its share of the data, on the GPU of its local rank.")
 
@@ -86,6 +89,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
 @click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Compute the frozen features once for the transfer phase instead of every epoch.")
+@click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), help=CLASS_WEIGHTS_HELP + "  [default: auto]")
 @click.option("--backbone", default=None, metavar="NAME",
               help="A pretrained backbone instead of the seed network (e.g. efficientnet_lite0, resnet50; see "
               "finetune --help): its ImageNet training is the source, so only the target phase (frozen backbone, "
@@ -208,6 +212,16 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--workers", type=int, default=None,
               help="DataLoader processes decoding streamed images. Default: one per core; 0 decodes in the main "
                    "process (debugging).")
+@click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), default="auto", show_default=True,
+              help=CLASS_WEIGHTS_HELP)
+@click.option("--calibrate/--no-calibrate", default=None,
+              help="Fit a temperature on the validation images after each phase so that predict's probabilities are "
+                   "calibrated (the predicted classes never change). Default: when the validation split is held out "
+                   "from training (val/, or --val-fraction of train/; never test/) and has 50 images or more; "
+                   "--calibrate makes that an error when it is not possible.")
+@click.option("--tta", is_flag=True,
+              help="Also measure validation accuracy with test-time augmentation (the mean of the softmax over the "
+                   "image and its mirror image), as predict --tta predicts.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-finetune-<data>.")
 @click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
 @click.option("--resume", type=click.Path(), default=None,
@@ -426,9 +440,12 @@ def _open(path: Path) -> None:
 @click.argument("run_dir", type=click.Path())
 @click.argument("images", nargs=-1, required=True)
 @click.option("--top-k", type=int, default=3, show_default=True, help="Classes to show per image.")
+@click.option("--tta", is_flag=True, help="Test-time augmentation: the mean of the softmax over each image and its "
+              "mirror image (for classes a mirror does not change; not digits or text).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list, one object per image).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, rank, class, probability, error.")
-def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: bool, as_csv: bool) -> None:
+def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool, as_json: bool,
+                    as_csv: bool) -> None:
     """Predict the classes of IMAGES (files or folders) with the model of RUN_DIR (from `run` or `finetune`), or
     with a .onnx file written by `transferkit export` (in ONNX Runtime).
 
@@ -448,7 +465,7 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, as_json: 
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv print different formats; give one of them")
-    predictions = predict(run_dir, list(images), top_k=top_k)
+    predictions = predict(run_dir, list(images), top_k=top_k, tta=tta)
     top_k = max([1, *(len(p.top) for p in predictions)])  # no empty columns past the model's classes
     if as_json:
         click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))

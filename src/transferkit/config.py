@@ -12,6 +12,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only
 HEADS = ("reuse", "reset")
 LR_SCHEDULES = ("constant", "cosine")
 STREAM_MODES = ("auto", "always", "never")  # finetune: decode into memory, or stream from disk per batch
+CLASS_WEIGHTS = ("auto", "none")  # the training loss's class weights (training/class_weights.py)
 
 # Inference batches (validation, feature passes, mistakes) in every experiment: 64-128 images ran fastest
 # here; 1024 was 2.5x slower per image (cache-bound).
@@ -69,6 +70,11 @@ def check_image_size(size: int | None, minimum: int = MIN_IMAGE_SIZE, option: st
         raise UserError(f"{option} must be between {minimum} and {MAX_IMAGE_SIZE}, got {size}")
 
 
+def check_class_weights(mode: str) -> None:
+    if mode not in CLASS_WEIGHTS:
+        raise UserError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {mode!r}")
+
+
 def check_finite(option: str, value: float | None) -> None:
     """A float option must be a number: nan and inf are refused (inf as --lr diverges at the first step)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -115,9 +121,11 @@ class TrainConfig:
     precision: str = "auto"
     feature_cache: bool = True
     eval_batch_size: int = EVAL_BATCH_SIZE
+    class_weights: str = "auto"  # or none: see training/class_weights.py
 
     def __post_init__(self) -> None:
         check_floats_finite(self)
+        check_class_weights(self.class_weights)
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -224,6 +232,11 @@ class FinetuneConfig:
     precision: str = "auto"
     feature_cache: bool = True
     stream: str = "auto"  # decode into memory, or stream from disk per batch (auto: when it would not fit)
+    class_weights: str = "auto"  # inverse frequency when the classes are imbalanced (training/class_weights.py)
+    # A temperature fitted on the validation split after each phase (training/metrics.py). None: where the
+    # validation split allows (held out from training, never test/, enough images); True: required; False: off.
+    calibrate: bool | None = None
+    tta: bool = False  # also report validation accuracy with test-time augmentation (original + flipped)
 
     def __post_init__(self) -> None:
         from .models import BACKBONES  # models import this module
@@ -249,7 +262,7 @@ class FinetuneConfig:
         """The frozen phase's training, as the split experiment's phases are configured."""
         return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", lr=self.lr,
                            lr_schedule=self.lr_schedule, seed=self.seed, precision=self.precision,
-                           feature_cache=self.feature_cache)
+                           feature_cache=self.feature_cache, class_weights=self.class_weights)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -16,15 +16,17 @@ class Deployable(nn.Module):
     preprocessing (`InputTransform`, `scale_images`), so the exported model and PyTorch agree to rounding.
     """
 
-    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...], temperature: float = 1.0):
         super().__init__()
         self.model = model
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        # The calibration temperature the run fitted (1: none): the graph's probabilities are predict's.
+        self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float() / 255.0
-        return torch.softmax(self.model((x - self.mean) / self.std).float(), dim=1)
+        return torch.softmax(self.model((x - self.mean) / self.std).float() / self.temperature, dim=1)
 
 
 def deployable(model: nn.Module, spec: dict) -> Deployable:
@@ -35,7 +37,7 @@ def deployable(model: nn.Module, spec: dict) -> Deployable:
         mean, std = tuple(pre["mean"]), tuple(pre["std"])
     else:
         mean, std = (0.0,) * spec["in_channels"], (1.0,) * spec["in_channels"]
-    return Deployable(model, mean, std).eval().requires_grad_(False)
+    return Deployable(model, mean, std, spec.get("temperature", 1.0)).eval().requires_grad_(False)
 
 
 def input_shape(spec: dict) -> tuple[int, int, int]:
@@ -65,7 +67,9 @@ def describe(spec: dict) -> dict:
         "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "shape": ["batch", h, w, c],
                   "mode": mode},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(spec["class_names"])],
-                   "meaning": "class probabilities (softmax), in class_names order"},
+                   "meaning": "class probabilities (softmax), in class_names order"
+                   + (f", calibrated: the logits divided by the temperature {spec['temperature']:g} fitted on "
+                      "validation images" if "temperature" in spec else "")},
         "preprocessing": {**pre, "before_the_graph": f"convert to {mode}; {resize}",
                           "inside_the_graph": inside},
     }

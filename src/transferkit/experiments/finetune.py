@@ -5,7 +5,7 @@ backbone."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from ..config import FinetuneConfig, HeadConfig
 from ..data.folders import warn_skipped
 from ..data.preprocess import InputTransform
 from ..data.streaming import collate_readable
+from ..errors import UserError
 from ..models import BackboneClassifier, Preprocessing, layer_rows, load_backbone_weights
 from ..reporting import PhaseResult, describe_environment
 from ..reporting.console import print_closing
@@ -36,6 +37,9 @@ from ..training import (
     unfreeze,
 )
 from ..training.batches import worker_count
+from ..training.class_weights import choose_class_weights
+from ..training.metrics import MIN_CALIBRATION_IMAGES
+from ..training.tta import tta_record
 from ..training.predictions import Mistakes
 from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
@@ -85,6 +89,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
     model.to(ranks.device)
     precision = resolve_precision(config.precision, device=ranks.device)
+    calibration, why_not = _calibration_split(config, data)  # refused here, before a folder exists
+    weights = choose_class_weights(config.class_weights, data.train[1], len(classes))
     run = run or RunFolder.create(ranks, f"finetune-{Path(config.data).stem}", out, force, save)
     with run.recording():  # from here on a crash says failed in status.json, never running
         n_train, n_val = len(data.train[1]), len(data.val[1])
@@ -92,12 +98,15 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                                     f"{data.origin}: {len(classes)} classes, {n_train} train / {n_val} validation images, "
                                     f"input {pre.crop}px, precision {precision.name}"))
         console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
+        console.print("calibration: " + (f"a temperature fitted on the {n_val} validation images after each phase"
+                                         if calibration else f"off ({why_not})"))
         results = run.begin({
             "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
                         "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict()},
             "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
             "environment": describe_environment(precision, ranks.device), "phases": {}, "model": weights_entry("model"),
+            "calibration": {"split": calibration, "reason": why_not},
         }, ranks.describe(config.batch_size, config.lr))
         figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
         run.save_figures(figures)  # once: each phase below saves only the figures it redraws
@@ -108,6 +117,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             inputs = _Inputs.of(config, data, pre, runtime)
             for name in names:
                 phase = (_frozen_phase if name == "frozen" else _unfrozen_phase)(config, model, pre, inputs, runtime)
+                phase = replace(phase, class_weights=weights, calibration=calibration)
                 phases[name], found = train_phase(phase, run, runtime)
                 if found is not None:
                     mistakes[name] = found
@@ -116,6 +126,12 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                 redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
                 figures.update(redrawn)
                 run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=name == names[-1])
+            temperature = run.temperature(names[-1])
+            if config.tta:
+                results["tta"] = tta_record(nn.Sequential(inputs.transform, model), inputs.val_x, inputs.val_y,
+                                            len(classes), temperature, runtime.eval_batch_size,
+                                            runtime.autocast_dtype, runtime.device)
+                console.print(_describe_tta(results["tta"]))
         data.close()
         model.eval().cpu()  # the model returned and saved lives on the CPU, wherever it trained
         # The final model's, as its last phase measured it after training (no second pass over the images).
@@ -123,7 +139,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
         redrawn = {"curves": curves_figure(results["phases"]),
                    "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes)}
         figures.update(redrawn)
-        run.save_weights("model", model, classes, pre.to_dict())  # what `transferkit predict` uses
+        run.save_weights("model", model, classes, pre.to_dict(), temperature)  # what `transferkit predict` uses
         run.save_results()
         run.save_figures(redrawn)
         run.complete()
@@ -131,6 +147,32 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     print_closing(console, results["phases"], result.summary(), run.path,
                   then=f"predict with: transferkit predict {run.path} IMAGES...")
     return result
+
+
+def _calibration_split(config: FinetuneConfig, data: ImageData) -> tuple[str | None, str | None]:
+    """("validation", None) when a temperature can be fitted on the validation images, else (None, why not);
+    --calibrate asked for it, so a reason not to is one line naming the fix."""
+    n, why_not = len(data.val[1]), None
+    if config.calibrate is False:
+        why_not = "--no-calibrate"
+    elif data.validation_split == "test":
+        why_not = ("the validation images are the test/ folder (there is no val/), which must fit nothing; "
+                   "add a val/ folder")
+    elif n < MIN_CALIBRATION_IMAGES:
+        why_not = (f"the validation split has {n} images and a temperature needs at least {MIN_CALIBRATION_IMAGES}; "
+                   "add images to val/ or raise --val-fraction")
+    if why_not is None:
+        return "validation", None
+    if config.calibrate:
+        raise UserError(f"--calibrate: {why_not} (or drop --calibrate)")
+    return None, why_not
+
+
+def _describe_tta(tta: dict) -> str:
+    plain, augmented = tta["without"], tta["with"]
+    return (f"test-time augmentation ({' + '.join(tta['views'])}) on the validation images: accuracy "
+            f"{plain['accuracy']:.4f} -> {augmented['accuracy']:.4f}, balanced accuracy "
+            f"{plain['balanced_accuracy']:.4f} -> {augmented['balanced_accuracy']:.4f}")
 
 
 @dataclass

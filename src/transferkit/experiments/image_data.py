@@ -26,6 +26,9 @@ class ImageData:
     train: tuple[np.ndarray | FolderImages, np.ndarray]
     val: tuple[np.ndarray | FolderImages, np.ndarray]
     skipped: list[str]  # found while decoding into memory; a stream finds its own as it reads
+    # Where the validation images come from: "val" (a val/ folder, or held out of train/), or "test" (a test/
+    # folder, used for validation when there is no val/), which must never fit anything, such as a temperature.
+    validation_split: str = "val"
 
     def samples(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """A few training images of every class (not the first n, which are one class) for samples.png."""
@@ -67,7 +70,7 @@ def read_image_data(data: str, val_fraction: float, seed: int, limit: int | None
             _check_streamable(tree, loading, world_size)
             train, val = (FolderImages(tree, members[s], size) for s in ("train", split))
             return ImageData(str(tree.path), list(layout.class_names), loading, (train, train.labels),
-                             (val, val.labels), [])
+                             (val, val.labels), [], split)
     except BaseException:
         tree.close()
         raise
@@ -75,7 +78,7 @@ def read_image_data(data: str, val_fraction: float, seed: int, limit: int | None
     folder = load_folder(data, image_size=size, channels=3, val_fraction=val_fraction, seed=seed,
                          cache_dir=cache_dir() / "images", cover=True)
     return ImageData(folder.origin, list(folder.class_names), loading, _limited(folder.splits["train"], limit),
-                     _limited(folder.splits.get("val", folder.splits.get("test")), limit), folder.skipped)
+                     _limited(folder.splits[split], limit), folder.skipped, split)
 
 
 def _check_streamable(tree, loading: Loading, world_size: int) -> None:

@@ -16,8 +16,10 @@ from ..reporting import PhaseResult
 from ..reporting.console import ConsoleProgress
 from ..training import FitState, fit
 from ..training.batches import ShuffledBatches
-from ..training.distributed import gather_to_main
-from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes
+from ..training.class_weights import ClassWeights
+from ..training.distributed import gather_everywhere, gather_to_main
+from ..training.metrics import calibrate
+from ..training.predictions import Mistakes, confusion_over_ranks, find_mistakes, logits_and_labels
 from .run_folder import RunFolder
 from .runtime import Runtime
 
@@ -52,6 +54,10 @@ class Phase:
     val_images: Callable[[np.ndarray], np.ndarray]  # validation images by index, as people see them
     samples: Callable[[], tuple[int, int]]  # training and validation images used (known after a stream's pass)
     weights: bool = True  # saved with the run, so read again when the phase finished before (a study's points: no)
+    class_weights: ClassWeights | None = None  # the training loss's (None: unweighted, nothing said)
+    # Fit a temperature on the validation images after training, naming them so ("validation"); None: no
+    # calibration (where the images validated on are a test split, which must fit nothing).
+    calibration: str | None = None
 
 
 def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseResult, Mistakes | None]:
@@ -66,6 +72,8 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
             result.misclassified, result.confusion_matrix, phase.val_images, phase.classes)
         return result, mistakes
     run.status("running", phase=phase.name)
+    if phase.class_weights is not None:
+        runtime.console.print(f"phase {phase.name}: class weights {phase.class_weights.reason}")
     start = time.perf_counter()
     inputs = phase.inputs()
     checkpoints = run.checkpoints
@@ -81,12 +89,20 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
     history = fit(runtime.ranks.wrap(inputs.trained), phase.optimizer, inputs.batches, inputs.val_x, inputs.val_y,
                   phase.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name),
                   state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule,
-                  phase=phase.name)
+                  phase=phase.name, class_weights=phase.class_weights and phase.class_weights.tensor(runtime.device))
     seconds = before + time.perf_counter() - start
     # On what validation ran on (cached features where there are, this rank's share of the images), so no
     # second pass through a backbone; the confusion matrix is summed over the ranks.
-    mistakes = find_mistakes(inputs.trained, inputs.val_x, inputs.val_y, phase.val_images, phase.classes,
-                             runtime.eval_batch_size, runtime.autocast_dtype, index_of=inputs.index_of)
+    logits, truth = logits_and_labels(inputs.trained, inputs.val_x, inputs.val_y, runtime.eval_batch_size,
+                                      runtime.autocast_dtype)
+    predicted = logits.argmax(1) if len(logits) else np.zeros(0, dtype=np.int64)
+    mistakes = find_mistakes(predicted, truth, phase.val_images, phase.classes, index_of=inputs.index_of)
+    calibration = None
+    if phase.calibration is not None:  # on every rank's logits, so every rank holds the same temperature
+        shares = [share for share in gather_everywhere((logits, truth)) if len(share[1])]
+        calibration = calibrate(np.concatenate([z for z, _ in shares]), np.concatenate([y for _, y in shares]),
+                                phase.calibration)
+        runtime.console.print(f"phase {phase.name}: {calibration.describe()}")
     train_samples, test_samples = phase.samples()
     if inputs.feature_pass is not None:
         run.results["feature_pass"] = inputs.feature_pass
@@ -97,4 +113,6 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
         test_accuracy=history[-1].val_accuracy, params=count_params(phase.model), history=history,
         feature_cache_seconds=inputs.feature_seconds, layers=phase.layers,
         confusion_matrix=confusion_over_ranks(mistakes.confusion).tolist(), misclassified=mistakes.examples(),
+        class_weights=phase.class_weights and phase.class_weights.to_dict(),
+        calibration=calibration and calibration.to_dict(),
     ), mistakes

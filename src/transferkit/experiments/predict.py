@@ -15,6 +15,7 @@ from ..data.preprocess import InputTransform, scale_images
 from ..errors import UserError
 from ..reporting import load_model
 from ..training import images_to_tensor
+from ..training.tta import mirrored
 from .run_folder import model_file
 
 
@@ -68,18 +69,22 @@ def load_classifier(source: str | Path) -> Classifier:
     model, spec = load_model(model_file(source))
     pre = spec["preprocessing"]
     size, channels, prepare = _preparation(spec, pre)
+    temperature = spec.get("temperature", 1.0)  # fitted on validation images by finetune: calibrated probabilities
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return torch.softmax(model(prepare(images_to_tensor(batch, scale=False))).float(), dim=1).numpy()
+            logits = model(prepare(images_to_tensor(batch, scale=False))).float()
+            return torch.softmax(logits / temperature, dim=1).numpy()
 
     # backbones were trained on aspect-kept, centre-cropped images
     return Classifier(list(spec["class_names"]), size, channels, pre.get("kind") == "normalize", probabilities)
 
 
-def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
+def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch_size: int = 32,
+            tta: bool = False) -> list[Prediction]:
     """Top-k classes with probabilities for each image, with the model of a run folder or an exported .onnx
-    file; unreadable files get an error and the rest go on."""
+    file; unreadable files get an error and the rest go on. `tta`: the mean of the probabilities of each image
+    and its mirror image (training/tta.py)."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     classifier = load_classifier(run_dir)
@@ -90,7 +95,10 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     def flush() -> None:
         if not pending:
             return
-        probs = classifier.probabilities(np.stack([a for _, a in pending]))
+        batch = np.stack([a for _, a in pending])
+        probs = classifier.probabilities(batch)
+        if tta:
+            probs = (probs + classifier.probabilities(mirrored(batch, 2))) / 2
         order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(names))]
         for (path, _), p, i in zip(pending, probs.tolist(), order.tolist()):
             out.append(Prediction(path, [(names[c], p[c]) for c in i]))

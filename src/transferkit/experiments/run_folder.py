@@ -39,7 +39,8 @@ WEIGHTS_DIR = "weights"
 RANK_FILE = "rank.json"  # `transferkit rank`'s table, best first
 
 # Options added after runs were saved, and what those runs did without them: such a run resumes as it began.
-BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never"}
+BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never", "class_weights": "none",
+                     "calibrate": False, "tta": False}
 
 
 class RunFolder:
@@ -109,15 +110,18 @@ class RunFolder:
         if self.writes:
             write_report(self.path)
 
-    def save_weights(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict) -> None:
+    def save_weights(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict,
+                     temperature: float | None = None) -> None:
         if self.writes:
-            save_model(self.path / WEIGHTS_DIR, weights_file(self.path, phase).stem, model, class_names, preprocessing)
+            save_model(self.path / WEIGHTS_DIR, weights_file(self.path, phase).stem, model, class_names, preprocessing,
+                       temperature)
 
     def save_phase(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict,
                    redrawn: dict[str, Figure], last: bool) -> None:
-        """After a phase (recorded in `results`): its weights, results.json, the figures it changed, and the
-        report, except after the last phase, whose report says the run is complete (`complete`)."""
-        self.save_weights(phase, model, class_names, preprocessing)
+        """After a phase (recorded in `results`): its weights (with the temperature it was calibrated with),
+        results.json, the figures it changed, and the report, except after the last phase, whose report says the
+        run is complete (`complete`)."""
+        self.save_weights(phase, model, class_names, preprocessing, self.temperature(phase))
         self.save_results()
         self.save_figures(redrawn)
         if not last:
@@ -135,6 +139,10 @@ class RunFolder:
             write_report(self.path)
 
     # --- reading (every rank) ---
+
+    def temperature(self, phase: str) -> float | None:
+        """The calibration temperature recorded for a finished phase, or None when it was not calibrated."""
+        return self.results["phases"][phase].get("calibration", {}).get("temperature")
 
     def finished(self, phase: str) -> bool:
         """Whether `phase` finished before the run was interrupted (its record and weights are saved)."""

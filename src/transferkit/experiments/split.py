@@ -43,6 +43,7 @@ from ..training import (
     split_frozen,
     trainable_parameters,
 )
+from ..training.class_weights import choose_class_weights
 from ..training.predictions import Mistakes
 from .feature_pass import backbone_identity, frozen_features
 from .phase import Phase, PhaseInputs, train_phase
@@ -234,7 +235,8 @@ class _Phases:
                                x_test, y_test, runtime.ranks.evaluation_indices, seconds, record)
 
         return Phase(name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), layers,
-                     split.x_test.__getitem__, lambda: (len(split.y_train), len(split.y_test)))
+                     split.x_test.__getitem__, lambda: (len(split.y_train), len(split.y_test)),
+                     class_weights=choose_class_weights(cfg.class_weights, split.y_train, len(split.class_names)))
 
     def _on_features(self, model: nn.Module, transform: InputTransform | None,
                      images: list[torch.Tensor]) -> tuple[nn.Module, list[torch.Tensor], dict | None]:

@@ -46,6 +46,8 @@ def check_spec(spec: object, where: Path) -> dict:
         head.number("dropout", 0.0, 1.0, high_open=True)
         head.only({f.name for f in fields(HeadConfig)})
     _check_preprocessing(top, architecture)
+    if "temperature" in top:  # calibration (training/metrics.py); absent: 1
+        top.number("temperature", 1e-3, 1e3)
     return spec
 
 

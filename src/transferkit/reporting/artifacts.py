@@ -20,10 +20,14 @@ from .results import write_text_atomic
 ARCHITECTURES = {"seed_cnn": SeedCNN, "backbone": BackboneClassifier}
 
 
-def save_model(directory: Path, name: str, model: nn.Module, class_names: list[str], preprocessing: dict) -> Path:
-    """Write `<name>.safetensors` and `<name>.json` (architecture, class names, preprocessing)."""
+def save_model(directory: Path, name: str, model: nn.Module, class_names: list[str], preprocessing: dict,
+               temperature: float | None = None) -> Path:
+    """Write `<name>.safetensors` and `<name>.json` (architecture, class names, preprocessing, and the
+    calibration temperature the logits are divided by before the softmax, when one was fitted)."""
     directory.mkdir(parents=True, exist_ok=True)
     spec = {**model.spec(), "class_names": list(class_names), "preprocessing": preprocessing}
+    if temperature is not None:
+        spec["temperature"] = temperature
     weights = directory / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # from a GPU too
     write_atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={SPEC_KEY: json.dumps(spec)}))

@@ -78,13 +78,30 @@ def print_summary(console: Console, title: str, rows: list[LayerRow], counts: Pa
 
 
 def comparison_table(phases: dict[str, dict]) -> Table:
-    """Per phase: training images, test accuracy and loss, training time, trainable parameters."""
+    """Per phase: training images, test accuracy, balanced accuracy and macro-F1, test loss, training time,
+    trainable parameters."""
     table = Table(title="Results", title_justify="left")
-    for col in ("phase", "classes", "images", "test acc", "test loss", "time", "trainable"):
+    for col in ("phase", "classes", "images", "test acc", "balanced", "macro F1", "test loss", "time", "trainable"):
         table.add_column(col, justify="left" if col in ("phase", "classes") else "right", no_wrap=True)
     for name, p in phases.items():
+        metrics = p.get("metrics", {})  # absent in runs made before transferkit recorded them
         table.add_row(name, ",".join(p["classes"]), str(p["train_samples"]), f"{p['test_accuracy']:.4f}",
+                      *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in ("balanced_accuracy", "macro_f1")),
                       f"{p['test_loss']:.4f}", f"{p['train_seconds']:.1f} s", f"{p['params']['trainable']:,}")
+    return table
+
+
+def class_table(phase: str, p: dict) -> Table | None:
+    """Per class of a phase: precision, recall, F1 and the images it was measured on."""
+    if "metrics" not in p:
+        return None
+    table = Table(title=f"Per class ({phase})", title_justify="left")
+    for col in ("class", "precision", "recall", "F1", "images"):
+        table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
+    per_class = p["metrics"]["per_class"]
+    for i, name in enumerate(p["classes"]):
+        table.add_row(name, *(f"{per_class[k][i]:.4f}" for k in ("precision", "recall", "f1")),
+                      str(per_class["support"][i]))
     return table
 
 
@@ -101,8 +118,13 @@ def transfer_verdict(phases: dict[str, dict]) -> str | None:
 
 def print_closing(console: Console, phases: dict[str, dict], summary: str, run_dir: Path | None,
                   then: str = "") -> None:
-    """The end of a run: the results table, its one-line summary, where its folder and report are."""
+    """The end of a run: the results table, the last phase's per-class table, its one-line summary, where its
+    folder and report are."""
     console.print(comparison_table(phases))
+    last = list(phases)[-1]
+    per_class = class_table(last, phases[last])
+    if per_class is not None:
+        console.print(per_class)
     console.print(summary, soft_wrap=True)
     if run_dir is not None:
         console.print(f"run folder: {run_dir}\nreport: {run_dir / 'report.html'}" + (f"\n{then}" if then else ""))

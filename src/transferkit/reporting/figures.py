@@ -206,3 +206,26 @@ def misclassified_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
             axes[0][0].text(0, 0.5, "none: every validation image is right", fontsize=9)
         subfig.suptitle(f"{group} (true -> predicted)", fontsize=10, fontweight="bold")
     return fig
+
+
+def reliability_figure(calibration: dict, title: str) -> Figure:
+    """The reliability diagram (Guo et al. 2017, Figure 1): accuracy against mean confidence per confidence bin,
+    before and after the temperature, with the diagonal a calibrated model follows and each bin's share of images."""
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="calibrated")
+    for key, label, color in (("reliability_before", "before", "#d62728"), ("reliability_after", "after", "#1f77b4")):
+        bins = calibration[key]
+        filled = [i for i, n in enumerate(bins["counts"]) if n > 0]
+        ece = calibration["ece_before" if key.endswith("before") else "ece_after"]
+        name = f"{label}: ECE {ece:.3f}" + (f", T = {calibration['temperature']:.2f}" if label == "after" else "")
+        ax.plot([bins["confidence"][i] for i in filled], [bins["accuracy"][i] for i in filled], marker="o",
+                color=color, label=name)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (mean of the bin)")
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    _title(ax, title, fontsize=10)
+    _tight(fig)
+    return fig

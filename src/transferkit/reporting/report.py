@@ -13,7 +13,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..models import LayerRow
-from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, time_figure
+from ..training.metrics import IMBALANCE_RATIO, class_metrics
+from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, reliability_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
 from .results import RESULTS_FILE, Gain, read_results, results_file, transfer_gain
 from .status import read_status
@@ -53,6 +54,18 @@ class PhaseView:
     params: dict
     layers: list[LayerRow] | None
     confusion: Image | None
+    metrics: dict | None = None  # per-class precision, recall, F1; balanced accuracy, macro-F1
+    class_weights: str | None = None  # the training loss's weights, as the console said them
+    calibration: dict | None = None
+    reliability: Image | None = None
+
+    @property
+    def headline(self) -> tuple[str, float]:
+        """The card's number: balanced accuracy where the classes measured on are imbalanced (the largest more
+        than twice the smallest: accuracy would be carried by the large ones), else accuracy."""
+        if self.metrics is not None and self.metrics["imbalanced"]:
+            return "balanced_accuracy", self.metrics["balanced_accuracy"]
+        return "test_accuracy", self.accuracy
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,8 @@ class ReportView:
     misclassified: Image | None
     config: list[tuple[str, str]]
     environment: list[tuple[str, str]]
+    tta: dict | None = None
+    calibration_off: str | None = None  # why no temperature was fitted (finetune)
 
 
 def load_run(run_dir: Path) -> dict:
@@ -98,7 +113,8 @@ def write_report(run_dir: Path) -> Path:
         return write_html(run_dir / REPORT_FILE, render("rank.html.j2", report=rank_view(results, read_status(run_dir),
                                                                                            flatten)))
     view = build_view(run_dir, results)
-    return write_html(run_dir / REPORT_FILE, render("report.html.j2", report=view, classes_label=classes_label))
+    return write_html(run_dir / REPORT_FILE, render("report.html.j2", report=view, classes_label=classes_label,
+                                                    imbalance_ratio=IMBALANCE_RATIO))
 
 
 def build_view(run_dir: Path, results: dict) -> ReportView:
@@ -124,6 +140,7 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
         environment=flatten(results.get("environment", {})) + (
             flatten(results["distributed"], "distributed.")  # under torchrun: the world, batch, steps per rank
             if results.get("distributed", {}).get("world_size", 1) > 1 else []),
+        tta=results.get("tta"), calibration_off=(results.get("calibration") or {}).get("reason"),
     )
 
 
@@ -158,10 +175,17 @@ def _phase_view(name: str, p: dict, results: dict, roles: dict[str, str]) -> Pha
     if matrix is not None and len(matrix) == len(p["classes"]):
         confusion = figure_image(confusion_figure(np.asarray(matrix), p["classes"], title), title)
     layers = [LayerRow.from_dict(r) for r in p["layers"]] if "layers" in p else None
+    metrics = class_metrics(matrix) if matrix is not None and len(matrix) == len(p["classes"]) else None
+    calibration = p.get("calibration")
+    reliability = None if calibration is None else figure_image(
+        reliability_figure(calibration, f"{name}: reliability ({calibration['images']} {calibration['split']} images)"),
+        f"{name}: reliability diagram before and after temperature scaling")
     return PhaseView(name=name, role=roles.get(name, ""), color=PHASE_COLORS.get(name, "#777777"),
                      classes=list(p["classes"]), accuracy=p["test_accuracy"], loss=p["test_loss"],
                      seconds=p["train_seconds"], epochs=p["epochs"], train_samples=p["train_samples"],
-                     test_samples=p["test_samples"], params=p["params"], layers=layers, confusion=confusion)
+                     test_samples=p["test_samples"], params=p["params"], layers=layers, confusion=confusion,
+                     metrics=metrics, class_weights=(p.get("class_weights") or {}).get("reason"),
+                     calibration=calibration, reliability=reliability)
 
 
 def _curve_groups(phases: dict, continued: bool) -> list[tuple[str, list[tuple[str, list[dict], int]]]]:

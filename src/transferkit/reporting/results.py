@@ -14,6 +14,7 @@ from ..errors import UserError, first_line
 from ..fields import Fields
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
+from ..training.metrics import class_metrics
 
 RESULTS_FILE = "results.json"
 STUDY_FILE = "study.json"  # a study's record, in the same shape: experiment "study", phases, and its points
@@ -39,6 +40,8 @@ class PhaseResult:
     layers: list[LayerRow] | None = None  # the Keras-style parameter summary
     confusion_matrix: list[list[int]] | None = None  # validation counts, true class (rows) x predicted
     misclassified: list[dict] | None = None  # the report's examples: index in the validation set, true, predicted
+    class_weights: dict | None = None  # the training loss's weights and why (training/class_weights.py)
+    calibration: dict | None = None  # the temperature fitted on validation images, ECE before and after
 
     def to_dict(self) -> dict:
         d = {
@@ -58,6 +61,12 @@ class PhaseResult:
             d["layers"] = [r.to_dict() for r in self.layers]
         if self.confusion_matrix is not None:
             d["confusion_matrix"] = self.confusion_matrix
+            # Derived from the matrix, written out for people and tools that read results.json.
+            d["metrics"] = class_metrics(self.confusion_matrix)
+        if self.class_weights is not None:
+            d["class_weights"] = self.class_weights
+        if self.calibration is not None:
+            d["calibration"] = self.calibration
         if self.misclassified is not None:
             d["misclassified"] = self.misclassified
         return d
@@ -71,7 +80,8 @@ class PhaseResult:
                    history=[EpochRecord(**r) for r in d["history"]],
                    feature_cache_seconds=d.get("feature_cache_seconds"),
                    layers=[LayerRow.from_dict(r) for r in d["layers"]] if "layers" in d else None,
-                   confusion_matrix=d.get("confusion_matrix"), misclassified=d.get("misclassified"))
+                   confusion_matrix=d.get("confusion_matrix"), misclassified=d.get("misclassified"),
+                   class_weights=d.get("class_weights"), calibration=d.get("calibration"))
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,16 @@ def check_results(path: Path, results: dict) -> None:
     fields.sub("config")
     if "experiment" in fields:
         fields.text("experiment")
+    if "calibration" in fields:  # finetune's: why no temperature was fitted, or null
+        reason = fields.sub("calibration").obj.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            fields.fail("calibration.reason", "a text or null", reason)
+    if "tta" in fields:
+        tta = fields.sub("tta")
+        tta.texts("views")
+        for key in ("without", "with"):
+            for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
+                tta.sub(key).number(metric, low=0, high=1)
     for name, phase in fields.sub("phases").obj.items():
         p = Fields(path, phase, "the run folder is damaged; run it again", f"phases.{name}.")
         p.texts("classes")
@@ -173,3 +193,16 @@ def check_results(path: Path, results: dict) -> None:
             record.integer("epoch", low=1)
             for key in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
                 record.number(key)
+        if "class_weights" in p:  # the report says them
+            p.sub("class_weights").text("reason")
+        if "calibration" in p:  # the report draws its reliability diagram
+            c = p.sub("calibration")
+            c.number("temperature", low=1e-6)
+            c.integer("images", low=1)
+            for key in ("ece_before", "ece_after"):
+                c.number(key, low=0, high=1)
+            for key in ("reliability_before", "reliability_after"):
+                bins = c.sub(key)
+                n = len(bins.integers("counts"))
+                bins.numbers("confidence", n, 0, 1)
+                bins.numbers("accuracy", n, 0, 1)

@@ -160,6 +160,15 @@ def gather_to_main(value: object) -> list[object]:
     return out or []
 
 
+def gather_everywhere(value: object) -> list[object]:
+    """Every rank's `value` on every rank, in rank order; [value] in a single process."""
+    if not _active():
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def broadcast_from_main(value: object) -> object:
     """Rank 0's `value` on every rank."""
     if not _active():

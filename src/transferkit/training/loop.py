@@ -93,13 +93,15 @@ def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch
                     autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None,
                     state: FitState | None = None, should_stop: Callable[[], bool] | None = None,
                     scaler: torch.amp.GradScaler | None = None,
-                    set_lr: Callable[[int], None] | None = None) -> tuple[float, float]:
+                    set_lr: Callable[[int], None] | None = None,
+                    class_weights: torch.Tensor | None = None) -> tuple[float, float]:
     """Train over the epoch's remaining batches; returns its mean loss and accuracy (as Keras reports them),
     over all ranks in a distributed run.
 
     Sums accumulate in `state`, so an epoch stopped by `should_stop` (checked after each step) can continue.
     `scaler` scales the loss for fp16, whose small gradients would otherwise underflow. `set_lr(step)` sets
-    the rate before each step (a schedule), `step` counting the fit's steps so far.
+    the rate before each step (a schedule), `step` counting the fit's steps so far. `class_weights` weigh each
+    class's images in the loss (see class_weights.py); the loss reported is the one optimised.
     """
     state = state if state is not None else FitState()
     train_mode(model)
@@ -109,7 +111,7 @@ def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch
         optimizer.zero_grad(set_to_none=True)
         with autocast(autocast_dtype, batches.device.type):
             logits = model(x)
-        loss = nn.functional.cross_entropy(logits.float(), y)
+        loss = nn.functional.cross_entropy(logits.float(), y, weight=class_weights)
         if scaler is None:
             loss.backward()
             optimizer.step()
@@ -184,7 +186,7 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
         autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
         state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
         should_stop: Callable[[], bool] | None = None, lr_schedule: str = "constant",
-        phase: str | None = None) -> list[EpochRecord]:
+        phase: str | None = None, class_weights: torch.Tensor | None = None) -> list[EpochRecord]:
     """Train until `epochs`, validating after each; one EpochRecord per epoch.
 
     `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them.
@@ -192,17 +194,17 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
     `should_stop()` turns true between steps, after which fit raises Interrupted. `model` may be wrapped in
     DistributedDataParallel; validation runs on the module inside. `lr_schedule`: constant, or cosine (the
     rate falls from the optimizer's to 0 over the fit's steps). A loss that becomes nan or inf ends the fit with
-    Diverged (a UserError naming `phase`, the epoch and the step).
+    Diverged (a UserError naming `phase`, the epoch and the step). `class_weights` weigh the training loss.
     """
     try:
         return _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress,
-                    state, on_checkpoint, should_stop, lr_schedule)
+                    state, on_checkpoint, should_stop, lr_schedule, class_weights)
     except Diverged as e:
         raise Diverged(f"phase {phase}: {e}" if phase else str(e)) from None
 
 
 def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress, state,
-         on_checkpoint, should_stop, lr_schedule) -> list[EpochRecord]:
+         on_checkpoint, should_stop, lr_schedule, class_weights) -> list[EpochRecord]:
     progress = progress or SilentProgress()
     state = state if state is not None else FitState()
     # fp16 needs loss scaling; the scale travels in the checkpoints with the rest of the fit's state.
@@ -222,7 +224,7 @@ def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocas
         start = time.perf_counter()
         progress.epoch_started(state.epoch, epochs, len(train))
         loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop, scaler,
-                                    set_lr)
+                                    set_lr, class_weights)
         if should_stop is not None and should_stop():
             state.epoch_seconds += time.perf_counter() - start
             save(state)

@@ -15,20 +15,21 @@ from .loop import autocast, channels_last, inference_copy
 
 
 @torch.inference_mode()
-def predictions_and_labels(model: nn.Module, x: torch.Tensor | Iterable, y: torch.Tensor | np.ndarray | None,
-             batch_size: int = 128, autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(predicted classes, true classes) of `x`: the labels are `y`, or those of a stream's batches."""
+def logits_and_labels(model: nn.Module, x: torch.Tensor | Iterable, y: torch.Tensor | np.ndarray | None,
+                      batch_size: int = 128, autocast_dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(logits as float32, true classes) of `x`: the labels are `y`, or those of a stream's batches. The logits
+    give the predicted classes and, for calibration, the probabilities."""
     device = next(model.parameters()).device
     model = inference_copy(model)
     y = torch.as_tensor(y) if y is not None else None
-    predicted, truth = [], []
+    logits, truth = [], []
     for xb, yb in batches_of(x, y, batch_size, device):
         with autocast(autocast_dtype, device.type):
-            predicted.append(model(channels_last(xb)).argmax(1).cpu())
+            logits.append(model(channels_last(xb)).float().cpu())
         truth.append(yb.cpu() if yb is not None else torch.zeros(0, dtype=torch.int64))
-    if not predicted:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return torch.cat(predicted).numpy(), torch.cat(truth).numpy()
+    if not logits:
+        return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return torch.cat(logits).numpy(), torch.cat(truth).numpy()
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray:
@@ -72,17 +73,14 @@ def confusion_over_ranks(matrix: np.ndarray) -> np.ndarray:
     return np.rint(sum_over_ranks(matrix.astype(np.float64).ravel().tolist())).astype(np.int64).reshape(matrix.shape)
 
 
-def find_mistakes(model: nn.Module, x: torch.Tensor | Iterable, y: np.ndarray | None,
-                  images: Callable[[np.ndarray], np.ndarray], class_names: list[str],
-                  batch_size: int = 128, autocast_dtype: torch.dtype | None = None, keep: int = 12, *,
+def find_mistakes(predicted: np.ndarray, truth: np.ndarray, images: Callable[[np.ndarray], np.ndarray],
+                  class_names: list[str], keep: int = 12, *,
                   index_of: Callable[[np.ndarray], np.ndarray] = np.asarray) -> Mistakes:
-    """Predict `x` (the model's input: images or their features), count against `y` (None for a stream of
-    (x, y) batches), keep the first `keep` wrong ones.
+    """Count `predicted` against `truth` and keep the first `keep` wrong ones.
 
-    `index_of(positions)` maps positions in `x` to indices of the whole validation set (a rank's share, a
-    stream's readable files; by default the same), and `images(indices)` gives those images as people see
-    them, so only the few shown are read (or decoded) again."""
-    predicted, truth = predictions_and_labels(model, x, y, batch_size, autocast_dtype)
+    `index_of(positions)` maps positions in the predictions to indices of the whole validation set (a rank's
+    share, a stream's readable files; by default the same), and `images(indices)` gives those images as people
+    see them, so only the few shown are read (or decoded) again."""
     wrong = np.flatnonzero(predicted != truth)[:keep]
     indices = np.asarray(index_of(wrong), dtype=np.int64)
     return Mistakes(confusion_matrix(truth, predicted, len(class_names)), images(indices), truth[wrong],
