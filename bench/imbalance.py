@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--zip", type=Path, default=ZIP)
     args = parser.parse_args()
-    seeds, val, test = (1, 50, 100) if args.quick else (args.seeds, 100, 400)
+    seeds, val, test = (1, 50, 100) if args.quick else (args.seeds, 100, 200)
     flags = ", ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512_bf16", "amx", "avx2", "avx512f"))))
     print(f"CPU: {cpu_model()}; flags: {flags}", flush=True)
     rows: dict[str, list[dict]] = {"none": [], "auto": []}

@@ -203,27 +203,35 @@ def test_bad_device_is_a_one_line_error():
 
 
 def test_finetune_under_torchrun(tmp_path):
-    """The frozen stage on cached features, then the unfrozen one, both with DDP on two ranks."""
+    """The frozen stage on cached features, then the unfrozen one, both with DDP on two ranks; calibrated on the
+    validation images of both ranks, TTA measured over both."""
     import numpy as np
     from PIL import Image
 
     rng = np.random.default_rng(0)
     for name, colour in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}.items():
         (tmp_path / "photos" / name).mkdir(parents=True)
-        for i in range(6):
+        for i in range(40):
             pixels = np.clip(np.array(colour) + rng.integers(-20, 20, (24, 32, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(tmp_path / "photos" / name / f"{i}.png")
     out = tmp_path / "runs" / "ft"
     cmd, env = _torchrun(["finetune", str(tmp_path / "photos"), "--backbone", "resnet18", "--weights", "none",
-                          "--image-size", "32", "--epochs", "2", "--unfreeze-epochs", "1", "--batch-size", "3",
-                          "--out", str(out)], tmp_path, out)
+                          "--image-size", "32", "--epochs", "2", "--unfreeze-epochs", "1", "--batch-size", "10",
+                          "--val-fraction", "0.5", "--calibrate", "--tta", "--out", str(out)], tmp_path, out)
     done = subprocess.run(cmd, env={**env, "XDG_CACHE_HOME": str(tmp_path / "cache")}, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:] + _rank_output(tmp_path, 0)[-3000:]
     results = json.loads((out / "results.json").read_text())
     frozen = results["phases"]["frozen"]
-    per_epoch = -(-frozen["train_samples"] // 2 // 3)  # each rank's half of the images, 3 a step
+    per_epoch = -(-frozen["train_samples"] // 2 // 10)  # each rank's half of the images, 10 a step
     assert results["distributed"]["steps_per_rank"] == {"frozen": [2 * per_epoch] * 2, "unfrozen": [per_epoch] * 2}
-    assert sum(map(sum, results["confusion_matrix"])) == frozen["test_samples"] == 18 - frozen["train_samples"]
+    assert sum(map(sum, results["confusion_matrix"])) == frozen["test_samples"] == 120 - frozen["train_samples"] == 60
+    # The temperature is fitted on both ranks' validation images, not on rank 0's share.
+    assert results["phases"]["unfrozen"]["calibration"]["images"] == 60
+    assert json.loads((out / "weights" / "model.json").read_text())["temperature"] == \
+        results["phases"]["unfrozen"]["calibration"]["temperature"]
+    # TTA's plain view counts the images of both ranks, as the phase's own validation did.
+    assert results["tta"]["without"]["accuracy"] == pytest.approx(results["phases"]["unfrozen"]["test_accuracy"],
+                                                                  abs=0.02)
     assert (out / "weights" / "model.safetensors").is_file()
     assert not (tmp_path / "rank1-writes.log").exists(), (tmp_path / "rank1-writes.log").read_text()
