@@ -99,9 +99,10 @@ def main() -> None:
                       f"(T {r['temperature']:.3f}), TTA balanced accuracy {r['tta']['balanced_accuracy']:.4f}",
                       flush=True)
 
-    def cell(values: list[float], scale: float = 100) -> str:
+    def cell(values: list[float], scale: float = 100, digits: int = 1) -> str:
         values = np.asarray(values) * scale
-        return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}" if len(values) > 1 else f"{values.mean():.1f}"
+        spread = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+        return f"{values.mean():.{digits}f}{spread}"
 
     print(f"\n{len(tests)} test images ({test} per class), {seeds} seed(s), mean ± standard deviation, in percent\n")
     print("| class weights | balanced accuracy | macro-F1 | accuracy | ECE before | ECE after (T) | TTA: balanced accuracy |")
@@ -109,7 +110,7 @@ def main() -> None:
     for weights, runs in rows.items():
         print(f"| {weights} | {cell([r['balanced_accuracy'] for r in runs])} | {cell([r['macro_f1'] for r in runs])} | "
               f"{cell([r['accuracy'] for r in runs])} | {cell([r['ece_before'] for r in runs])} | "
-              f"{cell([r['ece_after'] for r in runs])} ({cell([r['temperature'] for r in runs], 1)}) | "
+              f"{cell([r['ece_after'] for r in runs])} ({cell([r['temperature'] for r in runs], 1, 2)}) | "
               f"{cell([r['tta']['balanced_accuracy'] for r in runs])} |")
     sys.stdout.flush()
 

@@ -13,6 +13,9 @@ HEADS = ("reuse", "reset")
 LR_SCHEDULES = ("constant", "cosine")
 STREAM_MODES = ("auto", "always", "never")  # finetune: decode into memory, or stream from disk per batch
 CLASS_WEIGHTS = ("auto", "none")  # the training loss's class weights (training/class_weights.py)
+# The calibration temperatures a fit returns and a saved model or results.json may hold (training/metrics.py):
+# far outside them the probabilities are all 0/1 or all uniform anyway.
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 # Inference batches (validation, feature passes, mistakes) in every experiment: 64-128 images ran fastest
 # here; 1024 was 2.5x slower per image (cache-bound).

@@ -307,4 +307,9 @@ def test_a_run_saved_before_an_option_existed_resumes_as_it_ran():
     assert _differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "constant"},
                                 "train_batchnorm": True, "stream": "never"}) == []
     assert _differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "cosine"}}) == [
-        "train.lr_schedule was 'constant', now 'cosine'"]
+        "train.lr_schedule was 'constant', now 'cosine' (--lr-schedule constant)"]
+    # Runs from before class weights trained unweighted; the message names the option that repeats that.
+    assert _differences(saved, {"epochs": 5, "class_weights": "auto"}) == [
+        "class_weights was 'none', now 'auto' (--class-weights none)"]
+    # Calibration and TTA measure after training: a resumed run may choose them anew.
+    assert _differences({"calibrate": None, "tta": False}, {"calibrate": False, "tta": True}) == []

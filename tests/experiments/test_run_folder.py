@@ -42,7 +42,7 @@ def test_resuming_with_another_option_is_refused_naming_it(tmp_path):
     config = SplitConfig().to_dict()
     _new_run(tmp_path, config)
     other = SplitConfig(head="reset").to_dict()
-    with pytest.raises(UserError, match=r"another configuration \(head was 'reuse', now 'reset'\)"):
+    with pytest.raises(UserError, match=r"another configuration \(head was 'reuse', now 'reset' \(--head reuse\)\)"):
         RunFolder.resume(tmp_path / "run", other, MAIN)
     assert RunFolder.resume(tmp_path / "run", config, MAIN).results["config"] == config
 

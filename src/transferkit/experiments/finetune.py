@@ -160,7 +160,7 @@ def _calibration_split(config: FinetuneConfig, data: ImageData) -> tuple[str | N
                    "add a val/ folder")
     elif n < MIN_CALIBRATION_IMAGES:
         why_not = (f"the validation split has {n} images and a temperature needs at least {MIN_CALIBRATION_IMAGES}; "
-                   "add images to val/ or raise --val-fraction")
+                   "add images to val/ (or, without val/, raise --val-fraction)")
     if why_not is None:
         return "validation", None
     if config.calibrate:

@@ -100,9 +100,10 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
     calibration = None
     if phase.calibration is not None:  # on every rank's logits, so every rank holds the same temperature
         shares = [share for share in gather_everywhere((logits, truth)) if len(share[1])]
-        calibration = calibrate(np.concatenate([z for z, _ in shares]), np.concatenate([y for _, y in shares]),
-                                phase.calibration)
-        runtime.console.print(f"phase {phase.name}: {calibration.describe()}")
+        if shares:  # none when no validation image could be read (a stream's files all failed to decode)
+            calibration = calibrate(np.concatenate([z for z, _ in shares]), np.concatenate([y for _, y in shares]),
+                                    phase.calibration)
+            runtime.console.print(f"phase {phase.name}: {calibration.describe()}")
     train_samples, test_samples = phase.samples()
     if inputs.feature_pass is not None:
         run.results["feature_pass"] = inputs.feature_pass

@@ -39,8 +39,10 @@ WEIGHTS_DIR = "weights"
 RANK_FILE = "rank.json"  # `transferkit rank`'s table, best first
 
 # Options added after runs were saved, and what those runs did without them: such a run resumes as it began.
-BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never", "class_weights": "none",
-                     "calibrate": False, "tta": False}
+BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never", "class_weights": "none"}
+# Options that change what is measured after training, not the training: a resumed run may differ in them (its
+# phases still to finish follow the new choice).
+EVALUATION_ONLY = {"calibrate", "tta"}
 
 
 class RunFolder:
@@ -241,10 +243,18 @@ def resumable(run_dir: Path, config: dict, world_size: int = 1) -> dict:
 def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
     out = []
     for key, value in now.items():
+        if key in EVALUATION_ONLY:
+            continue
         old = saved.get(key, BEFORE_THE_OPTION.get(key))
         if isinstance(value, dict) and isinstance(old, dict):
             out += _differences(old, value, f"{prefix}{key}.")
         elif old != value:
-            out.append(f"{prefix}{key} was {old!r}, now {value!r}")
+            out.append(f"{prefix}{key} was {old!r}, now {value!r}" + _repeat(key, old))
     return out
+
+
+def _repeat(key: str, old: object) -> str:
+    """The option that gives `key` its old value again, where it is a plain one (' (--class-weights none)')."""
+    plain = isinstance(old, (str, int, float)) and not isinstance(old, bool)  # flags are spelt per option
+    return f" (--{key.replace('_', '-')} {old})" if plain else ""
 

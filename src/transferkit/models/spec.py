@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import TEMPERATURE_RANGE, ModelConfig
 from ..errors import UserError
 from ..fields import Fields
 from .backbones import BACKBONES, HeadConfig
@@ -47,7 +47,7 @@ def check_spec(spec: object, where: Path) -> dict:
         head.only({f.name for f in fields(HeadConfig)})
     _check_preprocessing(top, architecture)
     if "temperature" in top:  # calibration (training/metrics.py); absent: 1
-        top.number("temperature", 1e-3, 1e3)
+        top.number("temperature", *TEMPERATURE_RANGE)
     return spec
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
+from ..training.metrics import class_metrics
 from .results import transfer_gain
 
 
@@ -84,7 +85,7 @@ def comparison_table(phases: dict[str, dict]) -> Table:
     for col in ("phase", "classes", "images", "test acc", "balanced", "macro F1", "test loss", "time", "trainable"):
         table.add_column(col, justify="left" if col in ("phase", "classes") else "right", no_wrap=True)
     for name, p in phases.items():
-        metrics = p.get("metrics", {})  # absent in runs made before transferkit recorded them
+        metrics = _metrics(p)
         table.add_row(name, ",".join(p["classes"]), str(p["train_samples"]), f"{p['test_accuracy']:.4f}",
                       *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in ("balanced_accuracy", "macro_f1")),
                       f"{p['test_loss']:.4f}", f"{p['train_seconds']:.1f} s", f"{p['params']['trainable']:,}")
@@ -93,16 +94,25 @@ def comparison_table(phases: dict[str, dict]) -> Table:
 
 def class_table(phase: str, p: dict) -> Table | None:
     """Per class of a phase: precision, recall, F1 and the images it was measured on."""
-    if "metrics" not in p:
+    metrics = _metrics(p)
+    if not metrics:
         return None
     table = Table(title=f"Per class ({phase})", title_justify="left")
     for col in ("class", "precision", "recall", "F1", "images"):
         table.add_column(col, justify="left" if col == "class" else "right", no_wrap=True)
-    per_class = p["metrics"]["per_class"]
+    per_class = metrics["per_class"]
     for i, name in enumerate(p["classes"]):
         table.add_row(name, *(f"{per_class[k][i]:.4f}" for k in ("precision", "recall", "f1")),
                       str(per_class["support"][i]))
     return table
+
+
+def _metrics(p: dict) -> dict:
+    """A phase's per-class metrics, computed from its confusion matrix where a run recorded none (older runs)."""
+    if "metrics" in p:
+        return p["metrics"]
+    matrix = p.get("confusion_matrix")
+    return class_metrics(matrix) if matrix is not None and len(matrix) == len(p["classes"]) else {}
 
 
 def transfer_verdict(phases: dict[str, dict]) -> str | None:

@@ -209,8 +209,8 @@ def misclassified_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def reliability_figure(calibration: dict, title: str) -> Figure:
-    """The reliability diagram (Guo et al. 2017, Figure 1): accuracy against mean confidence per confidence bin,
-    before and after the temperature, with the diagonal a calibrated model follows and each bin's share of images."""
+    """The reliability diagram (Guo et al. 2017, Figure 1): accuracy against mean confidence per filled confidence
+    bin, before and after the temperature, with the diagonal a calibrated model follows."""
     fig = Figure(figsize=(4.6, 4.2))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="calibrated")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..config import TEMPERATURE_RANGE
 from ..errors import UserError, first_line
 from ..fields import Fields
 from ..models import LayerRow, ParamCounts
@@ -197,7 +198,7 @@ def check_results(path: Path, results: dict) -> None:
             p.sub("class_weights").text("reason")
         if "calibration" in p:  # the report draws its reliability diagram
             c = p.sub("calibration")
-            c.number("temperature", low=1e-6)
+            c.number("temperature", *TEMPERATURE_RANGE)
             c.integer("images", low=1)
             for key in ("ece_before", "ece_after"):
                 c.number(key, low=0, high=1)

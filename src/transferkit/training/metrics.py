@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import TEMPERATURE_RANGE
+
 ECE_BINS = 15
 # The imbalance rule, one for the class weights (on the training images) and the report's headline (on the
 # images the metric is measured on): the largest class has more than twice the images of the smallest.
@@ -23,8 +25,6 @@ IMBALANCE_RATIO = 2.0
 # A temperature is one parameter, but the ECE that judges it needs images in its bins; below this many held-out
 # images the fit and its before/after figures would be noise.
 MIN_CALIBRATION_IMAGES = 50
-# The temperatures fit_temperature returns: far outside them the probabilities are 0/1 or uniform anyway.
-TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 def imbalanced(counts: np.ndarray | list[int]) -> bool:
@@ -81,8 +81,9 @@ def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The T > 0 minimising the mean negative log-likelihood of softmax(logits / T) on (logits, labels).
 
-    The NLL is convex in 1/T, so L-BFGS on log T (which keeps T positive) finds the one minimum, as Guo et al.'s
-    reference code does; float64, so the same logits give the same T on every machine to rounding."""
+    The NLL is convex in 1/T, so L-BFGS (as Guo et al.'s reference code uses) finds the one minimum; here on
+    log T, which keeps T positive, and in float64, so the same logits give the same T on every machine to
+    rounding. The result is clipped to TEMPERATURE_RANGE."""
     z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
@@ -120,7 +121,8 @@ class Calibration:
 
     def describe(self) -> str:
         return (f"calibration on {self.images} {self.split} images: temperature {self.temperature:.3f}, "
-                f"ECE {self.before['ece']:.4f} -> {self.after['ece']:.4f}" + (f" ({self.note})" if self.note else ""))
+                f"ECE {self.before['ece']:.4f} -> {self.after['ece']:.4f} on the images it was fitted on"
+                + (f" ({self.note})" if self.note else ""))
 
 
 def calibrate(logits: np.ndarray, labels: np.ndarray, split: str = "validation") -> Calibration:
@@ -128,7 +130,8 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, split: str = "validation")
     if (np.asarray(logits).argmax(1) == labels).all():
         # Every image right: the likelihood rises as T falls toward 0 and has no optimum; a fitted T would only
         # claim certainty about everything, which these images cannot show.
-        t, note = 1.0, "kept at 1: every image is classified right, so the likelihood has no optimum"
+        t, note = 1.0, ("not calibrated, the temperature kept at 1: every image is classified right, so the "
+                        "likelihood has no optimum")
     else:
         t, note = fit_temperature(logits, labels), None
     return Calibration(t, len(labels), split, reliability(softmax(logits), labels),
