@@ -205,7 +205,9 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
             "phases": {}, "points": {},
         }, ranks.describe(split.train.batch_size, split.train.learning_rate))
         if split.backbone:  # what the source is, and the stages a freeze study's cuts count
-            results["dataset"].update(source=source_text(split), stages=list(backbone_stages(split.backbone)))
+            results["dataset"]["source"] = source_text(split)
+            if kind == "freeze":
+                results["dataset"]["stages"] = list(backbone_stages(split.backbone))
         with running(ranks, console, precision, split.train.eval_batch_size) as runtime:
             trainer = (_Trainer(config, data.image_shape, a, b, run, runtime) if not split.backbone else
                        BackboneTrainer(config, data.image_shape, a, b, run, runtime, backbone))
