@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from transferkit import study
+from transferkit import UserError, study
 from transferkit.cli import main
 from transferkit.experiments import study_backbone
 from transferkit.experiments.study_backbone import BackboneTrainer
@@ -176,3 +176,13 @@ def test_bad_backbone_study_options_are_one_line(shapes, tmp_path, monkeypatch, 
     assert exit_info.value.code == 2 and says in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []  # refused before a study folder exists
+
+
+def test_with_a_backbone_the_target_may_be_the_first_half():
+    """No source classes with --backbone: --target 0-4 is no overlap with a default source (run and study)."""
+    from transferkit.data import resolve_split
+
+    names = list(COLOURS)
+    assert resolve_split(None, "amber,blue", names, source_trained=False)[1] == [0, 1]
+    with pytest.raises(UserError, match="share class"):
+        resolve_split(None, "amber,blue", names)
