@@ -121,10 +121,12 @@ def test_a_backbone_freeze_study_copies_the_first_stages(shapes, tmp_path, monke
     seen = {}
     fit = BackboneTrainer._fit
 
-    def look(self, point, model, *args, **kwargs):
+    def look(self, point, model, trained, x_train, *args, **kwargs):
         stem = model.features.conv1.weight
-        seen[point.name] = (stem.detach().clone(), stem.requires_grad, model.features.layer2[0].conv1.weight.requires_grad)
-        return fit(self, point, model, *args, **kwargs)
+        seen[point.name] = (stem.detach().clone(), stem.requires_grad,
+                            model.features.layer2[0].conv1.weight.requires_grad, type(trained).__name__,
+                            tuple(x_train.shape[1:]))
+        return fit(self, point, model, trained, x_train, *args, **kwargs)
 
     monkeypatch.setattr(BackboneTrainer, "_fit", look)
     result = study("freeze", str(shapes), target="cyan,green", backbone="resnet18", weights="none", cuts="1,2",
@@ -138,6 +140,9 @@ def test_a_backbone_freeze_study_copies_the_first_stages(shapes, tmp_path, monke
         assert not anb[1] and not bnb[1] and anb_plus[1] and anb[2] and bnb[2]
         assert torch.equal(anb[0], anb_plus[0]) and not torch.equal(anb[0], bnb[0])
         assert not seen[f"AnB/cut=2/seed={seed}"][1] and seen[f"AnB/cut=2/seed={seed}"][2]
+    # Frozen arms train the rest on the copied stages' output, computed once (16 px: the stem gives 64 x 4 x 4).
+    assert seen["AnB/cut=1/seed=0"][3:] == ("AfterCut", (64, 4, 4)) and seen["BnB/cut=2/seed=1"][3] == "AfterCut"
+    assert seen["AnB+/cut=1/seed=0"][3:] == ("Sequential", (3, 16, 16)) and seen["baseB/seed=0"][3] == "Sequential"
     # The source is the same for every seed (ImageNet, here weights none), baseB is each seed's own.
     assert torch.equal(seen["AnB/cut=1/seed=0"][0], seen["AnB/cut=1/seed=1"][0])
     assert not torch.equal(seen["BnB/cut=1/seed=0"][0], seen["BnB/cut=1/seed=1"][0])
@@ -186,3 +191,21 @@ def test_with_a_backbone_the_target_may_be_the_first_half():
     assert resolve_split(None, "amber,blue", names, source_trained=False)[1] == [0, 1]
     with pytest.raises(UserError, match="share class"):
         resolve_split(None, "amber,blue", names)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "efficientnet_lite0", "mobilenet_v3_small", "efficientnet_b0",
+                                      "convnext_tiny"])
+def test_the_network_after_a_cut_fed_the_frozen_stages_gives_the_whole_networks_output(backbone):
+    """What a frozen freeze arm trains on the stored output of its copied stages is the whole network."""
+    from transferkit.experiments.study_backbone import AfterCut
+    from transferkit.models.stages import stage_pieces
+
+    torch.manual_seed(0)
+    model = study_backbone.BackboneClassifier(backbone, 3).eval()
+    pieces = [piece for _, piece, _ in stage_pieces(backbone, model.features)]
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        whole = model(x)
+        for cut in (1, len(pieces) // 2, len(pieces)):
+            after = AfterCut(backbone, model, cut).eval()(torch.nn.Sequential(*pieces[:cut])(x))
+            assert torch.allclose(after, whole, atol=1e-5), (backbone, cut)

@@ -8,7 +8,9 @@ backbone's pretraining (ImageNet with --weights imagenet), so no source network 
 - freeze: the cuts are the backbone's stages (models/stages.py: cut n copies the first n). baseB is the
   backbone trained from random weights on the target classes (the scratch control on all target images);
   AnB / AnB+ copy the pretrained weights' first n stages, BnB / BnB+ baseB's. Every arm trains at the data's
-  own size, as the scratch control does (at 224 px a CPU would take hours a point).
+  own size, as the scratch control does (at 224 px a CPU would take hours a point). A frozen arm's (AnB,
+  BnB) copied stages run once over the target images, in eval mode, and the rest of the network trains on
+  their output (AfterCut), as `run`'s transfer phase trains on frozen features: not once a step.
 
 Both reuse split.py's _PretrainedBackbone for what a point's network and input transform are; study.py's
 _Trainer for how a point trains, is recorded and resumes.
@@ -17,6 +19,7 @@ _Trainer for how a point trains, is recorded and resumes.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
@@ -24,10 +27,15 @@ from torch import nn
 from ..errors import UserError
 from ..models import BackboneClassifier
 from ..models.stages import stage_pieces
-from ..training import freeze
+from ..training import compute_features, freeze
 from .feature_pass import frozen_features
 from .split import _PretrainedBackbone
 from .study import Point, _Trainer, shot_indices
+
+
+# A frozen arm's stage outputs are kept in memory up to this size (cut 1 of EfficientNet-Lite0 at 32 px:
+# 32 KB an image); beyond it the frozen stages run at every step instead.
+PREFIX_CACHE_BYTES = 2 << 30
 
 
 @functools.cache
@@ -123,8 +131,25 @@ class BackboneTrainer(_Trainer):
             piece.load_state_dict(source.state_dict())
             if not point.arm.endswith("+"):
                 freeze(piece, eval_mode=True)
-        self._fit(point, model, nn.Sequential(transform.to(self.runtime.device), model), self.x_train,
-                  torch.from_numpy(self.b.y_train), self.x_test, len(self.b.y_train))
+        transform.to(self.runtime.device)
+        trained, x_train, x_test = nn.Sequential(transform, model), self.x_train, self.x_test
+        prefix = nn.Sequential(transform, *(piece for _, piece, _ in pieces[:point.cut]))
+        if not point.arm.endswith("+") and self._prefix_fits(prefix):
+            # The frozen stages once over every target image; the rest of the network trains on their output.
+            runtime = self.runtime
+            x_train, x_test = (compute_features(prefix, x, runtime.eval_batch_size, runtime.autocast_dtype,
+                                                device=runtime.device) for x in (self.x_train, self.x_test))
+            trained = AfterCut(name, model, point.cut)
+        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train), x_test, len(self.b.y_train))
+
+    def _prefix_fits(self, prefix: nn.Module) -> bool:
+        """Whether the frozen stages' output of every target image fits in PREFIX_CACHE_BYTES (and caching
+        is on: --no-feature-cache is `run`'s; a study keeps the default)."""
+        if not self.config.split.train.feature_cache:
+            return False
+        with torch.no_grad():
+            one = prefix.eval()(self.x_train[:1].to(self.runtime.device))
+        return (len(self.x_train) + len(self.x_test)) * math.prod(one.shape[1:]) * 4 <= PREFIX_CACHE_BYTES
 
     def _train(self, point: Point, split, record: bool) -> BackboneClassifier:
         """baseB: the backbone from random weights trained on every target image (the scratch control's
@@ -143,3 +168,26 @@ def source_text(split) -> str:
     """The source as `run --backbone` names it: 'efficientnet_lite0 with ImageNet weights'."""
     return (f"{split.backbone} with ImageNet weights" if split.weights == "imagenet"
             else f"{split.backbone} with weights {split.weights}")
+
+
+class AfterCut(nn.Module):
+    """A backbone classifier from stage `cut` on: its remaining stages, what its forward does after the last
+    stage (pooling; torchvision's classifier without the replaced Linear), and the head. Fed the output of
+    the first `cut` stages, it gives what the whole network gives the images."""
+
+    def __init__(self, backbone: str, model: BackboneClassifier, cut: int):
+        super().__init__()
+        self.rest = nn.Sequential(*(piece for _, piece, _ in stage_pieces(backbone, model.features)[cut:]))
+        self.features, self.classifier = model.features, model.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, f = self.rest(x), self.features
+        if hasattr(f, "forward_head"):  # timm: global pool, its dropout, the classifier (replaced: Identity)
+            x = f.forward_head(x)
+        elif hasattr(f, "layer4"):  # torchvision ResNet: avgpool, flatten, fc (Identity)
+            x = torch.flatten(f.avgpool(x), 1)
+        else:  # MobileNetV3, EfficientNet-B0: avgpool, flatten, classifier; ConvNeXt's classifier flattens
+            x = f.avgpool(x)
+            x = f.classifier(x if any(isinstance(m, nn.Flatten) for m in f.classifier.modules())
+                             else torch.flatten(x, 1))
+        return self.classifier(x)
