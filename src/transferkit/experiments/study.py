@@ -14,6 +14,7 @@ source network and indexed by every shot count; every point written to study.jso
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -301,7 +302,10 @@ class _Trainer:
 
     def _fit(self, point: Point, model: nn.Module, trained: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
              x_test: torch.Tensor, n: int, split: ClassSplit | None = None, weights: bool = False,
-             record: bool = True) -> None:
+             record: bool = True, prepare: Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]] | None = None,
+             ) -> None:
+        """Train `trained` (the part of `model` that trains) on `x_train` and test it on `x_test`. `prepare`,
+        where given, replaces those three when the point trains (its time counts; a finished point skips it)."""
         cfg, runtime, split = self.config.split.train, self.quiet, split or self.b
         seed = self._point_seed(point)
         batch = min(cfg.batch_size, n)  # no image twice in a batch: a 1-shot set is one small batch
@@ -310,9 +314,13 @@ class _Trainer:
         model.to(runtime.device)
         optimizer = make_optimizer(trainable_parameters(model), cfg)
         y_test = torch.from_numpy(split.y_test)
-        phase = Phase(point.name, model, optimizer, lambda: PhaseInputs(
-            trained, TensorBatches(x_train, y_train, batch, seed, device=runtime.device, min_steps=per_epoch),
-            x_test, y_test), cfg.epochs, cfg.lr_schedule, list(split.class_names), [], split.x_test.__getitem__,
+
+        def inputs() -> PhaseInputs:
+            net, xs, x_val = prepare() if prepare is not None else (trained, x_train, x_test)
+            return PhaseInputs(net, TensorBatches(xs, y_train, batch, seed, device=runtime.device, min_steps=per_epoch),
+                               x_val, y_test)
+
+        phase = Phase(point.name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), [], split.x_test.__getitem__,
             lambda: (n, len(split.y_test)), weights=weights)
         finished_before = self.run.finished(point.name)
         result, _ = train_phase(phase, self.run, runtime)

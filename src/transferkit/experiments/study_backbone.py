@@ -132,15 +132,19 @@ class BackboneTrainer(_Trainer):
             if not point.arm.endswith("+"):
                 freeze(piece, eval_mode=True)
         transform.to(self.runtime.device)
-        trained, x_train, x_test = nn.Sequential(transform, model), self.x_train, self.x_test
         prefix = nn.Sequential(transform, *(piece for _, piece, _ in pieces[:point.cut]))
-        if not point.arm.endswith("+") and self._prefix_fits(prefix):
-            # The frozen stages once over every target image; the rest of the network trains on their output.
-            runtime = self.runtime
+        runtime = self.runtime
+
+        def on_frozen_output() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+            """The frozen stages once over every target image (part of the point's time); the rest of the
+            network trains on their output."""
             x_train, x_test = (compute_features(prefix, x, runtime.eval_batch_size, runtime.autocast_dtype,
                                                 device=runtime.device) for x in (self.x_train, self.x_test))
-            trained = AfterCut(name, model, point.cut)
-        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train), x_test, len(self.b.y_train))
+            return AfterCut(name, model, point.cut), x_train, x_test
+
+        cached = not point.arm.endswith("+") and self._prefix_fits(prefix)
+        self._fit(point, model, nn.Sequential(transform, model), self.x_train, torch.from_numpy(self.b.y_train),
+                  self.x_test, len(self.b.y_train), prepare=on_frozen_output if cached else None)
 
     def _prefix_fits(self, prefix: nn.Module) -> bool:
         """Whether the frozen stages' output of every target image fits in PREFIX_CACHE_BYTES (and caching
