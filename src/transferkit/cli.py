@@ -260,7 +260,7 @@ def _study_options(command):
         click.option("--optimizer", type=click.Choice(OPTIMIZERS),
                      help="[default: adadelta; cifar10 and --backbone: adam]"),
         click.option("--lr", type=float, default=None, help="Learning rate (default: the optimizer's, as `run`)."),
-        click.option("--head", type=click.Choice(HEADS), default=None, help="Transfer arm: as `run --head`."),
+        click.option("--head", type=click.Choice(HEADS), default=None, help="Transfer arm: as `run --head` (the seed network's; not with --backbone)."),
         click.option("--filters", type=int, help="Filters per conv layer.  [default: 32; cifar10: 64]"),
         click.option("--backbone", default=None, metavar="NAME",
                      help="A pretrained backbone instead of the seed network (as `run --backbone`): the source is "
@@ -303,7 +303,7 @@ def study_shots_command(**options: object) -> None:
     Examples:
       transferkit study shots mnist
       transferkit study shots mnist --shots 1,10,100,all --seeds 3 --limit 5000
-      transferkit study shots cifar10 --data ../shared/data/cifar10-jpg.zip --backbone efficientnet_lite0
+      transferkit study shots photos/ --backbone efficientnet_lite0 --shots 1,10,100 --seeds 3
     """
     _study("shots", **options)
 
@@ -325,7 +325,7 @@ def study_freeze_command(**options: object) -> None:
     Examples:
       transferkit study freeze mnist
       transferkit study freeze cifar10 --data ../shared/data/cifar10-jpg.zip --limit 5000 --epochs 5
-      transferkit study freeze cifar10 --data ../shared/data/cifar10-jpg.zip --backbone resnet18 --cuts 1,3,5
+      transferkit study freeze photos/ --backbone efficientnet_lite0 --cuts 1,5,9 --limit 1000 --epochs 3
     """
     _study("freeze", **options)
 
