@@ -215,3 +215,30 @@ def test_the_network_after_a_cut_fed_the_frozen_stages_gives_the_whole_networks_
         for cut in (1, len(pieces) // 2, len(pieces)):
             after = AfterCut(backbone, model, cut).eval()(torch.nn.Sequential(*pieces[:cut])(x))
             assert torch.allclose(after, whole, atol=1e-5), (backbone, cut)
+
+
+def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path, monkeypatch):
+    """Interrupted after seed 0's baseB: the resumed study reads it back from weights/ and its BnB copies from
+    it, to the same points as without the interruption."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    options = {"target": "cyan,green", "backbone": "resnet18", "weights": "none", "cuts": "2", "arms": "baseB,BnB",
+               "seeds": 2, "epochs": 1, "min_steps": 3, "verbose": False}
+    study("freeze", str(shapes), out=tmp_path / "ref", **options)
+    progress = BackboneTrainer._progress
+
+    def stop_after_one(self, *args):
+        progress(self, *args)
+        if self.done == 1:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(BackboneTrainer, "_progress", stop_after_one)
+        with pytest.raises(KeyboardInterrupt):
+            study("freeze", str(shapes), out=tmp_path / "run", **options)
+    study("freeze", str(shapes), resume=tmp_path / "run", **options)
+
+    def accuracies(folder):
+        points = json.loads((folder / "study.json").read_text())["points"]
+        return {name: (p["test_accuracy"], p["test_loss"], p["trainable"]) for name, p in points.items()}
+
+    assert accuracies(tmp_path / "run") == accuracies(tmp_path / "ref") and len(accuracies(tmp_path / "ref")) == 4
