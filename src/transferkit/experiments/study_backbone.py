@@ -60,8 +60,8 @@ def refuse_seed_network_options(backbone: str, options: dict) -> None:
     """Options of the seed network that a backbone study would silently ignore."""
     for name, option in (("head", "--head"), ("filters", "--filters")):
         if options.get(name) is not None:
-            raise UserError(f"{option}: with --backbone {backbone} every arm's head is new (the backbone's "
-                            f"default) and {option} is the seed network's; drop {option}")
+            raise UserError(f"{option}: with --backbone {backbone} the network is the backbone with a new head; "
+                            f"{option} is the seed network's option (drop it)")
 
 
 def prepare_backbone(config, image_shape: tuple[int, int, int], num_classes: int) -> _PretrainedBackbone:
@@ -79,8 +79,7 @@ class BackboneTrainer(_Trainer):
     def __init__(self, config, image_shape, a, b, run, runtime, backbone: _PretrainedBackbone):
         super().__init__(config, image_shape, a, b, run, runtime)
         self.backbone = backbone
-        self.features: list[torch.Tensor] | None = None
-        self.feature_passes = 0  # how many times the backbone's features were read or computed: once a study
+        self.features: list[torch.Tensor] | None = None  # the frozen backbone's, of every target image
 
     def seed(self, seed: int, points: list[Point]) -> None:
         if self.config.kind == "shots":
@@ -105,7 +104,6 @@ class BackboneTrainer(_Trainer):
         self.features, record = frozen_features(
             self.config.split.backbone, nn.Sequential(transform, model.features), [self.x_train, self.x_test],
             self.backbone.identity(runtime.precision), transform.crop, runtime)
-        self.feature_passes += 1
         # The first pass's record: a resumed study keeps it (its own pass read the store), so that its
         # study.json is the uninterrupted one's.
         self.run.results.setdefault("feature_pass", record)
