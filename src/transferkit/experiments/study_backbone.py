@@ -32,7 +32,6 @@ from .feature_pass import frozen_features
 from .split import _PretrainedBackbone
 from .study import Point, _Trainer, shot_indices
 
-
 # A frozen arm's stage outputs are kept in memory up to this size (cut 1 of EfficientNet-Lite0 at 32 px:
 # 32 KB an image); beyond it the frozen stages run at every step instead.
 PREFIX_CACHE_BYTES = 2 << 30
