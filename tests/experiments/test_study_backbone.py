@@ -134,8 +134,9 @@ def test_a_backbone_freeze_study_copies_the_first_stages(shapes, tmp_path, monke
         return fit(self, point, model, *args, prepare=watched if prepare else None, **kwargs)
 
     monkeypatch.setattr(BackboneTrainer, "_fit", look)
+    # fp32: in bf16 a random ResNet-18 on 16 px images diverged (nan loss) in some draws.
     result = study("freeze", str(shapes), target="cyan,green", backbone="resnet18", weights="none", cuts="1,2",
-                   seeds=2, epochs=1, min_steps=3, out=tmp_path / "freeze", verbose=False)
+                   seeds=2, epochs=1, min_steps=3, precision="fp32", out=tmp_path / "freeze", verbose=False)
     points = result.results["points"]
     assert len(points) == 2 * (1 + 2 * 4)
     assert result.results["dataset"]["stages"] == ["stem", "layer1", "layer2", "layer3", "layer4"]
@@ -219,10 +220,11 @@ def test_the_network_after_a_cut_fed_the_frozen_stages_gives_the_whole_networks_
 
 def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path, monkeypatch):
     """Interrupted after seed 0's baseB: the resumed study reads it back from weights/ and its BnB copies from
-    it, to the same points as without the interruption."""
+    it, and AnB copies the same source (weights none: a random network drawn from --seed), to the same points
+    as without the interruption."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    options = {"target": "cyan,green", "backbone": "resnet18", "weights": "none", "cuts": "2", "arms": "baseB,BnB",
-               "seeds": 2, "epochs": 1, "min_steps": 3, "verbose": False}
+    options = {"target": "cyan,green", "backbone": "resnet18", "weights": "none", "cuts": "2", "arms": "baseB,BnB,AnB",
+               "seeds": 2, "epochs": 1, "min_steps": 3, "precision": "fp32", "verbose": False}
     study("freeze", str(shapes), out=tmp_path / "ref", **options)
     progress = BackboneTrainer._progress
 
@@ -235,10 +237,11 @@ def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path
         mp.setattr(BackboneTrainer, "_progress", stop_after_one)
         with pytest.raises(KeyboardInterrupt):
             study("freeze", str(shapes), out=tmp_path / "run", **options)
+    torch.manual_seed(1234)  # what ran before in the process changes nothing: A (weights none) is drawn from --seed
     study("freeze", str(shapes), resume=tmp_path / "run", **options)
 
     def accuracies(folder):
         points = json.loads((folder / "study.json").read_text())["points"]
         return {name: (p["test_accuracy"], p["test_loss"], p["trainable"]) for name, p in points.items()}
 
-    assert accuracies(tmp_path / "run") == accuracies(tmp_path / "ref") and len(accuracies(tmp_path / "ref")) == 4
+    assert accuracies(tmp_path / "run") == accuracies(tmp_path / "ref") and len(accuracies(tmp_path / "ref")) == 6
