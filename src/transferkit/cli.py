@@ -262,18 +262,27 @@ def _study_options(command):
     options = [
         click.argument("dataset", default="mnist"),
         click.option("--data", type=click.Path(), help="As for `run`: the data set's file or folder."),
-        click.option("--source", help="Source classes (A).  [default: the first half]"),
+        click.option("--source", help="Source classes (A).  [default: the first half; none with --backbone]"),
         click.option("--target", help="Target classes (B).  [default: the second half]"),
         click.option("--arms", help="A comma list of the study's arms (default: all of them)."),
         click.option("--epochs", type=int, help="Epochs per point.  [default: 5; cifar10: 20]"),
         click.option("--min-steps", type=int, default=STUDY_MIN_STEPS, show_default=True,
                      help="Every point trains at least this many optimizer steps, spread over its epochs, so "
                           "that a few images are trained to convergence too."),
-        click.option("--batch-size", type=int, help="[default: 128, or the training images when fewer]"),
-        click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adadelta; cifar10: adam]"),
+        click.option("--batch-size", type=int, help="[default: 128, with --backbone 32; or the training images "
+                     "when fewer]"),
+        click.option("--optimizer", type=click.Choice(OPTIMIZERS),
+                     help="[default: adadelta; cifar10 and --backbone: adam]"),
         click.option("--lr", type=float, default=None, help="Learning rate (default: the optimizer's, as `run`)."),
-        click.option("--head", type=click.Choice(HEADS), default=None, help="Transfer arm: as `run --head`."),
+        click.option("--head", type=click.Choice(HEADS), default=None, help="Transfer arm: as `run --head` (the seed network's; not with --backbone)."),
         click.option("--filters", type=int, help="Filters per conv layer.  [default: 32; cifar10: 64]"),
+        click.option("--backbone", default=None, metavar="NAME",
+                     help="A pretrained backbone instead of the seed network (as `run --backbone`): the source is "
+                          "its ImageNet training, so no source network is trained (see the README's studies)."),
+        click.option("--weights", default=None, metavar="imagenet|none|FILE",
+                     help="With --backbone: its weights.  [default: imagenet]"),
+        click.option("--image-size", type=int, help="Folder data sets (cifar10 from its jpg zip too): resize "
+                     "images to this square size, the size the scratch arm and every freeze arm train at."),
         click.option("--seed", type=int, help="Base seed: each point's seeds derive from it and the seed number "
                                               "(0 to --seeds - 1).  [default: 0]"),
         click.option("--limit", type=int, default=None, help="Use at most N images per split (quick studies)."),
@@ -301,30 +310,36 @@ def _study_options(command):
 def study_shots_command(**options: object) -> None:
     """With how little target data does transfer pay? For every shot count and seed: the transfer arm (the
     source network's frozen features, its classifier trained on, as `run`'s transfer phase) and the scratch arm,
-    on the same images, tested on the whole target test set.
+    on the same images, tested on the whole target test set. With --backbone: a new head on the pretrained
+    backbone's frozen features (computed once for the whole study), against the same network from scratch.
 
     \b
     Examples:
       transferkit study shots mnist
       transferkit study shots mnist --shots 1,10,100,all --seeds 3 --limit 5000
+      transferkit study shots photos/ --backbone efficientnet_lite0 --shots 1,10,100 --seeds 3
     """
     _study("shots", **options)
 
 
 @study_group.command("freeze")
 @_study_options
-@click.option("--cuts", default=",".join(map(str, STUDY_CUTS)), show_default=True,
-              help="Cut n copies the first n weight layers (conv1, conv2, dense1).")
+@click.option("--cuts", default=None,
+              help="Cut n copies the first n weight layers (conv1, conv2, dense1); with --backbone, its first n "
+                   "stages (e.g. stem, layer1..layer4 for resnet18).  [default: "
+                   + ",".join(map(str, STUDY_CUTS)) + "; with --backbone: every stage]")
 @click.option("--seeds", type=int, default=STUDY_SEEDS["freeze"], show_default=True,
               help="Seeds per point (2 or more).")
 def study_freeze_command(**options: object) -> None:
     """How deep to freeze? Yosinski et al. (NIPS 2014): baseB, and at every cut BnB / BnB+ (baseB's first layers,
-    frozen / fine-tuned) and AnB / AnB+ (the source network's), all trained on the target classes.
+    frozen / fine-tuned) and AnB / AnB+ (the source network's), all trained on the target classes. With
+    --backbone, A is its ImageNet training and the cuts are its stages.
 
     \b
     Examples:
       transferkit study freeze mnist
       transferkit study freeze cifar10 --data ../shared/data/cifar10-jpg.zip --limit 5000 --epochs 5
+      transferkit study freeze photos/ --backbone efficientnet_lite0 --cuts 1,5,9 --limit 1000 --epochs 3
     """
     _study("freeze", **options)
 

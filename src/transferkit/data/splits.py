@@ -76,7 +76,8 @@ def resolve_split(source: object, target: object, class_names: Sequence[str],
     half = len(class_names) // 2
     src = list(range(half)) if source is None else parse_classes(source, class_names, "--source")
     tgt = list(range(half, len(class_names))) if target is None else parse_classes(target, class_names, "--target")
-    overlap = [class_names[i] for i in src if i in tgt]
+    # A backbone's source is its pretraining: the default first half is no class set it could share.
+    overlap = [class_names[i] for i in src if i in tgt] if source_trained or source is not None else []
     if overlap:
         raise UserError(
             f"--source and --target share class(es) {', '.join(overlap)}; transfer needs disjoint class sets"

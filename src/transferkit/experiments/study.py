@@ -14,6 +14,7 @@ source network and indexed by every shot count; every point written to study.jso
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -73,8 +74,6 @@ class StudyConfig:
     def __post_init__(self) -> None:
         if self.kind not in STUDY_KINDS:
             raise UserError(f"study {self.kind!r}: unknown; choose one of {', '.join(STUDY_KINDS)}")
-        if self.split.backbone is not None:
-            raise UserError("--backbone: studies run on the seed network so far; drop --backbone")
         if self.split.shots is not None or self.split.train_fraction is not None or not self.split.scratch:
             raise UserError("shots, train_fraction and scratch are the study's to vary: give a shots study's "
                             "--shots, and its --arms")
@@ -86,8 +85,12 @@ class StudyConfig:
                             f"{', '.join(ARMS[self.kind])}")
         if self.kind == "shots" and (not self.shots or any(n < 0 for n in self.shots)):
             raise UserError("--shots: give images per class as positive numbers or all, e.g. 1,5,10,all")
+        if self.split.backbone is not None:  # its stages are the cuts (study_backbone.py)
+            from .study_backbone import check_backbone_study
+
+            check_backbone_study(self.kind, self.split.backbone, self.cuts)
         bad = [n for n in self.cuts if not 1 <= n <= len(WEIGHT_LAYERS)]
-        if self.kind == "freeze" and (bad or not self.cuts):
+        if self.kind == "freeze" and self.split.backbone is None and (bad or not self.cuts):
             raise UserError(f"--cuts {bad[0] if bad else ''}: the seed network has {len(WEIGHT_LAYERS)} weight "
                             f"layers before its output ({', '.join(WEIGHT_LAYERS)}); give cuts from 1 to "
                             f"{len(WEIGHT_LAYERS)}")
@@ -152,8 +155,15 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point.
     """
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
+    cuts = _numbers(cuts, "--cuts")
+    if options.get("backbone") is not None:  # a backbone study (study_backbone.py): cuts are its stages
+        from .study_backbone import backbone_stages, refuse_seed_network_options
+
+        refuse_seed_network_options(options["backbone"], options)
+        if cuts is None and kind == "freeze":  # every stage, as the seed network's every weight layer
+            cuts = tuple(range(1, len(backbone_stages(options["backbone"])) + 1))
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
-                         **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=_numbers(cuts, "--cuts"),
+                         **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=cuts,
                                   arms=_names(arms)), min_steps=min_steps)
     ranks, console = start(device, verbose)
     if ranks.world_size > 1:
@@ -162,31 +172,46 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     split = config.split
     data = load_dataset(split.dataset, split.data, val_fraction=split.val_fraction, seed=split.train.seed,
                         image_size=split.image_size)
-    src, tgt = resolve_split(split.source, split.target, data.class_names)
-    a, b = split_by_class(data, src, split.limit), split_by_class(data, tgt, split.limit)
+    src, tgt = resolve_split(split.source, split.target, data.class_names, source_trained=not split.backbone)
+    # With --backbone the source is its pretraining (ImageNet): no source classes, no baseA.
+    a = split_by_class(data, src, split.limit) if not split.backbone else None
+    b = split_by_class(data, tgt, split.limit)
+    if split.backbone:  # the backbone and its weights, read now: grayscale data or weights that do not fit
+        from .study_backbone import BackboneTrainer, backbone_stages, prepare_backbone, source_text
+
+        backbone = prepare_backbone(config, data.image_shape, len(tgt))
     _check_shots(config, b)
-    SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
+    if not split.backbone:
+        SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
     precision = resolve_precision(split.train.precision, device=ranks.device)
     run = run or RunFolder.create(ranks, f"study-{kind}-{Path(split.dataset).stem or 'data'}", out, force, save)
     with run.recording():  # from here on a crash says failed in status.json, never running
         points = _plan(config)
-        console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source "
-                                    f"{', '.join(a.class_names)} -> target {', '.join(b.class_names)}; {len(points)} "
+        source = source_text(split) if a is None else ", ".join(a.class_names)
+        console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source {source} "
+                                    f"-> target {', '.join(b.class_names)}; {len(points)} "
                                     f"points ({', '.join(config.chosen_arms)} x {config.seeds} seeds); precision "
                                     f"{precision.name}"))
         results = run.begin({
             "experiment": "study", "kind": kind,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
-                        "source_classes": list(a.class_names), "target_classes": list(b.class_names),
-                        "source_train_samples": len(a.y_train), "target_train_samples": len(b.y_train),
+                        "source_classes": list(a.class_names) if a is not None else [],
+                        "target_classes": list(b.class_names),
+                        "source_train_samples": len(a.y_train) if a is not None else 0,
+                        "target_train_samples": len(b.y_train),
                         "target_test_samples": len(b.y_test),
                         "target_class_sizes": np.bincount(b.y_train, minlength=len(tgt)).tolist()},
             "config": config.to_dict(), "environment": describe_environment(precision, ranks.device),
             "phases": {}, "points": {},
         }, ranks.describe(split.train.batch_size, split.train.learning_rate))
+        if split.backbone:  # what the source is, and the stages a freeze study's cuts count
+            results["dataset"]["source"] = source_text(split)
+            if kind == "freeze":
+                results["dataset"]["stages"] = list(backbone_stages(split.backbone))
         with running(ranks, console, precision, split.train.eval_batch_size) as runtime:
-            trainer = _Trainer(config, data.image_shape, a, b, run, runtime)
+            trainer = (_Trainer(config, data.image_shape, a, b, run, runtime) if not split.backbone else
+                       BackboneTrainer(config, data.image_shape, a, b, run, runtime, backbone))
             for seed in range(config.seeds):
                 trainer.seed(seed, [p for p in points if p.seed == seed])
         results["summary"], results["findings"], results["crossover"] = summarise(results["points"], kind)
@@ -206,6 +231,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
 class _Trainer:
     """Trains a seed's points: its source network (baseA) once, baseB once (freeze), then every point."""
 
+    scaled = True  # the target images as floats in [0, 1], as the seed network eats them
+
     def __init__(self, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
                  run: RunFolder, runtime: Runtime):
         self.config, self.image_shape, self.a, self.b, self.run = config, image_shape, a, b, run
@@ -213,7 +240,7 @@ class _Trainer:
         # The points' own epochs print nothing: a study prints a line a point, with the time left.
         self.quiet = dataclasses.replace(runtime, console=make_console(quiet=True))
         # The target images as the network eats them, converted once: every point indexes or uses them.
-        self.x_train, self.x_test = images_to_tensor(b.x_train), images_to_tensor(b.x_test)
+        self.x_train, self.x_test = (images_to_tensor(x, scale=self.scaled) for x in (b.x_train, b.x_test))
         # Every training, the source networks (and baseB where it is no arm) included.
         extra = config.seeds * _needs_base_a(config)  # the source networks, trained but no point
         self.done, self.total = 0, len(_plan(config)) + extra
@@ -275,7 +302,10 @@ class _Trainer:
 
     def _fit(self, point: Point, model: nn.Module, trained: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
              x_test: torch.Tensor, n: int, split: ClassSplit | None = None, weights: bool = False,
-             record: bool = True) -> None:
+             record: bool = True, prepare: Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]] | None = None,
+             ) -> None:
+        """Train `trained` (the part of `model` that trains) on `x_train` and test it on `x_test`. `prepare`,
+        where given, replaces those three when the point trains (its time counts; a finished point skips it)."""
         cfg, runtime, split = self.config.split.train, self.quiet, split or self.b
         seed = self._point_seed(point)
         batch = min(cfg.batch_size, n)  # no image twice in a batch: a 1-shot set is one small batch
@@ -284,9 +314,13 @@ class _Trainer:
         model.to(runtime.device)
         optimizer = make_optimizer(trainable_parameters(model), cfg)
         y_test = torch.from_numpy(split.y_test)
-        phase = Phase(point.name, model, optimizer, lambda: PhaseInputs(
-            trained, TensorBatches(x_train, y_train, batch, seed, device=runtime.device, min_steps=per_epoch),
-            x_test, y_test), cfg.epochs, cfg.lr_schedule, list(split.class_names), [], split.x_test.__getitem__,
+
+        def inputs() -> PhaseInputs:
+            net, xs, x_val = prepare() if prepare is not None else (trained, x_train, x_test)
+            return PhaseInputs(net, TensorBatches(xs, y_train, batch, seed, device=runtime.device, min_steps=per_epoch),
+                               x_val, y_test)
+
+        phase = Phase(point.name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), [], split.x_test.__getitem__,
             lambda: (n, len(split.y_test)), weights=weights)
         finished_before = self.run.finished(point.name)
         result, _ = train_phase(phase, self.run, runtime)
@@ -300,8 +334,7 @@ class _Trainer:
                 "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
                 "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable}
         if weights:
-            self.run.save_weights(point.name, model, list(split.class_names),
-                                  {"kind": "scale", "channels": self.image_shape[0], "size": list(self.image_shape[1:])})
+            self.run.save_weights(point.name, model, list(split.class_names), self._preprocessing())
         self.run.save_results()  # atomically: a killed study resumes from the points written here
         self._progress(point, result.test_accuracy, result.train_seconds, finished_before)
 
@@ -316,6 +349,10 @@ class _Trainer:
         self.runtime.console.print(f"[{self.done}/{self.total}] {point.name}: test accuracy {accuracy:.4f} "
                                    f"({how}){eta}")
 
+    def _preprocessing(self) -> dict:
+        """What predict needs to feed a saved network: the data set's size scaled to [0, 1]."""
+        return {"kind": "scale", "channels": self.image_shape[0], "size": list(self.image_shape[1:])}
+
     def _network(self, num_classes: int) -> SeedCNN:
         return SeedCNN(self.config.split.model, self.image_shape[0], self.image_shape[1:], num_classes)
 
@@ -327,7 +364,8 @@ class _Trainer:
 
 
 def _needs_base_a(config: StudyConfig) -> bool:
-    return any(arm in ("transfer", "AnB", "AnB+") for arm in config.chosen_arms)
+    """Whether a source network is trained per seed: an arm copies from it (none with --backbone: ImageNet)."""
+    return config.split.backbone is None and any(arm in ("transfer", "AnB", "AnB+") for arm in config.chosen_arms)
 
 
 def shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:

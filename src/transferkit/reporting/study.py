@@ -195,8 +195,10 @@ def freeze_figure(results: dict) -> Figure:
         err = [[m - r["ci_low"] for m, r in zip(y, mine)], [r["ci_high"] - m for m, r in zip(y, mine)]]
         ax.errorbar(x, y, yerr=err, fmt="o-", color=ARM_COLORS[arm], capsize=3, label=arm)
     _accuracy_axis(ax, rows)
-    ax.set_xticks(cuts, [f"{c}" for c in cuts])
-    ax.set_xlabel("cut: the first n weight layers copied")
+    stages = results.get("dataset", {}).get("stages")  # a backbone's: its stages are the cuts
+    ax.set_xticks(cuts, [f"{c}\n{stages[c - 1]}" if stages else f"{c}" for c in cuts])
+    ax.set_xlabel(f"cut: the first n stages of {results['config']['split']['backbone']} copied" if stages
+                  else "cut: the first n weight layers copied")
     ax.set_ylabel("test accuracy")
     _title(ax, "Freezing and fine-tuning copied layers (mean, 95% interval over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
