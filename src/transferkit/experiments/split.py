@@ -269,8 +269,12 @@ class _PretrainedBackbone:
             raise UserError(f"--backbone {config.backbone}: needs colour images; this data set has "
                             f"{image_shape[0]} channel(s)")
         self.config, self.image_shape, self.num_classes = config, image_shape, num_classes
-        self.pretrained = BackboneClassifier(config.backbone, num_classes)
-        self.weights = load_backbone_weights(self.pretrained, weights_source(config.weights))  # errors now, before a run folder
+        # Drawn from --seed: with --weights none the source is a random network, the same one whatever ran
+        # before in the process (a second API call, a resumed study).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.train.seed)
+            self.pretrained = BackboneClassifier(config.backbone, num_classes)
+            self.weights = load_backbone_weights(self.pretrained, weights_source(config.weights))  # errors now
 
     def preprocessing(self, phase: str) -> Preprocessing:
         """What the phase's network eats: the weights' size for transfer, the data's own size for scratch."""

@@ -65,11 +65,9 @@ def refuse_seed_network_options(backbone: str, options: dict) -> None:
 
 def prepare_backbone(config, image_shape: tuple[int, int, int], num_classes: int) -> _PretrainedBackbone:
     """The backbone and its weights, read now: a grayscale data set or weights that do not fit fail before a
-    study folder exists (as `run --backbone`). Drawn from --seed: with --weights none the source (A) is a
-    random network, the same one whatever ran before in the process (a resumed study copies the same A)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.split.train.seed)
-        return _PretrainedBackbone(config.split, image_shape, num_classes)
+    study folder exists (as `run --backbone`). Drawn from --seed (see _PretrainedBackbone): with --weights none
+    the source (A) is the same random network whatever ran before (a resumed study copies the same A)."""
+    return _PretrainedBackbone(config.split, image_shape, num_classes)
 
 
 class BackboneTrainer(_Trainer):
