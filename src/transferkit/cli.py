@@ -20,6 +20,8 @@ from .config import (
     PRECISIONS,
     STREAM_MODES,
     STUDY_CUTS,
+    STUDY_JOBS,
+    STUDY_JOBS_WHY,
     STUDY_MIN_STEPS,
     STUDY_SEEDS,
     STUDY_SHOTS,
@@ -270,6 +272,10 @@ def _study_options(command):
         click.option("--resume", type=click.Path(), default=None,
                      help="Continue an interrupted study from the points it finished (same options)."),
         click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+        click.option("--jobs", type=int, default=None,
+                     help=f"Worker processes training seeds side by side on the CPU, each with cores / N threads "
+                          f"(capped at the usable cores and the seeds); 1: every point in this process.  "
+                          f"[default: {STUDY_JOBS}: {STUDY_JOBS_WHY}]"),
         click.option("--json", "as_json", is_flag=True, help="Print study.json to stdout and nothing else."),
         click.option("--quiet", "-q", is_flag=True, help="Print only the findings."),
     ]
