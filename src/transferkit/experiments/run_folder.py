@@ -8,6 +8,7 @@
                                                    safetensors metadata); results.json["model"] names the one
                                                    `transferkit predict` uses
       checkpoint.safetensors   the phase under way, after every epoch; deleted once the run is complete
+                               (a study in parallel processes: checkpoint-seed=N.safetensors, one per seed)
       *.png, report.html
       rank.json          `transferkit rank`'s table, best first (everything else of a rank is in results.json)
 

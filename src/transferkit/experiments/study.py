@@ -16,6 +16,7 @@ its points); the parent alone writes study.json, as the workers report (see _tra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing
 import os
@@ -24,7 +25,7 @@ import signal
 import time
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -427,32 +428,29 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
         i, config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision, runtime.eval_batch_size,
         threads, next_seed, stop, reports)) for i in range(jobs)]
     run.status("running", phase=f"points in {jobs} processes")
-    for worker in workers:
-        worker.start()
+    with _stop_signals_ignored():  # inherited: Ctrl-C reaches the whole process group, the parent decides
+        for worker in workers:
+            worker.start()
     busy, failure = set(range(jobs)), None
     try:
         while busy:
             if runtime.should_stop():
                 stop.set()
             ended = {i for i in busy if workers[i].exitcode is not None}  # all they said is in the queue now
-            try:
-                message = reports.get(timeout=0.2)
-            except queue.Empty:
-                for i in ended:  # ended without a word: killed (out of memory?) or crashed
-                    failure = failure or RuntimeError(f"study process {i} ended with exit code "
-                                                      f"{workers[i].exitcode} before it reported")
+            for kind, i, *rest in _read(reports, timeout=0.2):
+                if kind == "trained":
+                    recorder.record(*rest)
+                else:  # "ended", or "failed" with its error
                     busy.discard(i)
-                    stop.set()
-                continue
-            kind, i, *rest = message
-            if kind == "trained":
-                recorder.record(*rest)
-            else:  # "ended", or "failed" with its error
+                    if kind == "failed":
+                        user_error, error = rest
+                        failure = failure or (UserError if user_error else RuntimeError)(error)
+                        stop.set()
+            for i in ended & busy:  # ended without a word: killed (out of memory?) or crashed
+                failure = failure or RuntimeError(f"study process {i} ended with exit code {workers[i].exitcode} "
+                                                  f"in the middle of its seed")
                 busy.discard(i)
-                if kind == "failed":
-                    user_error, error = rest
-                    failure = failure or (UserError if user_error else RuntimeError)(error)
-                    stop.set()
+                stop.set()
     except BaseException:  # a second Ctrl-C, or study.json could not be written: the workers go at once
         for worker in workers:
             worker.kill()
@@ -469,6 +467,32 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
     if runtime.should_stop():
         raise Interrupted(f"stopped with {recorder.done} of {recorder.total} trainings recorded; the points under "
                           "way checkpointed")
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored inside (for the processes started there, which keep it), handled again after."""
+    try:
+        before = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals are not this thread's to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _read(reports, timeout: float) -> list[tuple]:
+    """The messages in the queue: the first waited for up to `timeout`, then all that are there."""
+    messages = []
+    try:
+        messages.append(reports.get(timeout=timeout))
+        while True:
+            messages.append(reports.get_nowait())
+    except queue.Empty:
+        return messages
 
 
 class _WorkerFolder(RunFolder):
@@ -493,9 +517,8 @@ class _WorkerFolder(RunFolder):
 def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
           path: Path | None, writes: bool, results: dict, precision, eval_batch_size: int, threads: int,
           next_seed, stop, reports) -> None:
-    """A worker process: seeds in turn, each trained whole, every training reported as ("trained", ...)."""
-    for s in STOP_SIGNALS:  # Ctrl-C reaches the whole process group: the parent decides, and sets `stop`
-        signal.signal(s, signal.SIG_IGN)
+    """A worker process: seeds in turn, each trained whole, every training reported as ("trained", ...). It
+    ignores Ctrl-C and SIGTERM (set so before it started): the parent passes a stop on through `stop`."""
     torch.set_num_threads(threads)
     keep_freed_memory()
     parent = os.getppid()
