@@ -1,17 +1,19 @@
 """Benchmark: a shots study against the same points run as separate `transferkit run` commands, and the freeze
 study, in one run on this machine; and `--jobs` compared (one process with every thread against one process
-per core with one thread each), which chose the studies' default --jobs (config.STUDY_JOBS).
+per core with one thread each), which chose the studies' default --jobs (one process per usable core).
 
     python bench/studies.py            # MNIST 0-4 -> 5-9: shots 1,2,5,10,20,50,100,all x 5 seeds x 2 arms
     python bench/studies.py --quick    # a smoke run on 2,000 images, 2 shot counts x 2 seeds
     python bench/studies.py --jobs-only --repeats 2   # only the --jobs comparison (a small shots study)
+    python bench/studies.py --no-jobs --keep bench/out  # the studies without it, their folders kept
 
 The studies run with the default --jobs. The separate commands are what a user would type today: one
 `transferkit run mnist --shots N --seed S` per shot count and seed, each training its own source network and
 both arms, one after another with every thread. They train small shot counts for fewer steps than the study's
 minimum (run has no such minimum), so equal work would cost them more than measured here: the ratio
 understates the study's saving. Running all of them would take hours; the bench runs a sample (`--sample`,
-default 4) and extrapolates to the whole grid, saying so.
+default 4) and extrapolates to the whole grid, saying so. Each section prints its figures as soon as it is
+done, so a bench stopped half-way has told what it measured.
 
 The --jobs comparison runs the same small shots study (`--shots 10,100 --seeds 2 --limit 4000`) alternately as
 1 process x every thread and as one process per core x 1 thread, `--repeats` times each, and compares the
@@ -31,13 +33,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from transferkit.config import STUDY_JOBS
 from transferkit.reporting.environment import cpu_model
 from transferkit.training import cpu_flags
 from transferkit.training.batches import usable_cores
 
 SHOTS = "1,2,5,10,20,50,100,all"
 JOBS_STUDY = ["study", "shots", "mnist", "--shots", "10,100", "--seeds", "2", "--limit", "4000", "--quiet"]
+JOBS_STUDY_QUICK = ["study", "shots", "mnist", "--shots", "3,all", "--seeds", "2", "--limit", "400", "--epochs", "2",
+                    "--min-steps", "20", "--quiet"]
 
 
 def timed(args: list[str], threads: int | None = None) -> float:
@@ -50,15 +53,15 @@ def timed(args: list[str], threads: int | None = None) -> float:
     return time.perf_counter() - start
 
 
-def compare_jobs(tmp: Path, repeats: int) -> None:
+def compare_jobs(tmp: Path, repeats: int, study: list[str]) -> None:
     """The same small shots study as 1 process x every thread and as `cores` processes x 1 thread, alternated."""
     cores = usable_cores()
-    print(f"--jobs comparison: transferkit {' '.join(JOBS_STUDY)}, {repeats} x each, alternated")
+    print(f"--jobs comparison: transferkit {' '.join(study)}, {repeats} x each, alternated")
     one, many, points = [], [], {}
     for r in range(repeats):
         for jobs, wall in ((1, one), (cores, many)):
             out = tmp / f"jobs{jobs}-{r}"
-            wall.append(timed([*JOBS_STUDY, "--jobs", str(jobs), "--out", str(out)], threads=cores))
+            wall.append(timed([*study, "--jobs", str(jobs), "--out", str(out)], threads=cores))
             points[jobs] = json.loads((out / "study.json").read_text())["points"]
             print(f"  run {r + 1}: {jobs} process(es) x {cores // jobs} thread(s): {wall[-1]:.1f} s", flush=True)
     ratios = [a / b for a, b in zip(one, many)]
@@ -78,48 +81,64 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="runs of each side of the --jobs comparison")
     parser.add_argument("--jobs-only", action="store_true", help="only the --jobs comparison")
     parser.add_argument("--no-jobs", action="store_true", help="skip the --jobs comparison")
+    parser.add_argument("--no-freeze", action="store_true", help="skip the freeze study")
+    parser.add_argument("--keep", type=Path, help="write the studies' folders here (default: a temporary folder)")
     args = parser.parse_args()
     shots, seeds, extra = (("10,all", 2, ["--limit", "2000"]) if args.quick else (SHOTS, 5, []))
     n_shots = len(shots.split(","))
     print(f"CPU: {cpu_model()}; {usable_cores()} usable cores; flags: "
           f"{', '.join(sorted(f for f in cpu_flags() if f.startswith(('avx', 'amx'))))}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; studies with the default --jobs "
-          f"({min(STUDY_JOBS, usable_cores())})", flush=True)
+          f"(one process per usable core)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+        tmp = args.keep or Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         if not args.no_jobs:
-            compare_jobs(tmp, args.repeats)
+            compare_jobs(tmp, args.repeats, JOBS_STUDY_QUICK if args.quick else JOBS_STUDY)
         if args.jobs_only:
             return
-        study = tmp / "shots"
+        print(f"transferkit study shots mnist --shots {shots} --seeds {seeds} {' '.join(extra)}", flush=True)
         shots_seconds = timed(["study", "shots", "mnist", "--shots", shots, "--seeds", str(seeds), *extra,
-                               "--out", str(study), "--quiet"])
-        record = json.loads((study / "study.json").read_text())
-        print(f"shots study ({n_shots} shot counts x {seeds} seeds x 2 arms): {shots_seconds:.0f} s wall", flush=True)
+                               "--out", str(tmp / "shots"), "--quiet"])
+        describe("shots", shots_seconds, tmp / "shots")
         # The same points as separate runs: each trains a source network, then transfer and scratch.
         grid = [(n, s) for s in range(seeds) for n in shots.split(",")]
         sample = grid[:: max(1, len(grid) // args.sample)][: args.sample]
         separate = []
         for n, s in sample:
             shot = [] if n == "all" else ["--shots", n]
-            separate.append(timed(["run", "mnist", *shot, "--seed", str(s), *extra, "--out", str(tmp / f"{n}-{s}")]))
+            separate.append(timed(["run", "mnist", *shot, "--seed", str(s), *extra, "--out", str(tmp / f"run-{n}-{s}")]))
             print(f"  transferkit run mnist {' '.join(shot)} --seed {s}: {separate[-1]:.0f} s", flush=True)
         separate_total = sum(separate) / len(separate) * len(grid)
-        freeze_seconds = timed(["study", "freeze", "mnist", "--seeds", "3" if not args.quick else "2", *extra,
+        print(f"separate `transferkit run` commands: {len(sample)} of {len(grid)} run, mean "
+              f"{sum(separate) / len(separate):.0f} s each, extrapolated {separate_total:.0f} s")
+        print(f"ratio: the separate commands take {separate_total / shots_seconds:.2f}x the shots study's wall time "
+              "(below 1: the study was slower; it trains small shot counts to its minimum of steps, run does not)",
+              flush=True)
+        if args.no_freeze:
+            return
+        freeze_seeds = "3" if not args.quick else "2"
+        print(f"transferkit study freeze mnist --seeds {freeze_seeds} {' '.join(extra)}", flush=True)
+        freeze_seconds = timed(["study", "freeze", "mnist", "--seeds", freeze_seeds, *extra,
                                 "--out", str(tmp / "freeze"), "--quiet"])
-        freeze = json.loads((tmp / "freeze" / "study.json").read_text())
-    print(f"separate `transferkit run` commands: {len(sample)} of {len(grid)} run, mean {sum(separate) / len(separate):.0f} s "
-          f"each, extrapolated {separate_total:.0f} s")
-    print(f"ratio: the separate commands take {separate_total / shots_seconds:.2f}x the shots study's wall time "
-          "(below 1: the study was slower; it trains small shot counts to its minimum of steps, run does not)")
-    for name, wall, points in (("shots", shots_seconds, record["points"]), ("freeze", freeze_seconds, freeze["points"])):
-        print(f"{name} study: {wall:.0f} s wall, {len(points)} points ({wall / len(points):.1f} s wall per point, "
-              "source networks included); training seconds per point, by arm (as each process measured it):")
-        by_arm: dict[str, list[float]] = {}
-        for p in points.values():
-            by_arm.setdefault(p["arm"], []).append(p["seconds"])
-        for arm, seconds in by_arm.items():
-            print(f"  {arm}: {statistics.mean(seconds):.1f} s per point ({min(seconds):.1f} to {max(seconds):.1f})")
+        describe("freeze", freeze_seconds, tmp / "freeze")
+
+
+def describe(kind: str, wall: float, folder: Path) -> None:
+    """A study's wall time, its processes, and its training seconds per point by arm."""
+    record = json.loads((folder / "study.json").read_text())
+    points, processes = record["points"], record["distributed"]
+    print(f"{kind} study: {wall:.0f} s wall ({processes.get('jobs', 1)} process(es) x "
+          f"{processes.get('threads_per_job', '?')} thread(s)), {len(points)} points ({wall / len(points):.1f} s wall "
+          "per point, source networks included); training seconds per point by arm, as its process measured them:")
+    by_arm: dict[str, list[float]] = {}
+    for p in points.values():
+        by_arm.setdefault(p["arm"], []).append(p["seconds"])
+    for arm, seconds in by_arm.items():
+        print(f"  {arm}: {statistics.mean(seconds):.1f} s per point ({min(seconds):.1f} to {max(seconds):.1f})")
+    sources = [v["train_seconds"] for k, v in record["phases"].items() if k.startswith("baseA/")]
+    if sources:
+        print(f"  baseA (source network, one per seed): {statistics.mean(sources):.1f} s each", flush=True)
 
 
 if __name__ == "__main__":

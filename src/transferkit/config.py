@@ -26,8 +26,6 @@ STUDY_SHOTS = (1, 2, 5, 10, 20, 50, 100, 0)
 STUDY_CUTS = (1, 2, 3)
 STUDY_SEEDS = {"shots": 5, "freeze": 3}
 STUDY_MIN_STEPS = 300
-STUDY_JOBS = 1  # TODO measured default
-STUDY_JOBS_WHY = "TODO"
 
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.

@@ -59,8 +59,15 @@ def _wait_for_points(proc: subprocess.Popen, out: Path, points: int) -> None:
 def _workers(pid: int) -> list[int]:
     """The study's worker processes: the children of `pid` started by multiprocessing's spawn (not its
     resource tracker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                workers.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            pass
+    return workers
 
 
 def _gone(pids: list[int], seconds: float = 20) -> bool:
@@ -279,6 +286,8 @@ def test_jobs_are_capped_at_the_cores_and_the_seeds(monkeypatch):
     with pytest.warns(UserWarning, match="--jobs 64: this process may use 2 core"):
         assert study_jobs(64, seeds=5, device=cpu) == 2
     assert study_jobs(2, seeds=5, device=cpu) == 2 and study_jobs(2, seeds=1, device=cpu) == 1
+    assert study_jobs(None, seeds=5, device=cpu) == 2 and study_jobs(None, seeds=1, device=cpu) == 1  # default
+    assert study_jobs(None, seeds=5, device=torch.device("cuda")) == 1
     with pytest.raises(UserError, match="--jobs must be 1 or more, got -1"):
         study_jobs(-1, seeds=5, device=cpu)
     with pytest.raises(UserError, match="parallel study processes are for the CPU"):

@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 from rich.text import Text
 from torch import nn
 
-from ..config import STUDY_CUTS, STUDY_JOBS, STUDY_MIN_STEPS, STUDY_SEEDS, STUDY_SHOTS, SplitConfig
+from ..config import STUDY_CUTS, STUDY_MIN_STEPS, STUDY_SEEDS, STUDY_SHOTS, SplitConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..errors import Interrupted, UserError, first_line
 from ..models import SeedCNN, count_params
@@ -166,8 +166,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
     `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). `out`, `resume`, `force`, `save`,
     `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point. `jobs`: worker
-    processes training seeds side by side on the CPU (default STUDY_JOBS, capped at the usable cores and the
-    seeds), each with cores // jobs threads; 1 trains every point in this process.
+    processes training seeds side by side on the CPU (default: one per usable core), capped at the usable
+    cores and the seeds, each with cores // jobs threads; 1 trains every point in this process.
     """
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
@@ -380,7 +380,14 @@ def study_jobs(requested: int | None, seeds: int, device: torch.device) -> int:
             raise UserError(f"--jobs {requested}: parallel study processes are for the CPU; on {device} a study "
                             "trains its points in one process (drop --jobs)")
         return 1
-    jobs = min(STUDY_JOBS, usable_cores()) if requested is None else worker_count(requested, "--jobs", 1, "processes")
+    # The default: one process per usable core (1 thread each where there are as many seeds). Measured by
+    # bench/studies.py --jobs-only on a 2-core Xeon (AVX-512, AVX512-BF16, AMX; bf16) shared with two other
+    # engineers' jobs: a shots study of 10 trainings (--shots 10,100 --seeds 2 --limit 4000) took 2.3x to 8.6x
+    # as long as 1 process x 2 threads than as 2 processes x 1 thread, in all 4 alternated pairs (188.7 s
+    # against 82.7 s at the lightest load; README, Studies). The seed network's small batches leave a second
+    # thread little to share within a step, and a 2-thread process waits at each parallel region for its
+    # slower thread, which other processes on the cores make much slower.
+    jobs = usable_cores() if requested is None else worker_count(requested, "--jobs", 1, "processes")
     return max(1, min(jobs, seeds))
 
 
@@ -428,11 +435,11 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
         i, config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision, runtime.eval_batch_size,
         threads, next_seed, stop, reports)) for i in range(jobs)]
     run.status("running", phase=f"points in {jobs} processes")
-    with _stop_signals_ignored():  # inherited: Ctrl-C reaches the whole process group, the parent decides
-        for worker in workers:
-            worker.start()
     busy, failure = set(range(jobs)), None
     try:
+        with _stop_signals_ignored():  # inherited: Ctrl-C reaches the whole process group, the parent decides
+            for worker in workers:
+                worker.start()
         while busy:
             if runtime.should_stop():
                 stop.set()
@@ -453,11 +460,12 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
                 stop.set()
     except BaseException:  # a second Ctrl-C, or study.json could not be written: the workers go at once
         for worker in workers:
-            worker.kill()
+            if worker.pid is not None:
+                worker.kill()
         raise
     finally:
         stop.set()
-        for worker in workers:
+        for worker in (w for w in workers if w.pid is not None):
             worker.join(timeout=60)
             if worker.is_alive():
                 worker.kill()
