@@ -103,8 +103,9 @@ def _without_time(study_json: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
+    """A study in one process (--jobs 1; the tests of --jobs 2 are below)."""
     out = tmp_path_factory.mktemp("study") / "ref"
-    done = _run(*SHOTS, "--out", str(out))
+    done = _run(*SHOTS, "--jobs", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     return out
 
@@ -128,7 +129,7 @@ def test_a_shots_study_records_every_point_with_intervals(uninterrupted):
 
 def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *SHOTS, "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *SHOTS, "--jobs", "1", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # killed once some points of the first seed are written
@@ -142,7 +143,7 @@ def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads((out / "status.json").read_text())["status"] == "running"
-    done = _run(*SHOTS, "--resume", str(out))
+    done = _run(*SHOTS, "--jobs", "1", "--resume", str(out))
     assert done.returncode == 0, done.stderr
     assert "finished before" in done.stdout
     a, b = (json.loads((d / "study.json").read_text()) for d in (out, uninterrupted))
