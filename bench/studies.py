@@ -12,7 +12,9 @@ The studies run with the default --jobs. The separate commands are what a user w
 both arms, one after another with every thread. They train small shot counts for fewer steps than the study's
 minimum (run has no such minimum), so equal work would cost them more than measured here: the ratio
 understates the study's saving. Running all of them would take hours; the bench runs a sample (`--sample`,
-default 4) and extrapolates to the whole grid, saying so. Each section prints its figures as soon as it is
+default 4: `all` and small shot counts spread over the seeds) and extrapolates to the whole grid by shot count
+(a shot count not sampled costs what the sampled small ones did: a command's time is its source network's and
+its scratch phase's, which only `all` makes long), saying so. Each section prints its figures as soon as it is
 done, so a bench stopped half-way has told what it measured.
 
 The --jobs comparison runs the same small shots study (`--shots 10,100 --seeds 2 --limit 4000`) alternately as
@@ -103,15 +105,16 @@ def main() -> None:
         describe("shots", shots_seconds, tmp / "shots")
         # The same points as separate runs: each trains a source network, then transfer and scratch.
         grid = [(n, s) for s in range(seeds) for n in shots.split(",")]
-        sample = grid[:: max(1, len(grid) // args.sample)][: args.sample]
-        separate = []
-        for n, s in sample:
+        separate: dict[str, list[float]] = {}
+        for n, s in sample_commands(shots.split(","), seeds, args.sample):
             shot = [] if n == "all" else ["--shots", n]
-            separate.append(timed(["run", "mnist", *shot, "--seed", str(s), *extra, "--out", str(tmp / f"run-{n}-{s}")]))
-            print(f"  transferkit run mnist {' '.join(shot)} --seed {s}: {separate[-1]:.0f} s", flush=True)
-        separate_total = sum(separate) / len(separate) * len(grid)
-        print(f"separate `transferkit run` commands: {len(sample)} of {len(grid)} run, mean "
-              f"{sum(separate) / len(separate):.0f} s each, extrapolated {separate_total:.0f} s")
+            seconds = timed(["run", "mnist", *shot, "--seed", str(s), *extra, "--out", str(tmp / f"run-{n}-{s}")])
+            separate.setdefault(n, []).append(seconds)
+            print(f"  transferkit run mnist {' '.join(shot)} --seed {s}: {seconds:.0f} s", flush=True)
+        small = [t for n, times in separate.items() if n != "all" for t in times] or sum(separate.values(), [])
+        separate_total = sum(statistics.mean(separate.get(n) or small) for n, _ in grid)
+        print(f"separate `transferkit run` commands: {sum(map(len, separate.values()))} of {len(grid)} run, "
+              f"extrapolated by shot count to {separate_total:.0f} s")
         print(f"ratio: the separate commands take {separate_total / shots_seconds:.2f}x the shots study's wall time "
               "(below 1: the study was slower; it trains small shot counts to its minimum of steps, run does not)",
               flush=True)
@@ -122,6 +125,15 @@ def main() -> None:
         freeze_seconds = timed(["study", "freeze", "mnist", "--seeds", freeze_seeds, *extra,
                                 "--out", str(tmp / "freeze"), "--quiet"])
         describe("freeze", freeze_seconds, tmp / "freeze")
+
+
+def sample_commands(shots: list[str], seeds: int, k: int) -> list[tuple[str, int]]:
+    """`k` (shot count, seed) commands to time: `all` first (the one long kind), then the other shot counts
+    spread evenly, the seeds taken in turn."""
+    small = [n for n in shots if n != "all"]
+    chosen = ["all"] * ("all" in shots) + [small[round(i * (len(small) - 1) / max(1, k - 2))] for i in range(k - 1)]
+    commands = [(n, i % seeds) for i, n in enumerate(chosen[:k])] if small else [("all", i % seeds) for i in range(k)]
+    return list(dict.fromkeys(commands))  # each once: a small grid has fewer than k
 
 
 def describe(kind: str, wall: float, folder: Path) -> None:
