@@ -1,6 +1,8 @@
 """Studies on small data: they run, resume after a kill to the same study.json, and refuse bad options."""
 
 import json
+import os
+import resource
 import signal
 import subprocess
 import sys
@@ -9,18 +11,81 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from transferkit import UserError, study
 from transferkit.cli import main
-from transferkit.experiments.study import shot_indices
+from transferkit.experiments.study import shot_indices, study_jobs
 from transferkit.reporting.study import interval, summarise
+from transferkit.training.batches import usable_cores
 
 TINY = ["--limit", "200", "--epochs", "2", "--min-steps", "6"]
 SHOTS = ["study", "shots", "mnist", "--shots", "3,all", "--seeds", "2", *TINY]
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "transferkit", *args], capture_output=True, text=True, timeout=600)
+def _run(*args: str, threads: int | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+    return subprocess.run([sys.executable, "-m", "transferkit", *args], capture_output=True, text=True, timeout=600,
+                          env=env, preexec_fn=_few_processes)
+
+
+def _few_processes() -> None:
+    """A study with --jobs forks workers: the tests' ones run with a ceiling on processes (where the user is
+    not root, which the limit does not bind) and on each process's memory, so a bug cannot fork without end."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+    limit = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+
+def _popen(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "transferkit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_few_processes)
+
+
+def _wait_for_points(proc: subprocess.Popen, out: Path, points: int) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the study ended before it could be stopped"
+        try:
+            if len(json.loads((out / "study.json").read_text())["points"]) >= points:
+                return
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{out}: no {points} points in 300 s")
+
+
+def _workers(pid: int) -> list[int]:
+    """The study's worker processes: the children of `pid` started by multiprocessing's spawn (not its
+    resource tracker)."""
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            if parent == pid and b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                workers.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            pass
+    return workers
+
+
+def _gone(pids: list[int], seconds: float = 20) -> bool:
+    """Whether every one of `pids` has ended (a zombie waiting for its reaper counts as ended)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        alive = []
+        for pid in pids:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != "Z":
+                alive.append(pid)
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _without_time(study_json: dict) -> dict:
@@ -38,8 +103,9 @@ def _without_time(study_json: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
+    """A study in one process (--jobs 1; the tests of --jobs 2 are below)."""
     out = tmp_path_factory.mktemp("study") / "ref"
-    done = _run(*SHOTS, "--out", str(out))
+    done = _run(*SHOTS, "--jobs", "1", "--out", str(out))
     assert done.returncode == 0, done.stderr
     return out
 
@@ -63,7 +129,7 @@ def test_a_shots_study_records_every_point_with_intervals(uninterrupted):
 
 def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *SHOTS, "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *SHOTS, "--jobs", "1", "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # killed once some points of the first seed are written
@@ -77,7 +143,7 @@ def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert json.loads((out / "status.json").read_text())["status"] == "running"
-    done = _run(*SHOTS, "--resume", str(out))
+    done = _run(*SHOTS, "--jobs", "1", "--resume", str(out))
     assert done.returncode == 0, done.stderr
     assert "finished before" in done.stdout
     a, b = (json.loads((d / "study.json").read_text()) for d in (out, uninterrupted))
@@ -91,6 +157,7 @@ def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted,
     (["freeze", "mnist", "--cuts", "1,4"], "--cuts 4: the seed network has 3 weight layers"),
     (["freeze", "mnist", "--seeds", "1"], "--seeds 1: a 95% interval needs 2 seeds or more"),
     (["freeze", "mnist", "--arms", "transfer"], "--arms: unknown arm 'transfer'; the freeze study's arms are"),
+    (["shots", "mnist", "--jobs", "0"], "--jobs must be 1 or more, got 0"),
 ])
 def test_bad_study_options_are_one_line(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)
@@ -142,3 +209,87 @@ def test_the_crossover_is_the_smallest_shot_count_from_which_scratch_keeps_up():
 def test_a_study_needs_two_seeds_from_the_api_too():
     with pytest.raises(UserError, match="--seeds 1"):
         study("shots", "mnist", seeds=1, shots="1", save=False, verbose=False)
+
+
+# --- points in parallel processes (--jobs) ---
+
+needs_two_cores = pytest.mark.skipif(usable_cores() < 2, reason="--jobs 2 needs 2 usable cores")
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study") / "jobs2"
+    done = _run(*SHOTS, "--jobs", "2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "2 processes x" in done.stdout
+    return out
+
+
+@needs_two_cores
+def test_two_jobs_train_the_points_of_one_job_with_as_many_threads(two_jobs, tmp_path):
+    # A point's numbers depend on its thread count (float sums split over threads), not on which process
+    # trained it: 2 processes x T threads give one process of T threads' study.json to the bit.
+    threads = usable_cores() // 2
+    done = _run(*SHOTS, "--jobs", "1", "--out", str(tmp_path / "one"), threads=threads)
+    assert done.returncode == 0, done.stderr
+    a, b = (json.loads((d / "study.json").read_text()) for d in (two_jobs, tmp_path / "one"))
+    assert (a["distributed"]["jobs"], a["distributed"]["threads_per_job"]) == (2, threads)
+    assert (b["distributed"]["jobs"], b["distributed"]["threads_per_job"]) == (1, threads)
+    for record in (a, b):
+        del record["distributed"]["jobs"]
+    assert _without_time(a) == _without_time(b)
+    assert list(a["points"]) == list(b["points"])  # recorded in the plan's order, whichever process was first
+
+
+@needs_two_cores
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL])
+def test_a_two_job_study_stopped_then_resumed_equals_the_uninterrupted_one(two_jobs, tmp_path, stop):
+    out = tmp_path / "run"
+    proc = _popen(*SHOTS, "--jobs", "2", "--out", str(out))
+    _wait_for_points(proc, out, 2)
+    workers = _workers(proc.pid)
+    assert workers
+    proc.send_signal(stop)
+    _, err = proc.communicate(timeout=120)
+    assert _gone(workers), "worker processes left behind"
+    status = json.loads((out / "status.json").read_text())["status"]
+    if stop == signal.SIGTERM:  # checkpointed and said so, as one process does
+        assert proc.returncode == 143 and status == "interrupted", err
+        assert f"--jobs 2 --resume {out}" in err.splitlines()[-1]
+    else:
+        assert status == "running"
+    done = _run(*SHOTS, "--jobs", "2", "--resume", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "finished before" in done.stdout
+    a, b = (json.loads((d / "study.json").read_text()) for d in (out, two_jobs))
+    assert _without_time(a) == _without_time(b)
+    assert not list(out.glob("checkpoint*"))
+
+
+@needs_two_cores
+def test_a_worker_that_dies_fails_the_study_with_its_error(tmp_path):
+    out = tmp_path / "run"
+    proc = _popen(*SHOTS, "--jobs", "2", "--out", str(out))
+    _wait_for_points(proc, out, 1)
+    workers = _workers(proc.pid)
+    os.kill(workers[0], signal.SIGKILL)  # as the out-of-memory killer would
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and _gone(workers)
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "failed"
+    assert status["error"].startswith("RuntimeError: study process ") and "exit code -9" in status["error"]
+
+
+def test_jobs_are_capped_at_the_cores_and_the_seeds(monkeypatch):
+    for module in ("transferkit.experiments.study", "transferkit.training.batches"):  # (the function study
+        monkeypatch.setattr(sys.modules[module], "usable_cores", lambda: 2)  # hides its module's name)
+    cpu = torch.device("cpu")
+    with pytest.warns(UserWarning, match="--jobs 64: this process may use 2 core"):
+        assert study_jobs(64, seeds=5, device=cpu) == 2
+    assert study_jobs(2, seeds=5, device=cpu) == 2 and study_jobs(2, seeds=1, device=cpu) == 1
+    assert study_jobs(None, seeds=5, device=cpu) == 2 and study_jobs(None, seeds=1, device=cpu) == 1  # default
+    assert study_jobs(None, seeds=5, device=torch.device("cuda")) == 1
+    with pytest.raises(UserError, match="--jobs must be 1 or more, got -1"):
+        study_jobs(-1, seeds=5, device=cpu)
+    with pytest.raises(UserError, match="parallel study processes are for the CPU"):
+        study_jobs(2, seeds=5, device=torch.device("cuda"))

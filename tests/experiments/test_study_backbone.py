@@ -12,6 +12,7 @@ from PIL import Image
 from transferkit import UserError, study
 from transferkit.cli import main
 from transferkit.experiments import study_backbone
+from transferkit.experiments.study import _Recorder
 from transferkit.experiments.study_backbone import BackboneTrainer
 
 COLOURS = {"amber": (230, 160, 20), "blue": (30, 60, 220), "cyan": (20, 200, 210), "green": (40, 190, 40)}
@@ -86,7 +87,7 @@ def test_an_interrupted_backbone_shots_study_resumes_to_the_same_study_json(shot
     reference, _, _ = shots_study
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     passes = _counting_passes(monkeypatch)
-    progress = BackboneTrainer._progress
+    progress = _Recorder.record
 
     def stop_after_three(self, *args):
         progress(self, *args)
@@ -95,7 +96,7 @@ def test_an_interrupted_backbone_shots_study_resumes_to_the_same_study_json(shot
 
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        mp.setattr(BackboneTrainer, "_progress", stop_after_three)
+        mp.setattr(_Recorder, "record", stop_after_three)
         with pytest.raises(KeyboardInterrupt):
             study("shots", str(shapes), out=out, **SHOTS)
     assert len(json.loads((out / "study.json").read_text())["points"]) == 3
@@ -226,7 +227,7 @@ def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path
     options = {"target": "cyan,green", "backbone": "resnet18", "weights": "none", "cuts": "2", "arms": "baseB,BnB,AnB",
                "seeds": 2, "epochs": 1, "min_steps": 3, "precision": "fp32", "verbose": False}
     study("freeze", str(shapes), out=tmp_path / "ref", **options)
-    progress = BackboneTrainer._progress
+    progress = _Recorder.record
 
     def stop_after_one(self, *args):
         progress(self, *args)
@@ -234,7 +235,7 @@ def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path
             raise KeyboardInterrupt
 
     with monkeypatch.context() as mp:
-        mp.setattr(BackboneTrainer, "_progress", stop_after_one)
+        mp.setattr(_Recorder, "record", stop_after_one)
         with pytest.raises(KeyboardInterrupt):
             study("freeze", str(shapes), out=tmp_path / "run", **options)
     torch.manual_seed(1234)  # what ran before in the process changes nothing: A (weights none) is drawn from --seed
@@ -245,3 +246,8 @@ def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path
         return {name: (p["test_accuracy"], p["test_loss"], p["trainable"]) for name, p in points.items()}
 
     assert accuracies(tmp_path / "run") == accuracies(tmp_path / "ref") and len(accuracies(tmp_path / "ref")) == 6
+
+
+def test_a_backbone_study_trains_in_one_process_and_refuses_more_jobs(shapes, tmp_path):
+    with pytest.raises(UserError, match=r"^--jobs 2: a study with --backbone trains its points in one process"):
+        study("shots", str(shapes), backbone="resnet18", weights="none", jobs=2, save=False, verbose=False)

@@ -9,12 +9,23 @@ cut, for one seed), summarised over seeds with 95% intervals.
 
 One source network per seed, read again on resume; the transfer arm's frozen features computed once per
 source network and indexed by every shot count; every point written to study.json as it finishes.
+
+With --jobs N the seeds are dealt out to N worker processes (each a seed at a time: its source network, then
+its points); the parent alone writes study.json, as the workers report (see _train_in_processes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+import multiprocessing
+import os
+import queue
+import signal
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +38,7 @@ from torch import nn
 
 from ..config import STUDY_CUTS, STUDY_MIN_STEPS, STUDY_SEEDS, STUDY_SHOTS, SplitConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
-from ..errors import UserError
+from ..errors import Interrupted, UserError, first_line
 from ..models import SeedCNN, count_params
 from ..reporting import describe_environment
 from ..reporting.console import make_console
@@ -48,9 +59,14 @@ from ..training import (
     split_frozen,
     trainable_parameters,
 )
+from ..training.batches import usable_cores, worker_count
+from ..training.checkpoint import Checkpointer
+from ..training.class_weights import choose_class_weights
+from ..training.distributed import Distributed
+from ..training.runtime import keep_freed_memory
 from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import RunFolder
-from .runtime import Runtime, running, start
+from .run_folder import RunFolder, seed_checkpoints
+from .runtime import STOP_SIGNALS, Runtime, running, start
 from .split import make_split_config, transfer_model
 
 STUDY_KINDS = ("shots", "freeze")
@@ -146,13 +162,15 @@ class StudyResult:
 def study(kind: str, dataset: str = "mnist", source: object = None, target: object = None, *, seeds: int | None = None,
           shots: object = None, cuts: object = None, arms: object = None, min_steps: int = STUDY_MIN_STEPS,
           out: str | Path | None = None, resume: str | Path | None = None, force: bool = False, save: bool = True,
-          verbose: bool = True, device: str = "auto", **options: object) -> StudyResult:
+          verbose: bool = True, device: str = "auto", jobs: int | None = None, **options: object) -> StudyResult:
     """Run a study (`kind` shots or freeze) of the split experiment on `dataset` and return its StudyResult.
 
     `shots`: images per target class (`"1,5,10,all"` or a list; 0 or "all" for all); `cuts`: the freeze study's
     cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
     `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). `out`, `resume`, `force`, `save`,
-    `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point.
+    `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point. `jobs`: worker
+    processes training seeds side by side on the CPU (default: one per usable core), capped at the usable
+    cores and the seeds, each with cores // jobs threads; 1 trains every point in this process.
     """
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     cuts = _numbers(cuts, "--cuts")
@@ -168,6 +186,10 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     ranks, console = start(device, verbose)
     if ranks.world_size > 1:
         raise UserError("studies train their points one after another in one process; run without torchrun")
+    jobs = study_jobs(jobs, config.seeds, ranks.device, config.split.backbone)
+    # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
+    # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS).
+    threads = torch.get_num_threads() if jobs == 1 else max(1, usable_cores() // jobs)
     run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
     split = config.split
     data = load_dataset(split.dataset, split.data, val_fraction=split.val_fraction, seed=split.train.seed,
@@ -191,7 +213,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
         console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source {source} "
                                     f"-> target {', '.join(b.class_names)}; {len(points)} "
                                     f"points ({', '.join(config.chosen_arms)} x {config.seeds} seeds); precision "
-                                    f"{precision.name}"))
+                                    f"{precision.name}; {jobs} process{'es' if jobs > 1 else ''} x {threads} "
+                                    f"thread{'s' if threads > 1 else ''}"))
         results = run.begin({
             "experiment": "study", "kind": kind,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -204,16 +227,23 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
                         "target_class_sizes": np.bincount(b.y_train, minlength=len(tgt)).tolist()},
             "config": config.to_dict(), "environment": describe_environment(precision, ranks.device),
             "phases": {}, "points": {},
-        }, ranks.describe(split.train.batch_size, split.train.learning_rate))
+        }, {**ranks.describe(split.train.batch_size, split.train.learning_rate), "jobs": jobs,
+            "threads_per_job": threads})
+        _warn_other_threads(results, threads)
         if split.backbone:  # what the source is, and the stages a freeze study's cuts count
             results["dataset"]["source"] = source_text(split)
             if kind == "freeze":
                 results["dataset"]["stages"] = list(backbone_stages(split.backbone))
         with running(ranks, console, precision, split.train.eval_batch_size) as runtime:
-            trainer = (_Trainer(config, data.image_shape, a, b, run, runtime) if not split.backbone else
-                       BackboneTrainer(config, data.image_shape, a, b, run, runtime, backbone))
-            for seed in range(config.seeds):
-                trainer.seed(seed, [p for p in points if p.seed == seed])
+            recorder = _Recorder(run, console, len(points) + config.seeds * _needs_base_a(config))
+            if jobs == 1:
+                trainer = (_Trainer(config, data.image_shape, a, b, run, runtime, recorder.record) if not split.backbone
+                           else BackboneTrainer(config, data.image_shape, a, b, run, runtime, recorder.record, backbone))
+                for seed in range(config.seeds):
+                    trainer.seed(seed, [p for p in points if p.seed == seed])
+            else:
+                _train_in_processes(config, data.image_shape, a, b, run, runtime, recorder, jobs, threads)
+        _in_plan_order(results, config)
         results["summary"], results["findings"], results["crossover"] = summarise(results["points"], kind)
         figures = {"study": (shots_figure if kind == "shots" else freeze_figure)(results)}
         run.save_results()
@@ -221,6 +251,9 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
         if run.writes:
             write_study_csv(run.path / STUDY_CSV, results["points"])
         run.complete()
+        if run.writes:
+            for leftover in seed_checkpoints(run.path):  # a seed's point checkpoint from a start with other --jobs
+                leftover.unlink(missing_ok=True)
     for line in results["findings"]:
         console.print(line)
     if run.path is not None:
@@ -229,22 +262,19 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
 
 
 class _Trainer:
-    """Trains a seed's points: its source network (baseA) once, baseB once (freeze), then every point."""
+    """Trains a seed's points: its source network (baseA) once, baseB once (freeze), then every point. Each
+    training is handed to `record` (_Recorder.record, in this process or the parent's)."""
 
     scaled = True  # the target images as floats in [0, 1], as the seed network eats them
 
     def __init__(self, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
-                 run: RunFolder, runtime: Runtime):
+                 run: RunFolder, runtime: Runtime, record: Callable[..., None]):
         self.config, self.image_shape, self.a, self.b, self.run = config, image_shape, a, b, run
-        self.runtime = runtime
+        self.runtime, self.record = runtime, record
         # The points' own epochs print nothing: a study prints a line a point, with the time left.
         self.quiet = dataclasses.replace(runtime, console=make_console(quiet=True))
         # The target images as the network eats them, converted once: every point indexes or uses them.
         self.x_train, self.x_test = (images_to_tensor(x, scale=self.scaled) for x in (b.x_train, b.x_test))
-        # Every training, the source networks (and baseB where it is no arm) included.
-        extra = config.seeds * _needs_base_a(config)  # the source networks, trained but no point
-        self.done, self.total = 0, len(_plan(config)) + extra
-        self.trained_here: list[float] = []
 
     def seed(self, seed: int, points: list[Point]) -> None:
         cfg = self.config.split.train
@@ -320,34 +350,21 @@ class _Trainer:
             return PhaseInputs(net, TensorBatches(xs, y_train, batch, seed, device=runtime.device, min_steps=per_epoch),
                                x_val, y_test)
 
-        phase = Phase(point.name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), [], split.x_test.__getitem__,
-            lambda: (n, len(split.y_test)), weights=weights)
+        phase = Phase(point.name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), [],
+                      split.x_test.__getitem__, lambda: (n, len(split.y_test)), weights=weights,
+                      class_weights=choose_class_weights(cfg.class_weights, y_train.numpy(), len(split.class_names)))
         finished_before = self.run.finished(point.name)
         result, _ = train_phase(phase, self.run, runtime)
         model.eval().cpu()
-        results = self.run.results
-        results["phases"][point.name] = result.to_dict()
-        if record:
-            results["points"][point.name] = {
-                "arm": point.arm, "shots": point.shots, "cut": point.cut, "seed": point.seed,
-                "train_samples": n, "steps": sum(results["distributed"]["steps_per_rank"].get(point.name, [0])),
-                "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-                "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable}
+        steps = self.run.results["distributed"]["steps_per_rank"].get(point.name, [0])
         if weights:
             self.run.save_weights(point.name, model, list(split.class_names), self._preprocessing())
-        self.run.save_results()  # atomically: a killed study resumes from the points written here
-        self._progress(point, result.test_accuracy, result.train_seconds, finished_before)
-
-    def _progress(self, point: Point, accuracy: float, seconds: float, finished_before: bool) -> None:
-        self.done += 1
-        if not finished_before:
-            self.trained_here.append(seconds)
-        left = self.total - self.done
-        eta = (f", about {_minutes(left * np.mean(self.trained_here))} left" if self.trained_here and left
-               else "")
-        how = "finished before" if finished_before else f"{seconds:.1f} s"
-        self.runtime.console.print(f"[{self.done}/{self.total}] {point.name}: test accuracy {accuracy:.4f} "
-                                   f"({how}){eta}")
+        self.record(point.name, result.to_dict(), {
+            "arm": point.arm, "shots": point.shots, "cut": point.cut, "seed": point.seed,
+            "train_samples": n, "steps": sum(steps),
+            "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+            "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable,
+        } if record else None, steps, finished_before)
 
     def _preprocessing(self) -> dict:
         """What predict needs to feed a saved network: the data set's size scaled to [0, 1]."""
@@ -361,6 +378,233 @@ class _Trainer:
         arm = (("baseA", "baseB") + ARMS[self.config.kind]).index(point.arm)
         x = point.shots if point.shots is not None else (point.cut or 0)
         return ((self.config.split.train.seed * 1000 + point.seed) * 16 + arm) * 100_000 + x
+
+
+class _Recorder:
+    """The study's record, kept by the one process that writes study.json: every training as it is reported
+    (by this process or a worker), written atomically, so a killed study resumes from there; and a line a
+    training with the points done of the total and the time left."""
+
+    def __init__(self, run: RunFolder, console, total: int):
+        self.run, self.console, self.total = run, console, total
+        self.done = self.trained_here = 0
+        self.start = time.perf_counter()
+
+    def record(self, name: str, phase: dict, point: dict | None, steps: list[int], finished_before: bool) -> None:
+        results = self.run.results
+        results["phases"][name] = phase
+        results["distributed"].setdefault("steps_per_rank", {})[name] = steps
+        if point is not None:
+            results["points"][name] = point
+        self.run.save_results()  # atomically: a killed study resumes from the points written here
+        self.done += 1
+        self.trained_here += not finished_before
+        left = self.total - self.done
+        # The wall clock per training trained in this start, so processes side by side count as they run.
+        rate = (time.perf_counter() - self.start) / max(self.trained_here, 1)
+        eta = f", about {_minutes(left * rate)} left" if self.trained_here and left else ""
+        how = "finished before" if finished_before else f"{phase['train_seconds']:.1f} s"
+        self.console.print(f"[{self.done}/{self.total}] {name}: test accuracy {phase['test_accuracy']:.4f} "
+                           f"({how}){eta}")
+
+
+def study_jobs(requested: int | None, seeds: int, device: torch.device, backbone: str | None = None) -> int:
+    """--jobs: worker processes, capped at the usable cores (worker_count) and at the seeds (a process trains
+    a whole seed); below 1 refused. Parallel processes are for the CPU: on a GPU the points train in one. A
+    backbone study trains in one process: its workers would each build the backbone and read the study's
+    frozen features, which the parent computes (not measured against one process; the seed network's was)."""
+    if requested is not None and requested < 1:
+        worker_count(requested, "--jobs", least=1)  # refused, in one line
+    if backbone is not None:
+        if requested is not None and requested > 1:
+            raise UserError(f"--jobs {requested}: a study with --backbone trains its points in one process "
+                            "(drop --jobs)")
+        return 1
+    if device.type != "cpu":
+        if requested is not None and requested > 1:
+            raise UserError(f"--jobs {requested}: parallel study processes are for the CPU; on {device} a study "
+                            "trains its points in one process (drop --jobs)")
+        return 1
+    # The default: one process per usable core (1 thread each where there are as many seeds). Measured by
+    # bench/studies.py --jobs-only on a 2-core Xeon (AVX-512, AVX512-BF16, AMX; bf16) shared with two other
+    # engineers' jobs: a shots study of 10 trainings (--shots 10,100 --seeds 2 --limit 4000) took 2.3x to 8.6x
+    # as long as 1 process x 2 threads than as 2 processes x 1 thread, in all 4 alternated pairs (188.7 s
+    # against 82.7 s at the lightest load; README, Studies). The seed network's small batches leave a second
+    # thread little to share within a step, and a 2-thread process waits at each parallel region for its
+    # slower thread, which other processes on the cores make much slower.
+    jobs = usable_cores() if requested is None else worker_count(requested, "--jobs", 1, "processes")
+    return max(1, min(jobs, seeds))
+
+
+def _warn_other_threads(results: dict, threads: int) -> None:
+    """A resumed study whose points so far trained with another thread count per process: said, not refused
+    (the new points are as right, their last digits may differ from an uninterrupted study's)."""
+    before = results["distributed"].get("threads_per_job")
+    if before is not None and before != threads:
+        warnings.warn(f"--resume: the points so far trained with {before} thread(s) per process, these with "
+                      f"{threads}; their last digits may differ from an uninterrupted study's (give the first "
+                      f"start's --jobs {results['distributed'].get('jobs')} on the same machine for the same)",
+                      stacklevel=3)
+
+
+def _in_plan_order(results: dict, config: StudyConfig) -> None:
+    """Phases and points in the order one process trains them, whichever process reported first: study.json
+    is the same for any --jobs and any interruption."""
+    order = []
+    for s in range(config.seeds):
+        order += [Point("baseA", s).name] * _needs_base_a(config) + [p.name for p in _plan(config) if p.seed == s]
+    rank = {name: i for i, name in enumerate(order)}
+    for records in (results["phases"], results["points"], results["distributed"].get("steps_per_rank", {})):
+        ordered = sorted(records.items(), key=lambda item: rank.get(item[0], len(rank)))
+        records.clear()
+        records.update(ordered)
+
+
+# --- points in parallel processes (--jobs N) ---
+
+
+def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
+                        run: RunFolder, runtime: Runtime, recorder: _Recorder, jobs: int, threads: int) -> None:
+    """Train the seeds in `jobs` worker processes (spawned) of `threads` threads each. A worker takes the next
+    seed not yet taken and trains it whole (source network, then points), reporting each training through a
+    queue; this process alone records them in study.json.
+
+    Ctrl-C or SIGTERM here sets `stop`: each worker checkpoints its point after the current step and says so,
+    then the study is interrupted as one process is. A worker that fails (or dies without a word) stops the
+    others the same way, and the study fails with its one-line error. Workers stop too when this process is
+    gone (killed), so none is left behind.
+    """
+    context = multiprocessing.get_context("spawn")
+    reports, stop, next_seed = context.Queue(), context.Event(), context.Value("i", 0)
+    workers = [context.Process(target=_work, name=f"transferkit-study-{i}", daemon=True, args=(
+        i, config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision, runtime.eval_batch_size,
+        threads, next_seed, stop, reports)) for i in range(jobs)]
+    run.status("running", phase=f"points in {jobs} processes")
+    busy, failure = set(range(jobs)), None
+    try:
+        with _stop_signals_ignored():  # inherited: Ctrl-C reaches the whole process group, the parent decides
+            for worker in workers:
+                worker.start()
+        while busy:
+            if runtime.should_stop():
+                stop.set()
+            ended = {i for i in busy if workers[i].exitcode is not None}  # all they said is in the queue now
+            for kind, i, *rest in _read(reports, timeout=0.2):
+                if kind == "trained":
+                    recorder.record(*rest)
+                else:  # "ended", or "failed" with its error
+                    busy.discard(i)
+                    if kind == "failed":
+                        user_error, error = rest
+                        failure = failure or (UserError if user_error else RuntimeError)(error)
+                        stop.set()
+            for i in ended & busy:  # ended without a word: killed (out of memory?) or crashed
+                failure = failure or RuntimeError(f"study process {i} ended with exit code {workers[i].exitcode} "
+                                                  f"in the middle of its seed")
+                busy.discard(i)
+                stop.set()
+    except BaseException:  # a second Ctrl-C, or study.json could not be written: the workers go at once
+        for worker in workers:
+            if worker.pid is not None:
+                worker.kill()
+        raise
+    finally:
+        stop.set()
+        for worker in (w for w in workers if w.pid is not None):
+            worker.join(timeout=60)
+            if worker.is_alive():
+                worker.kill()
+                worker.join()
+    if failure is not None:
+        raise failure
+    if runtime.should_stop():
+        raise Interrupted(f"stopped with {recorder.done} of {recorder.total} trainings recorded; the points under "
+                          "way checkpointed")
+
+
+@contextlib.contextmanager
+def _stop_signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored inside (for the processes started there, which keep it), handled again after."""
+    try:
+        before = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread: signals are not this thread's to handle
+        yield
+        return
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def _read(reports, timeout: float) -> list[tuple]:
+    """The messages in the queue: the first waited for up to `timeout`, then all that are there."""
+    messages = []
+    try:
+        messages.append(reports.get(timeout=timeout))
+        while True:
+            messages.append(reports.get_nowait())
+    except queue.Empty:
+        return messages
+
+
+class _WorkerFolder(RunFolder):
+    """A worker's view of the study folder: it saves its seeds' networks (weights/) and checkpoints its point
+    under way in the seed's own file; study.json and status.json are the parent's alone."""
+
+    def __init__(self, path: Path | None, writes: bool, results: dict):
+        super().__init__(path, writes, results)
+        self.phase = "setup"  # the training under way, named if this process fails
+
+    def for_seed(self, seed: int) -> None:
+        if self.path is not None:
+            self.checkpoints = Checkpointer(self.path / f"checkpoint-seed={seed}.safetensors")
+
+    def status(self, status: str, **details: object) -> None:
+        self.phase = str(details.get("phase", self.phase))
+
+    def save_results(self) -> None:
+        pass
+
+
+def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
+          path: Path | None, writes: bool, results: dict, precision, eval_batch_size: int, threads: int,
+          next_seed, stop, reports) -> None:
+    """A worker process: seeds in turn, each trained whole, every training reported as ("trained", ...). It
+    ignores Ctrl-C and SIGTERM (set so before it started): the parent passes a stop on through `stop`."""
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+    parent = os.getppid()
+
+    def should_stop() -> bool:  # asked, or orphaned (the parent was killed): stop after this step
+        return stop.is_set() or os.getppid() != parent
+
+    run = _WorkerFolder(path, writes, results)
+    runtime = Runtime(Distributed(), precision, make_console(quiet=True), should_stop, eval_batch_size)
+    trainer = _Trainer(config, image_shape, a, b, run, runtime,
+                       lambda *record: reports.put(("trained", index, *record)))
+    plan = _plan(config)
+    try:
+        while not should_stop():
+            with next_seed.get_lock():
+                seed, next_seed.value = next_seed.value, next_seed.value + 1
+            if seed >= config.seeds:
+                break
+            run.for_seed(seed)
+            trainer.seed(seed, [p for p in plan if p.seed == seed])
+            if run.checkpoints is not None and run.writes:
+                run.checkpoints.path.unlink(missing_ok=True)  # the seed is recorded: nothing to continue
+        reports.put(("ended", index))
+    except Interrupted:
+        reports.put(("ended", index))
+    except BaseException as e:  # noqa: BLE001 - every failure is reported, a bug's traceback printed here
+        user_error = isinstance(e, UserError)
+        if not user_error:
+            traceback.print_exc()
+        error = first_line(e) if user_error else f"{type(e).__name__}: {first_line(e)}"
+        reports.put(("failed", index, user_error, f"study process {index} ({run.phase}): {error}"))
+    if os.getppid() != parent:
+        reports.cancel_join_thread()  # nobody reads any more: exit without flushing
 
 
 def _needs_base_a(config: StudyConfig) -> bool:

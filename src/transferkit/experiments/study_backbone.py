@@ -76,8 +76,8 @@ class BackboneTrainer(_Trainer):
 
     scaled = False  # uint8 images: the backbone's InputTransform scales and normalises them per batch
 
-    def __init__(self, config, image_shape, a, b, run, runtime, backbone: _PretrainedBackbone):
-        super().__init__(config, image_shape, a, b, run, runtime)
+    def __init__(self, config, image_shape, a, b, run, runtime, record, backbone: _PretrainedBackbone):
+        super().__init__(config, image_shape, a, b, run, runtime, record)
         self.backbone = backbone
         self.features: list[torch.Tensor] | None = None  # the frozen backbone's, of every target image
 

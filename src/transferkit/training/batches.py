@@ -96,16 +96,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker_count(requested: int | None) -> int:
-    """DataLoader processes for --workers: by default one per usable core; 0 decodes in this process. More than
-    the usable cores buys nothing and costs about 0.5 GB each: capped there, with a warning, never forked."""
+def worker_count(requested: int | None, option: str = "--workers", least: int = 0, what: str = "workers") -> int:
+    """Processes for --workers (DataLoader workers; 0 decodes in this process) or a study's --jobs (`least` 1):
+    by default one per usable core. More than the usable cores buys nothing and costs about 0.5 GB each:
+    capped there, with a warning, never forked."""
     cores = usable_cores()
     if requested is None:
         return cores
-    if requested < 0:
-        raise UserError(f"--workers must be 0 or more, got {requested}")
+    if requested < least:
+        raise UserError(f"{option} must be {least} or more, got {requested}")
     if requested > cores:
-        warnings.warn(f"--workers {requested}: this process may use {cores} core(s); using {cores} workers",
+        warnings.warn(f"{option} {requested}: this process may use {cores} core(s); using {cores} {what}",
                       stacklevel=2)
         return cores
     return requested
