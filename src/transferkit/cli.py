@@ -287,6 +287,8 @@ def _study_options(command):
                                               "(0 to --seeds - 1).  [default: 0]"),
         click.option("--limit", type=int, default=None, help="Use at most N images per split (quick studies)."),
         click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]"),
+        click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), help=CLASS_WEIGHTS_HELP + " Per point, "
+                     "on its training images.  [default: auto]"),
         click.option("--out", type=click.Path(), default=None,
                      help="Study folder (new or empty). Default: runs/<UTC time>-study-<kind>-<dataset>."),
         click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty."),
