@@ -293,3 +293,4 @@ def test_jobs_are_capped_at_the_cores_and_the_seeds(monkeypatch):
         study_jobs(-1, seeds=5, device=cpu)
     with pytest.raises(UserError, match="parallel study processes are for the CPU"):
         study_jobs(2, seeds=5, device=torch.device("cuda"))
+

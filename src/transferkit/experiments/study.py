@@ -74,6 +74,7 @@ ARMS = {"shots": ("transfer", "scratch"), "freeze": ("baseB", "BnB", "BnB+", "An
 # The seed network's weight layers in order: cut n copies the first n (conv1, conv2, dense1; dense2 is the
 # output layer, new for the target classes).
 WEIGHT_LAYERS = ("features.conv1", "features.conv2", "classifier.dense1")
+WORKER_NAME = "transferkit-study-"  # + the worker's number (--jobs)
 
 @dataclass(frozen=True)
 class StudyConfig:
@@ -172,6 +173,11 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     processes training seeds side by side on the CPU (default: one per usable core), capped at the usable
     cores and the seeds, each with cores // jobs threads; 1 trains every point in this process.
     """
+    if multiprocessing.current_process().name.startswith(WORKER_NAME):
+        # A worker started by spawn imports the __main__ script again: one that calls study() unguarded.
+        raise UserError("transferkit.study: a study's worker processes import your script again (multiprocessing's "
+                        "spawn), which calls study once more: put the call under `if __name__ == \"__main__\":`, "
+                        "or pass jobs=1")
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     cuts = _numbers(cuts, "--cuts")
     if options.get("backbone") is not None:  # a backbone study (study_backbone.py): cuts are its stages
@@ -476,7 +482,7 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
     """
     context = multiprocessing.get_context("spawn")
     reports, stop, next_seed = context.Queue(), context.Event(), context.Value("i", 0)
-    workers = [context.Process(target=_work, name=f"transferkit-study-{i}", daemon=True, args=(
+    workers = [context.Process(target=_work, name=f"{WORKER_NAME}{i}", daemon=True, args=(
         i, config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision, runtime.eval_batch_size,
         threads, next_seed, stop, reports)) for i in range(jobs)]
     run.status("running", phase=f"points in {jobs} processes")
@@ -500,7 +506,7 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
                         stop.set()
             for i in ended & busy:  # ended without a word: killed (out of memory?) or crashed
                 failure = failure or RuntimeError(f"study process {i} ended with exit code {workers[i].exitcode} "
-                                                  f"in the middle of its seed")
+                                                  "before it finished its seeds (its error, if any, is above)")
                 busy.discard(i)
                 stop.set()
     except BaseException:  # a second Ctrl-C, or study.json could not be written: the workers go at once
