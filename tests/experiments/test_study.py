@@ -294,3 +294,20 @@ def test_jobs_are_capped_at_the_cores_and_the_seeds(monkeypatch):
     with pytest.raises(UserError, match="parallel study processes are for the CPU"):
         study_jobs(2, seeds=5, device=torch.device("cuda"))
 
+
+
+def test_a_script_without_a_main_guard_runs_a_study_in_worker_processes(tmp_path):
+    """Spawned workers never run the user's script again: an unguarded top-level call works (it used to start a
+    study in every worker, and CPython's spawn then blocked writing to a worker that had died)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text("import transferkit\n"
+                      "r = transferkit.study('shots', 'mnist', shots='5,10', seeds=2, limit=300, epochs=1, "
+                      "min_steps=3, jobs=2, save=False, verbose=False)\n"
+                      "print('points', len(r.results['points']))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "points 8" and "Traceback" not in done.stderr

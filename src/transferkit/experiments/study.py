@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import time
 import traceback
 import warnings
@@ -173,11 +174,6 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     processes training seeds side by side on the CPU (default: one per usable core), capped at the usable
     cores and the seeds, each with cores // jobs threads; 1 trains every point in this process.
     """
-    if multiprocessing.current_process().name.startswith(WORKER_NAME):
-        # A worker started by spawn imports the __main__ script again: one that calls study() unguarded.
-        raise UserError("transferkit.study: a study's worker processes import your script again (multiprocessing's "
-                        "spawn), which calls study once more: put the call under `if __name__ == \"__main__\":`, "
-                        "or pass jobs=1")
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     cuts = _numbers(cuts, "--cuts")
     if options.get("backbone") is not None:  # a backbone study (study_backbone.py): cuts are its stages
@@ -488,8 +484,8 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
     run.status("running", phase=f"points in {jobs} processes")
     busy, failure = set(range(jobs)), None
     try:
-        with _stop_signals_ignored():  # inherited: Ctrl-C reaches the whole process group, the parent decides
-            for worker in workers:
+        with _stop_signals_ignored(), _main_script_hidden():  # inherited: Ctrl-C reaches the whole process
+            for worker in workers:                                  # group, the parent decides
                 worker.start()
         while busy:
             if runtime.should_stop():
@@ -526,6 +522,29 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
     if runtime.should_stop():
         raise Interrupted(f"stopped with {recorder.done} of {recorder.total} trainings recorded; the points under "
                           "way checkpointed")
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """The __main__ module's file and spec hidden while workers start: spawn would have each worker run the
+    user's script (or module) again before the worker's own code, and a script that calls study() without an
+    `if __name__ == "__main__":` guard would start a study in every worker (and CPython's spawn can block on a
+    worker that dies there, the parent holding the pipe it writes to). The workers run transferkit's code
+    alone and receive only transferkit's, NumPy's and torch's objects, so nothing of __main__ is needed."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    hidden = {name: main.__dict__[name] for name in ("__file__", "__spec__") if name in main.__dict__}
+    if "__file__" in hidden:
+        del main.__file__
+    if "__spec__" in hidden:
+        main.__spec__ = None
+    try:
+        yield
+    finally:
+        for name, value in hidden.items():
+            setattr(main, name, value)
 
 
 @contextlib.contextmanager
