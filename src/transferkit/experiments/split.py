@@ -169,7 +169,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
                                last=name == names[-1])
         run.complete()
     result.figures = figures
-    print_closing(console, results["phases"], result.summary(), run.path)
+    print_closing(console, results["phases"], result.summary(), run.path, model="transfer")  # predict's model
     return result
 
 

@@ -127,12 +127,12 @@ def transfer_verdict(phases: dict[str, dict]) -> str | None:
 
 
 def print_closing(console: Console, phases: dict[str, dict], summary: str, run_dir: Path | None,
-                  then: str = "") -> None:
-    """The end of a run: the results table, the last phase's per-class table, its one-line summary, where its
-    folder and report are."""
+                  then: str = "", model: str | None = None) -> None:
+    """The end of a run: the results table, the per-class table of the phase whose model the run offers
+    (`model`; default the last phase), its one-line summary, where its folder and report are."""
     console.print(comparison_table(phases))
-    last = list(phases)[-1]
-    per_class = class_table(last, phases[last])
+    shown = model if model in phases else list(phases)[-1]
+    per_class = class_table(shown, phases[shown])
     if per_class is not None:
         console.print(per_class)
     console.print(summary, soft_wrap=True)
