@@ -38,3 +38,23 @@ def npz_file(tmp_path: Path, arrays: dict[str, np.ndarray]) -> Path:
     path = tmp_path / "mine.npz"
     np.savez(path, **arrays)
     return path
+
+
+COLOURS = {"amber": (230, 160, 20), "blue": (30, 60, 220), "cyan": (20, 200, 210), "green": (40, 190, 40)}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """train/ and test/ folders of 16 px images: a coloured square on noise, one colour per class (COLOURS)."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("shapes") / "shapes"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 3)):
+        for name, colour in COLOURS.items():
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
+                img[4:12, 4:12] = colour
+                Image.fromarray(img).save(root / split / name / f"{i}.png")
+    return root

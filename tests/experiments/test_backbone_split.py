@@ -3,29 +3,10 @@ images): target phase on stored features, scratch control, --shots, the feature 
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from transferkit import UserError, predict, run_split
 from transferkit.cli import main
-
-COLOURS = {"amber": (230, 160, 20), "blue": (30, 60, 220), "cyan": (20, 200, 210), "green": (40, 190, 40)}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """train/ and test/ folders of 16 px images: a coloured square on noise, one colour per class."""
-    root = tmp_path_factory.mktemp("shapes") / "shapes"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 3)):
-        for name, colour in COLOURS.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
-                img[4:12, 4:12] = colour
-                Image.fromarray(img).save(root / split / name / f"{i}.png")
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,9 @@ for the whole study, the freeze study cuts at the backbone's stages, and bad opt
 
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import COLOURS
 
 from transferkit import UserError, study
 from transferkit.cli import main
@@ -15,24 +14,8 @@ from transferkit.experiments import study_backbone
 from transferkit.experiments.study import _Recorder
 from transferkit.experiments.study_backbone import BackboneTrainer
 
-COLOURS = {"amber": (230, 160, 20), "blue": (30, 60, 220), "cyan": (20, 200, 210), "green": (40, 190, 40)}
 SHOTS = {"target": "cyan,green", "backbone": "efficientnet_lite0", "shots": "2,all", "seeds": 2, "epochs": 2,
          "min_steps": 6, "verbose": False}
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """train/ and test/ folders of 16 px images: a coloured square on noise, one colour per class."""
-    root = tmp_path_factory.mktemp("shapes") / "shapes"
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 3)):
-        for name, colour in COLOURS.items():
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (16, 16, 3), dtype=np.uint8)
-                img[4:12, 4:12] = colour
-                Image.fromarray(img).save(root / split / name / f"{i}.png")
-    return root
 
 
 def _counting_passes(monkeypatch) -> list:
