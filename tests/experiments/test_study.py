@@ -15,7 +15,7 @@ import torch
 
 from transferkit import UserError, study
 from transferkit.cli import main
-from transferkit.experiments.study import shot_indices, study_jobs
+from transferkit.experiments.study import Point, StudyConfig, _plan, _units, shot_indices, study_jobs
 from transferkit.reporting.study import interval, summarise
 from transferkit.training.batches import usable_cores
 
@@ -285,14 +285,14 @@ def test_jobs_are_capped_at_the_cores_and_the_seeds(monkeypatch):
         monkeypatch.setattr(sys.modules[module], "usable_cores", lambda: 2)  # hides its module's name)
     cpu = torch.device("cpu")
     with pytest.warns(UserWarning, match="--jobs 64: this process may use 2 core"):
-        assert study_jobs(64, seeds=5, device=cpu) == 2
-    assert study_jobs(2, seeds=5, device=cpu) == 2 and study_jobs(2, seeds=1, device=cpu) == 1
-    assert study_jobs(None, seeds=5, device=cpu) == 2 and study_jobs(None, seeds=1, device=cpu) == 1  # default
-    assert study_jobs(None, seeds=5, device=torch.device("cuda")) == 1
+        assert study_jobs(64, units=5, device=cpu) == 2
+    assert study_jobs(2, units=5, device=cpu) == 2 and study_jobs(2, units=1, device=cpu) == 1
+    assert study_jobs(None, units=5, device=cpu) == 2 and study_jobs(None, units=1, device=cpu) == 1  # default
+    assert study_jobs(None, units=5, device=torch.device("cuda")) == 1
     with pytest.raises(UserError, match="--jobs must be 1 or more, got -1"):
-        study_jobs(-1, seeds=5, device=cpu)
+        study_jobs(-1, units=5, device=cpu)
     with pytest.raises(UserError, match="parallel study processes are for the CPU"):
-        study_jobs(2, seeds=5, device=torch.device("cuda"))
+        study_jobs(2, units=5, device=torch.device("cuda"))
 
 
 
@@ -311,3 +311,25 @@ def test_a_script_without_a_main_guard_runs_a_study_in_worker_processes(tmp_path
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "points 8" and "Traceback" not in done.stderr
+
+
+def test_the_work_is_cut_into_units_that_share_only_finished_networks():
+    """Every point in exactly one unit; a point that copies a network is in the unit that trains it; longest
+    units first (networks to train, then single points from all down), so no process ends alone on a seed."""
+    shots = StudyConfig("shots", seeds=5, shots=(1, 10, 0))
+    units = _units(shots)
+    assert [(u.seed, u.base, [p.arm for p in u.points]) for u in units[:5]] == [
+        (s, "baseA", ["transfer"] * 3) for s in range(5)]
+    assert [(u.base, len(u.points), u.points[0].arm, u.points[0].shots) for u in units[5:]] == [
+        (None, 1, "scratch", n) for n in (0, 10, 1) for _ in range(5)]
+    freeze = StudyConfig("freeze", seeds=3, cuts=(1, 2))
+    for config, units in ((shots, units), (freeze, _units(freeze))):
+        points = [p for u in units for p in u.points] + [Point("baseB", u.seed) for u in units if u.base == "baseB"]
+        assert sorted(p.name for p in points) == sorted(p.name for p in _plan(config))
+        for u in units:
+            assert all(p.seed == u.seed for p in u.points)
+            assert u.base == {"transfer": "baseA", "AnB": "baseA", "AnB+": "baseA", "BnB": "baseB", "BnB+": "baseB",
+                              "scratch": None}[u.points[0].arm] if u.points else u.base == "baseB"
+    assert len(_units(freeze)) == 6  # A's and B's chain per seed: 3 seeds keep 2 processes busy to the end
+    only_scratch = StudyConfig("shots", seeds=2, shots=(5,), arms=("scratch",))
+    assert [u.base for u in _units(only_scratch)] == [None, None]  # no source network where no arm copies one

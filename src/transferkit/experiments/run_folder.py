@@ -8,7 +8,8 @@
                                                    safetensors metadata); results.json["model"] names the one
                                                    `transferkit predict` uses
       checkpoint.safetensors   the phase under way, after every epoch; deleted once the run is complete
-                               (a study in parallel processes: checkpoint-seed=N.safetensors, one per seed)
+                               (a study in parallel processes: checkpoint-unit=N.safetensors, one per unit
+                               of work under way)
       *.png, report.html
       rank.json          `transferkit rank`'s table, best first (everything else of a rank is in results.json)
 
@@ -161,9 +162,10 @@ class RunFolder:
                             "start a new run") from None
 
 
-def seed_checkpoints(run_dir: Path) -> list[Path]:
-    """A study trained in parallel processes checkpoints each seed's point under way in its own file."""
-    return sorted(Path(run_dir).glob("checkpoint-seed=*.safetensors"))
+def worker_checkpoints(run_dir: Path) -> list[Path]:
+    """A study trained in parallel processes checkpoints each unit's point under way in its own file
+    (checkpoint-unit=N; checkpoint-seed=N before units were smaller than a seed)."""
+    return sorted(Path(run_dir).glob("checkpoint-*=*.safetensors"))
 
 
 def weights_entry(phase: str) -> str:
@@ -217,8 +219,8 @@ def prepare_run_dir(out: Path, force: bool) -> None:
         # (a checkpoint of a phase of the same name would be restored into it).
         for name in (STATUS_FILE, RESULTS_FILE, STUDY_FILE, HISTORY_FILE, CHECKPOINT_FILE):
             (out / name).unlink(missing_ok=True)
-        for seed_checkpoint in seed_checkpoints(out):
-            seed_checkpoint.unlink()
+        for checkpoint in worker_checkpoints(out):
+            checkpoint.unlink()
         (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None

@@ -10,8 +10,10 @@ cut, for one seed), summarised over seeds with 95% intervals.
 One source network per seed, read again on resume; the transfer arm's frozen features computed once per
 source network and indexed by every shot count; every point written to study.json as it finishes.
 
-With --jobs N the seeds are dealt out to N worker processes (each a seed at a time: its source network, then
-its points); the parent alone writes study.json, as the workers report (see _train_in_processes).
+The work is cut into units (_units): a network the points copy from with those points (a seed's baseA and its
+transfer or AnB points; its baseB and BnB points), or a point that copies nothing (scratch), longest first.
+With --jobs N the units are dealt out to N worker processes, a unit at a time; the parent alone writes
+study.json, as the workers report (see _train_in_processes).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from ..training.class_weights import choose_class_weights
 from ..training.distributed import Distributed
 from ..training.runtime import keep_freed_memory
 from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import RunFolder, seed_checkpoints
+from .run_folder import RunFolder, worker_checkpoints
 from .runtime import STOP_SIGNALS, Runtime, running, start
 from .split import make_split_config, transfer_model
 
@@ -143,6 +145,16 @@ class Point:
         return "/".join(p for p in (self.arm, x, f"seed={self.seed}") if p)
 
 
+@dataclass(frozen=True)
+class Unit:
+    """The trainings one process takes at a time: `base` (baseA or baseB of `seed`, or None), trained first,
+    then `points`, which copy from it. Units share nothing but the saved weights of finished trainings."""
+
+    seed: int
+    base: str | None
+    points: tuple[Point, ...]
+
+
 @dataclass
 class StudyResult:
     """What study.json carries: every point, the summary per arm and x with intervals, and the figures."""
@@ -188,7 +200,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     ranks, console = start(device, verbose)
     if ranks.world_size > 1:
         raise UserError("studies train their points one after another in one process; run without torchrun")
-    jobs = study_jobs(jobs, config.seeds, ranks.device, config.split.backbone)
+    jobs = study_jobs(jobs, len(_units(config)), ranks.device, config.split.backbone)
     # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
     # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS).
     threads = torch.get_num_threads() if jobs == 1 else max(1, usable_cores() // jobs)
@@ -241,8 +253,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
             if jobs == 1:
                 trainer = (_Trainer(config, data.image_shape, a, b, run, runtime, recorder.record) if not split.backbone
                            else BackboneTrainer(config, data.image_shape, a, b, run, runtime, recorder.record, backbone))
-                for seed in range(config.seeds):
-                    trainer.seed(seed, [p for p in points if p.seed == seed])
+                for unit in _units(config):
+                    trainer.unit(unit)
             else:
                 _train_in_processes(config, data.image_shape, a, b, run, runtime, recorder, jobs, threads)
         _in_plan_order(results, config)
@@ -254,7 +266,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
             write_study_csv(run.path / STUDY_CSV, results["points"])
         run.complete()
         if run.writes:
-            for leftover in seed_checkpoints(run.path):  # a seed's point checkpoint from a start with other --jobs
+            for leftover in worker_checkpoints(run.path):  # a unit's checkpoint from a start with other --jobs
                 leftover.unlink(missing_ok=True)
     for line in results["findings"]:
         console.print(line)
@@ -264,8 +276,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
 
 
 class _Trainer:
-    """Trains a seed's points: its source network (baseA) once, baseB once (freeze), then every point. Each
-    training is handed to `record` (_Recorder.record, in this process or the parent's)."""
+    """Trains a unit: its base network (baseA or baseB of its seed, once), then its points. Each training is
+    handed to `record` (_Recorder.record, in this process or the parent's)."""
 
     scaled = True  # the target images as floats in [0, 1], as the seed network eats them
 
@@ -278,25 +290,24 @@ class _Trainer:
         # The target images as the network eats them, converted once: every point indexes or uses them.
         self.x_train, self.x_test = (images_to_tensor(x, scale=self.scaled) for x in (b.x_train, b.x_test))
 
-    def seed(self, seed: int, points: list[Point]) -> None:
+    def unit(self, unit: Unit) -> None:
         cfg = self.config.split.train
-        # baseA (the source network) where an arm copies from it; baseB in every freeze study: the reference.
-        base_a = self._train(Point("baseA", seed), self.a, record=False) if _needs_base_a(self.config) else None
+        # baseA (the source network) is not a point; baseB is (the freeze study's reference line).
+        base = None if unit.base is None else self._train(Point(unit.base, unit.seed), *(
+            (self.a, False) if unit.base == "baseA" else (self.b, True)))
         if self.config.kind == "shots":
-            if base_a is not None:
+            if base is not None:
                 # The frozen features of every target image through this seed's source network, once: each
                 # shot count's transfer point indexes them.
-                prefix, self.tail = split_frozen(base_a.features)
+                prefix, self.tail = split_frozen(base.features)
                 self.features = [compute_features(prefix, x, cfg.eval_batch_size, self.runtime.autocast_dtype,
                                                   device=self.runtime.device)
                                  for x in (self.x_train, self.x_test)]
-            for point in points:
-                self._shots_point(point, base_a)
+            for point in unit.points:
+                self._shots_point(point, base)
             return
-        base_b = self._train(Point("baseB", seed), self.b, record=True)
-        for point in points:
-            if point.arm != "baseB":
-                self._freeze_point(point, base_a if point.arm.startswith("A") else base_b)
+        for point in unit.points:
+            self._freeze_point(point, base)
 
     def _shots_point(self, point: Point, source: SeedCNN) -> None:
         keep = shot_indices(self.b.y_train, point.shots, self.config.split.train.seed * 1000 + point.seed)
@@ -410,11 +421,12 @@ class _Recorder:
                            f"({how}){eta}")
 
 
-def study_jobs(requested: int | None, seeds: int, device: torch.device, backbone: str | None = None) -> int:
-    """--jobs: worker processes, capped at the usable cores (worker_count) and at the seeds (a process trains
-    a whole seed); below 1 refused. Parallel processes are for the CPU: on a GPU the points train in one. A
-    backbone study trains in one process: its workers would each build the backbone and read the study's
-    frozen features, which the parent computes (not measured against one process; the seed network's was)."""
+def study_jobs(requested: int | None, units: int, device: torch.device, backbone: str | None = None) -> int:
+    """--jobs: worker processes, capped at the usable cores (worker_count) and at the study's units (_units: a
+    process trains a unit at a time); below 1 refused. Parallel processes are for the CPU: on a GPU the points
+    train in one. A backbone study trains in one process: its workers would each build the backbone and read
+    the study's frozen features, which the parent computes (not measured against one process; the seed
+    network's was)."""
     if requested is not None and requested < 1:
         worker_count(requested, "--jobs", least=1)  # refused, in one line
     if backbone is not None:
@@ -427,7 +439,7 @@ def study_jobs(requested: int | None, seeds: int, device: torch.device, backbone
             raise UserError(f"--jobs {requested}: parallel study processes are for the CPU; on {device} a study "
                             "trains its points in one process (drop --jobs)")
         return 1
-    # The default: one process per usable core (1 thread each where there are as many seeds). Measured by
+    # The default: one process per usable core (1 thread each). Measured by
     # bench/studies.py --jobs-only on a 2-core Xeon (AVX-512, AVX512-BF16, AMX; bf16) shared with two other
     # engineers' jobs: a shots study of 10 trainings (--shots 10,100 --seeds 2 --limit 4000) took 2.3x to 8.6x
     # as long as 1 process x 2 threads than as 2 processes x 1 thread, in all 4 alternated pairs (188.7 s
@@ -435,7 +447,7 @@ def study_jobs(requested: int | None, seeds: int, device: torch.device, backbone
     # thread little to share within a step, and a 2-thread process waits at each parallel region for its
     # slower thread, which other processes on the cores make much slower.
     jobs = usable_cores() if requested is None else worker_count(requested, "--jobs", 1, "processes")
-    return max(1, min(jobs, seeds))
+    return max(1, min(jobs, units))
 
 
 def _warn_other_threads(results: dict, threads: int) -> None:
@@ -467,9 +479,9 @@ def _in_plan_order(results: dict, config: StudyConfig) -> None:
 
 def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
                         run: RunFolder, runtime: Runtime, recorder: _Recorder, jobs: int, threads: int) -> None:
-    """Train the seeds in `jobs` worker processes (spawned) of `threads` threads each. A worker takes the next
-    seed not yet taken and trains it whole (source network, then points), reporting each training through a
-    queue; this process alone records them in study.json.
+    """Train the study's units (_units) in `jobs` worker processes (spawned) of `threads` threads each. A
+    worker takes the next unit not yet taken and trains it whole (its base network, then its points),
+    reporting each training through a queue; this process alone records them in study.json.
 
     Ctrl-C or SIGTERM here sets `stop`: each worker checkpoints its point after the current step and says so,
     then the study is interrupted as one process is. A worker that fails (or dies without a word) stops the
@@ -477,10 +489,10 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
     gone (killed), so none is left behind.
     """
     context = multiprocessing.get_context("spawn")
-    reports, stop, next_seed = context.Queue(), context.Event(), context.Value("i", 0)
+    reports, stop, next_unit = context.Queue(), context.Event(), context.Value("i", 0)
     workers = [context.Process(target=_work, name=f"{WORKER_NAME}{i}", daemon=True, args=(
         i, config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision, runtime.eval_batch_size,
-        threads, next_seed, stop, reports)) for i in range(jobs)]
+        threads, next_unit, stop, reports)) for i in range(jobs)]
     run.status("running", phase=f"points in {jobs} processes")
     busy, failure = set(range(jobs)), None
     try:
@@ -502,7 +514,7 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
                         stop.set()
             for i in ended & busy:  # ended without a word: killed (out of memory?) or crashed
                 failure = failure or RuntimeError(f"study process {i} ended with exit code {workers[i].exitcode} "
-                                                  "before it finished its seeds (its error, if any, is above)")
+                                                  "before it finished its units (its error, if any, is above)")
                 busy.discard(i)
                 stop.set()
     except BaseException:  # a second Ctrl-C, or study.json could not be written: the workers go at once
@@ -574,16 +586,16 @@ def _read(reports, timeout: float) -> list[tuple]:
 
 
 class _WorkerFolder(RunFolder):
-    """A worker's view of the study folder: it saves its seeds' networks (weights/) and checkpoints its point
-    under way in the seed's own file; study.json and status.json are the parent's alone."""
+    """A worker's view of the study folder: it saves its units' networks (weights/) and checkpoints its point
+    under way in the unit's own file; study.json and status.json are the parent's alone."""
 
     def __init__(self, path: Path | None, writes: bool, results: dict):
         super().__init__(path, writes, results)
         self.phase = "setup"  # the training under way, named if this process fails
 
-    def for_seed(self, seed: int) -> None:
+    def for_unit(self, index: int) -> None:
         if self.path is not None:
-            self.checkpoints = Checkpointer(self.path / f"checkpoint-seed={seed}.safetensors")
+            self.checkpoints = Checkpointer(self.path / f"checkpoint-unit={index}.safetensors")
 
     def status(self, status: str, **details: object) -> None:
         self.phase = str(details.get("phase", self.phase))
@@ -594,8 +606,8 @@ class _WorkerFolder(RunFolder):
 
 def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
           path: Path | None, writes: bool, results: dict, precision, eval_batch_size: int, threads: int,
-          next_seed, stop, reports) -> None:
-    """A worker process: seeds in turn, each trained whole, every training reported as ("trained", ...). It
+          next_unit, stop, reports) -> None:
+    """A worker process: units in turn, each trained whole, every training reported as ("trained", ...). It
     ignores Ctrl-C and SIGTERM (set so before it started): the parent passes a stop on through `stop`."""
     torch.set_num_threads(threads)
     keep_freed_memory()
@@ -608,17 +620,17 @@ def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a:
     runtime = Runtime(Distributed(), precision, make_console(quiet=True), should_stop, eval_batch_size)
     trainer = _Trainer(config, image_shape, a, b, run, runtime,
                        lambda *record: reports.put(("trained", index, *record)))
-    plan = _plan(config)
+    units = _units(config)
     try:
         while not should_stop():
-            with next_seed.get_lock():
-                seed, next_seed.value = next_seed.value, next_seed.value + 1
-            if seed >= config.seeds:
+            with next_unit.get_lock():
+                i, next_unit.value = next_unit.value, next_unit.value + 1
+            if i >= len(units):
                 break
-            run.for_seed(seed)
-            trainer.seed(seed, [p for p in plan if p.seed == seed])
+            run.for_unit(i)
+            trainer.unit(units[i])
             if run.checkpoints is not None and run.writes:
-                run.checkpoints.path.unlink(missing_ok=True)  # the seed is recorded: nothing to continue
+                run.checkpoints.path.unlink(missing_ok=True)  # the unit is recorded: nothing to continue
         reports.put(("ended", index))
     except Interrupted:
         reports.put(("ended", index))
@@ -645,6 +657,27 @@ def shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
     return np.sort(np.concatenate(keep))
+
+
+def _units(config: StudyConfig) -> list[Unit]:
+    """The study's work as units (see Unit), in the order processes take them: those with a network to train
+    first, then single points by shot count, all first. Longest first, so that the last unit to finish is a
+    short one and no process idles long while another trains alone (the seed as the unit left the 5th of 5
+    seeds to one process). Every process computes the same list."""
+    plan, base_a = _plan(config), "baseA" if _needs_base_a(config) else None
+    chains, singles = [], []
+    for s in range(config.seeds):
+        mine = [p for p in plan if p.seed == s]
+        if config.kind == "shots":  # transfer points copy the source network; scratch points copy nothing
+            transfer = tuple(p for p in mine if p.arm == "transfer")
+            chains += [Unit(s, base_a, transfer)] if transfer else []
+            singles += [Unit(s, None, (p,)) for p in mine if p.arm == "scratch"]
+            continue
+        from_a = tuple(p for p in mine if p.arm in ("AnB", "AnB+"))
+        chains += [Unit(s, base_a, from_a)] if from_a else []
+        chains += [Unit(s, "baseB", tuple(p for p in mine if p.arm in ("BnB", "BnB+")))]  # baseB: always a point
+    singles.sort(key=lambda u: (u.points[0].shots != 0, -(u.points[0].shots or 0)))
+    return chains + singles
 
 
 def _plan(config: StudyConfig) -> list[Point]:

@@ -30,7 +30,7 @@ from ..models.stages import stage_pieces
 from ..training import compute_features, freeze
 from .feature_pass import frozen_features
 from .split import _PretrainedBackbone
-from .study import Point, _Trainer, shot_indices
+from .study import Point, Unit, _Trainer, shot_indices
 
 # A frozen arm's stage outputs are kept in memory up to this size (cut 1 of EfficientNet-Lite0 at 32 px:
 # 32 KB an image); beyond it the frozen stages run at every step instead.
@@ -81,17 +81,17 @@ class BackboneTrainer(_Trainer):
         self.backbone = backbone
         self.features: list[torch.Tensor] | None = None  # the frozen backbone's, of every target image
 
-    def seed(self, seed: int, points: list[Point]) -> None:
+    def unit(self, unit: Unit) -> None:
         if self.config.kind == "shots":
-            if any(p.arm == "transfer" for p in points):
+            if any(p.arm == "transfer" for p in unit.points):
                 self._frozen_features()
-            for point in points:
+            for point in unit.points:
                 self._shots_point(point, None)
             return
-        base_b = self._train(Point("baseB", seed), self.b, record=True)
-        for point in points:
-            if point.arm != "baseB":
-                self._freeze_point(point, self.backbone.pretrained if point.arm.startswith("A") else base_b)
+        # A's units copy the pretrained weights (no baseA: unit.base is None), B's the baseB trained here.
+        base = self.backbone.pretrained if unit.base is None else self._train(Point("baseB", unit.seed), self.b, True)
+        for point in unit.points:
+            self._freeze_point(point, base)
 
     def _frozen_features(self) -> None:
         """The frozen backbone's features of every target image, once for the whole study (every shot count
