@@ -180,6 +180,40 @@ def test_a_freeze_study_copies_and_freezes_the_cut(tmp_path):
     assert result.table[0]["arm"] in ("AnB+", "BnB", "baseB") and len(result.results["findings"]) >= 2
 
 
+def test_frozen_conv_layers_run_once_a_point_and_the_rest_trains_on_their_output(monkeypatch):
+    module = sys.modules["transferkit.experiments.study"]  # (the package's `study` is the function)
+    passes = []
+    real = module.compute_features
+
+    def counted(prefix, x, *args, **kwargs):
+        passes.append((list(dict(prefix.named_children())), len(x)))
+        return real(prefix, x, *args, **kwargs)
+
+    monkeypatch.setattr(module, "compute_features", counted)
+    result = study("freeze", "mnist", seeds=2, cuts="1,2,3", arms="BnB,BnB+", limit=200, epochs=1, min_steps=4,
+                   jobs=1, save=False, verbose=False)  # one process: the counter sees every pass
+    # BnB at cuts 2 and 3 of 2 seeds: the frozen conv1, conv2 and pool once over the train and the test images;
+    # not at cut 1 (conv2 trains) nor for BnB+ (everything trains).
+    n_train, n_test = (result.results["dataset"][k] for k in ("target_train_samples", "target_test_samples"))
+    assert passes == [(["conv1", "relu1", "conv2", "relu2", "pool"], n) for n in (n_train, n_test)] * 4
+    points = result.results["points"]
+    assert points["BnB/cut=3/seed=1"]["trainable"] == 128 * 5 + 5  # still dense2 alone: dense1 stays frozen
+    assert points["BnB/cut=2/seed=1"]["trainable"] == points["BnB/cut=3/seed=1"]["trainable"] + 12 * 12 * 32 * 128 + 128
+
+
+def test_the_rest_of_the_seed_network_on_its_frozen_conv_output_is_the_whole_network():
+    from transferkit.config import ModelConfig
+    from transferkit.models import SeedCNN
+    from transferkit.training import compute_features, split_frozen
+
+    torch.manual_seed(0)
+    model = SeedCNN(ModelConfig(), 1, (28, 28), 5).eval()
+    x = torch.rand(8, 1, 28, 28)
+    prefix, tail = split_frozen(model.features)
+    rest = torch.nn.Sequential(tail, model.classifier).eval()
+    torch.testing.assert_close(rest(compute_features(prefix, x)), model(x), rtol=1e-4, atol=1e-5)
+
+
 def test_shot_sets_are_nested_and_the_same_for_both_arms():
     labels = np.repeat(np.arange(3), 20)
     five, ten = shot_indices(labels, 5, seed=7), shot_indices(labels, 10, seed=7)

@@ -323,7 +323,9 @@ class _Trainer:
         self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test, len(keep))
 
     def _freeze_point(self, point: Point, copied_from: SeedCNN) -> None:
-        """A new target network whose first `cut` weight layers are copied (frozen unless the arm ends in +)."""
+        """A new target network whose first `cut` weight layers are copied (frozen unless the arm ends in +).
+        With both conv layers frozen (BnB, AnB at cut 2 and 3) they run once over the target images and the rest
+        trains on their output, as the shots study's transfer arm does: not once a step."""
         torch.manual_seed(self._point_seed(point))
         model = self._network(len(self.b.class_names))
         for name in WEIGHT_LAYERS[:point.cut]:
@@ -331,8 +333,21 @@ class _Trainer:
             layer.load_state_dict(copied_from.get_submodule(name).state_dict())
             if not point.arm.endswith("+"):
                 freeze(layer)
+        # The conv layers and their pool (split_frozen: up to the dropout) are deterministic once frozen; the
+        # dropout after them and the dense layers (dense1 frozen at cut 3) act at every step as before. At
+        # cut 1 conv2 trains: conv1's output (86 KB an MNIST image) would save little of a step.
+        prefix, tail = split_frozen(model.features)
+        cached = not point.arm.endswith("+") and point.cut >= 2
+        runtime = self.runtime
+
+        def on_frozen_output() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+            """The frozen conv layers once over every target image (part of the point's time)."""
+            x_train, x_test = (compute_features(prefix, x, runtime.eval_batch_size, runtime.autocast_dtype,
+                                                device=runtime.device) for x in (self.x_train, self.x_test))
+            return nn.Sequential(tail, model.classifier), x_train, x_test
+
         self._fit(point, model, model, self.x_train, torch.from_numpy(self.b.y_train), self.x_test,
-                  len(self.b.y_train))
+                  len(self.b.y_train), prepare=on_frozen_output if cached else None)
 
     def _train(self, point: Point, split: ClassSplit, record: bool) -> SeedCNN:
         """A whole network trained on `split` (baseA on the source classes, baseB on the target's), its
