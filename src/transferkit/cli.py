@@ -296,10 +296,11 @@ def _study_options(command):
                      help="Continue an interrupted study from the points it finished (same options)."),
         click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
         click.option("--jobs", type=int, default=None,
-                     help="Worker processes training seeds side by side on the CPU, each with cores / N threads "
-                          "(capped at the usable cores and the seeds); 1: every point in this process, with every "
-                          "thread.  [default: one per usable core, at most one per seed: on 2 cores, 2 processes x 1 "
-                          "thread ran a shots study in less time than 1 process x 2 threads (README, Studies)]"),
+                     help="Worker processes training the study's units side by side on the CPU (a seed's source "
+                          "network with the points that copy it, or a scratch point), each with cores / N threads "
+                          "(capped at the usable cores); 1: every point in this process, with every thread.  "
+                          "[default: one per usable core: on 2 cores, 2 processes x 1 thread ran a shots study in "
+                          "less time than 1 process x 2 threads (README, Studies)]"),
         click.option("--json", "as_json", is_flag=True, help="Print study.json to stdout and nothing else."),
         click.option("--quiet", "-q", is_flag=True, help="Print only the findings."),
     ]

@@ -367,3 +367,17 @@ def test_the_work_is_cut_into_units_that_share_only_finished_networks():
     assert len(_units(freeze)) == 6  # A's and B's chain per seed: 3 seeds keep 2 processes busy to the end
     only_scratch = StudyConfig("shots", seeds=2, shots=(5,), arms=("scratch",))
     assert [u.base for u in _units(only_scratch)] == [None, None]  # no source network where no arm copies one
+
+
+@pytest.mark.parametrize("kind", ["shots", "freeze"])
+def test_both_study_kinds_run_the_seed_network_on_an_image_folder(shapes, tmp_path, kind):
+    out = tmp_path / kind
+    options = ["--shots", "2,all"] if kind == "shots" else ["--cuts", "1,3"]
+    main(["study", kind, str(shapes), *options, "--seeds", "2", "--epochs", "1", "--min-steps", "3", "--jobs", "1",
+          "--out", str(out), "--quiet"])
+    record = json.loads((out / "study.json").read_text())
+    assert record["dataset"]["source_classes"] == ["amber", "blue"]
+    assert record["dataset"]["target_classes"] == ["cyan", "green"]
+    assert record["dataset"]["image_shape"] == [3, 16, 16]
+    assert len(record["points"]) == (2 * 2 * 2 if kind == "shots" else 2 * (1 + 2 * 4))
+    assert (out / "report.html").is_file() and (out / "study.png").is_file()

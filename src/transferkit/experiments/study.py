@@ -183,8 +183,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
     `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). `out`, `resume`, `force`, `save`,
     `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point. `jobs`: worker
-    processes training seeds side by side on the CPU (default: one per usable core), capped at the usable
-    cores and the seeds, each with cores // jobs threads; 1 trains every point in this process.
+    processes training the study's units (see Unit) side by side on the CPU (default: one per usable core),
+    capped at the usable cores, each with cores // jobs threads; 1 trains every point in this process.
     """
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     cuts = _numbers(cuts, "--cuts")
