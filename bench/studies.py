@@ -87,7 +87,6 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="write the studies' folders here (default: a temporary folder)")
     args = parser.parse_args()
     shots, seeds, extra = (("10,all", 2, ["--limit", "2000"]) if args.quick else (SHOTS, 5, []))
-    n_shots = len(shots.split(","))
     print(f"CPU: {cpu_model()}; {usable_cores()} usable cores; flags: "
           f"{', '.join(sorted(f for f in cpu_flags() if f.startswith(('avx', 'amx'))))}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; studies with the default --jobs "
@@ -137,15 +136,15 @@ def sample_commands(shots: list[str], seeds: int, k: int) -> list[tuple[str, int
 
 
 def describe(kind: str, wall: float, folder: Path) -> None:
-    """A study's wall time, its processes, and its training seconds per point by arm."""
+    """A study's wall time, its processes, and its training seconds per point by arm (and cut)."""
     record = json.loads((folder / "study.json").read_text())
     points, processes = record["points"], record["distributed"]
     print(f"{kind} study: {wall:.0f} s wall ({processes.get('jobs', 1)} process(es) x "
           f"{processes.get('threads_per_job', '?')} thread(s)), {len(points)} points ({wall / len(points):.1f} s wall "
           "per point, source networks included); training seconds per point by arm, as its process measured them:")
     by_arm: dict[str, list[float]] = {}
-    for p in points.values():
-        by_arm.setdefault(p["arm"], []).append(p["seconds"])
+    for p in points.values():  # the freeze study by cut too: a frozen arm's cost depends on it
+        by_arm.setdefault(p["arm"] if p.get("cut") is None else f"{p['arm']} at cut {p['cut']}", []).append(p["seconds"])
     for arm, seconds in by_arm.items():
         print(f"  {arm}: {statistics.mean(seconds):.1f} s per point ({min(seconds):.1f} to {max(seconds):.1f})")
     sources = [v["train_seconds"] for k, v in record["phases"].items() if k.startswith("baseA/")]

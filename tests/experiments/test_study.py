@@ -200,6 +200,16 @@ def test_frozen_conv_layers_run_once_a_point_and_the_rest_trains_on_their_output
     assert points["BnB/cut=3/seed=1"]["trainable"] == 128 * 5 + 5  # still dense2 alone: dense1 stays frozen
     assert points["BnB/cut=2/seed=1"]["trainable"] == points["BnB/cut=3/seed=1"]["trainable"] + 12 * 12 * 32 * 128 + 128
 
+    # Beyond PREFIX_CACHE_BYTES the frozen layers run at every step instead: the same training, up to float sums.
+    passes.clear()
+    monkeypatch.setattr(module, "PREFIX_CACHE_BYTES", 0)
+    again = study("freeze", "mnist", seeds=2, cuts="1,2,3", arms="BnB,BnB+", limit=200, epochs=1, min_steps=4,
+                  jobs=1, save=False, verbose=False)
+    assert passes == []
+    for name, point in again.results["points"].items():
+        assert point["test_accuracy"] == pytest.approx(points[name]["test_accuracy"], abs=1 / n_test), name
+        assert point["test_loss"] == pytest.approx(points[name]["test_loss"], rel=1e-3), name
+
 
 def test_the_rest_of_the_seed_network_on_its_frozen_conv_output_is_the_whole_network():
     from transferkit.config import ModelConfig

@@ -39,8 +39,8 @@ from ..training import (
 from ..training.batches import worker_count
 from ..training.class_weights import choose_class_weights
 from ..training.metrics import MIN_CALIBRATION_IMAGES
-from ..training.tta import tta_record
 from ..training.predictions import Mistakes
+from ..training.tta import tta_record
 from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase

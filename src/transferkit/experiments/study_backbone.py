@@ -32,10 +32,6 @@ from .feature_pass import frozen_features
 from .split import _PretrainedBackbone
 from .study import Point, Unit, _Trainer, shot_indices
 
-# A frozen arm's stage outputs are kept in memory up to this size (cut 1 of EfficientNet-Lite0 at 32 px:
-# 32 KB an image); beyond it the frozen stages run at every step instead.
-PREFIX_CACHE_BYTES = 2 << 30
-
 
 @functools.cache
 def backbone_stages(backbone: str) -> tuple[str, ...]:
@@ -151,7 +147,7 @@ class BackboneTrainer(_Trainer):
             return False
         with torch.no_grad():
             one = prefix.eval()(self.x_train[:1].to(self.runtime.device))
-        return (len(self.x_train) + len(self.x_test)) * math.prod(one.shape[1:]) * 4 <= PREFIX_CACHE_BYTES
+        return self._fits(math.prod(one.shape[1:]))
 
     def _train(self, point: Point, split, record: bool) -> BackboneClassifier:
         """baseB: the backbone from random weights trained on every target image (the scratch control's
