@@ -295,18 +295,16 @@ class _Trainer:
         self.x_train, self.x_test = (images_to_tensor(x, scale=self.scaled) for x in (b.x_train, b.x_test))
 
     def unit(self, unit: Unit) -> None:
-        cfg = self.config.split.train
-        # baseA (the source network) is not a point; baseB is (the freeze study's reference line).
-        base = None if unit.base is None else self._train(Point(unit.base, unit.seed), *(
-            (self.a, False) if unit.base == "baseA" else (self.b, True)))
+        base = None
+        if unit.base is not None:  # baseA (the source network) is not a point; baseB is (the reference line)
+            split, recorded = (self.a, False) if unit.base == "baseA" else (self.b, True)
+            base = self._train(Point(unit.base, unit.seed), split, recorded)
         if self.config.kind == "shots":
             if base is not None:
                 # The frozen features of every target image through this seed's source network, once: each
                 # shot count's transfer point indexes them.
                 prefix, self.tail = split_frozen(base.features)
-                self.features = [compute_features(prefix, x, cfg.eval_batch_size, self.runtime.autocast_dtype,
-                                                  device=self.runtime.device)
-                                 for x in (self.x_train, self.x_test)]
+                self.features = self._through(prefix)
             for point in unit.points:
                 self._shots_point(point, base)
             return
@@ -342,13 +340,10 @@ class _Trainer:
         # cut 1 conv2 trains: conv1's output (86 KB an MNIST image) would save little of a step.
         prefix, tail = split_frozen(model.features)
         cached = not point.arm.endswith("+") and point.cut >= 2 and self._fits(model.classifier.dense1.in_features)
-        runtime = self.runtime
 
         def on_frozen_output() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
             """The frozen conv layers once over every target image (part of the point's time)."""
-            x_train, x_test = (compute_features(prefix, x, runtime.eval_batch_size, runtime.autocast_dtype,
-                                                device=runtime.device) for x in (self.x_train, self.x_test))
-            return nn.Sequential(tail, model.classifier), x_train, x_test
+            return nn.Sequential(tail, model.classifier), *self._through(prefix)
 
         self._fit(point, model, model, self.x_train, torch.from_numpy(self.b.y_train), self.x_test,
                   len(self.b.y_train), prepare=on_frozen_output if cached else None)
@@ -397,6 +392,12 @@ class _Trainer:
             "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
             "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable,
         } if record else None, steps, finished_before)
+
+    def _through(self, prefix: nn.Module) -> list[torch.Tensor]:
+        """The frozen `prefix`'s output of every target training and test image, computed once in eval mode."""
+        runtime = self.runtime
+        return [compute_features(prefix, x, runtime.eval_batch_size, runtime.autocast_dtype, device=runtime.device)
+                for x in (self.x_train, self.x_test)]
 
     def _fits(self, values_per_image: int) -> bool:
         """Whether a frozen prefix's float32 output of every target image fits in PREFIX_CACHE_BYTES."""

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import UserError
 from ..models import BackboneClassifier
 from ..models.stages import stage_pieces
-from ..training import compute_features, freeze
+from ..training import freeze
 from .feature_pass import frozen_features
 from .split import _PretrainedBackbone
 from .study import Point, Unit, _Trainer, shot_indices
@@ -127,14 +127,11 @@ class BackboneTrainer(_Trainer):
                 freeze(piece, eval_mode=True)
         transform.to(self.runtime.device)
         prefix = nn.Sequential(transform, *(piece for _, piece, _ in pieces[:point.cut]))
-        runtime = self.runtime
 
         def on_frozen_output() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
             """The frozen stages once over every target image (part of the point's time); the rest of the
             network trains on their output."""
-            x_train, x_test = (compute_features(prefix, x, runtime.eval_batch_size, runtime.autocast_dtype,
-                                                device=runtime.device) for x in (self.x_train, self.x_test))
-            return AfterCut(name, model, point.cut), x_train, x_test
+            return AfterCut(name, model, point.cut), *self._through(prefix)
 
         cached = not point.arm.endswith("+") and self._prefix_fits(prefix)
         self._fit(point, model, nn.Sequential(transform, model), self.x_train, torch.from_numpy(self.b.y_train),
