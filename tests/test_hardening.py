@@ -73,14 +73,43 @@ def test_results_json_of_the_wrong_shape_is_one_line_in_report_and_compare(tmp_p
         assert len(err.strip().splitlines()) == 1
 
 
-def test_a_damaged_status_json_reads_as_none(tmp_path):
+def test_a_damaged_status_json_reads_as_damaged_never_as_a_status(tmp_path):
     from transferkit.reporting.status import read_status
 
-    for content in ("[]", "{}", '{"status": 5}', '{"status": "dancing"}'):
+    assert read_status(tmp_path) is None  # no file: not a run folder
+    for content in ("[]", "{}", '{"status": 5}', '{"status": "dancing"}', "garbage", '{"status": NaN}', "\xff"):
         (tmp_path / "status.json").write_text(content)
-        assert read_status(tmp_path) is None
+        status = read_status(tmp_path)
+        assert status["status"] == "damaged" and "status.json" in status["detail"], content
     (tmp_path / "status.json").write_text('{"status": "complete"}')
     assert read_status(tmp_path) == {"status": "complete"}
+
+
+def test_a_running_status_whose_process_is_gone_reads_as_stale(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from transferkit.reporting.status import read_status, write_status
+
+    write_status(tmp_path, "running", phase="source")  # this process: alive
+    assert read_status(tmp_path)["status"] == "running"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "status.json").write_text(json.dumps(
+            {"status": "running", "phase": "source", "host": socket.gethostname(), "pid": child.pid}))
+        assert read_status(tmp_path)["status"] == "running"
+        child.kill()  # a zombie until reaped: already gone for the reader
+        assert read_status(tmp_path)["status"] == "stale"
+        child.wait()
+        status = read_status(tmp_path)
+        assert status["status"] == "stale" and "--resume" in status["detail"] and status["phase"] == "source"
+    finally:
+        child.kill()
+        child.wait()
+    # another host's run cannot be judged from here: it stays running
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "host": "elsewhere", "pid": child.pid}))
+    assert read_status(tmp_path)["status"] == "running"
 
 
 def test_checkpoint_metadata_of_the_wrong_type_is_refused_in_one_line(tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -26,6 +25,7 @@ from .config import (
     STUDY_SHOTS,
 )
 from .errors import Interrupted, UserError
+from .jsonfile import strict_json
 
 PRECISION_HELP = ("auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; on a GPU bf16 where "
                   "it has bf16 (Ampere and later), else fp16 with loss scaling. fp16 is for GPUs only.")
@@ -54,9 +54,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
     """What --json and --quiet print once the run is over (without them, the experiment printed everything):
     the record as strict JSON, or the `summary()` renderable (default: the phases' results table)."""
     if as_json:
-        from .reporting.results import strict_json
-
-        click.echo(strict_json(results))
+        click.echo(strict_json(results, what="--json output"))
     elif quiet:
         from .reporting.console import comparison_table, make_console
 
@@ -491,7 +489,7 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool
     predictions = predict(run_dir, list(images), top_k=top_k, tta=tta)
     top_k = max([1, *(len(p.top) for p in predictions)])  # no empty columns past the model's classes
     if as_json:
-        click.echo(json.dumps([p.to_dict() for p in predictions], indent=2))
+        click.echo(strict_json([p.to_dict() for p in predictions], what="--json output"))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["path", "rank", "class", "probability", "error"])

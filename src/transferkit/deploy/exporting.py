@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from ..atomic import write_atomic
 from ..errors import UserError
 from ..experiments.predict import load_classifier
 from ..experiments.run_folder import model_file
+from ..jsonfile import strict_json
 from ..reporting import load_model, read_results, read_status, write_text_atomic
 from .check import TOLERANCE, CheckResult, compare, given_images, run_images
 from .formats import OPSET, onnx_bytes, onnx_runner, require_onnx, torchscript_bytes, torchscript_runner
@@ -77,8 +77,8 @@ def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, lambda tmp: tmp.write_bytes(data))
     try:
-        write_text_atomic(sidecar, json.dumps({**description, "file": out.name, "check": result.to_dict()}, indent=2)
-                          + "\n")
+        write_text_atomic(sidecar, strict_json({**description, "file": out.name, "check": result.to_dict()},
+                                               what=str(sidecar)) + "\n")
     except BaseException:
         out.unlink(missing_ok=True)  # a model without its sidecar would be a half export
         raise

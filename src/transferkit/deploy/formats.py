@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..jsonfile import parse_json, strict_json
 from .graph import INPUT_NAME, OUTPUT_NAME, Deployable, graph_input
 
 OPSET = 20
@@ -47,7 +47,7 @@ def onnx_bytes(graph: Deployable, example: torch.Tensor, description: dict) -> b
     proto = program.model_proto
     for key, value in description.items():
         entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
+        entry.key, entry.value = key, value if isinstance(value, str) else strict_json(value, what=key, indent=None)
     onnx.checker.check_model(proto)
     return proto.SerializeToString()
 
@@ -60,7 +60,7 @@ def torchscript_bytes(graph: Deployable, example: torch.Tensor, description: dic
         with torch.no_grad():
             traced = torch.jit.trace(graph, (example,), check_trace=False)
         buffer = io.BytesIO()
-        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: json.dumps(description)})
+        torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: strict_json(description, what=EXTRA_FILE, indent=None)})
     return buffer.getvalue()
 
 
@@ -100,7 +100,7 @@ def onnx_description(path: Path) -> dict:
     if not {"class_names", "input", "preprocessing"} <= set(meta):
         raise UserError(f"{path}: an ONNX model without transferkit's metadata (class names, input, preprocessing); "
                         "give a file written by transferkit export")
-    return {k: json.loads(meta[k]) for k in ("class_names", "input", "preprocessing")}
+    return {k: parse_json(meta[k]) for k in ("class_names", "input", "preprocessing")}
 
 
 def onnx_classifier(path: Path):

@@ -20,7 +20,6 @@ every write is skipped, so experiments never ask which rank they are on.
 from __future__ import annotations
 
 import contextlib
-import json
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import UserError
+from ..jsonfile import strict_json
 from ..reporting import read_results, read_status, save_model, write_results, write_status
 from ..reporting.figures import save_figures
 from ..reporting.report import write_report
@@ -104,7 +104,8 @@ class RunFolder:
 
     def save_rank(self, table: list[dict]) -> None:
         if self.writes:
-            write_text_atomic(self.path / RANK_FILE, json.dumps(table, indent=2) + "\n")
+            path = self.path / RANK_FILE
+            write_text_atomic(path, strict_json(table, what=str(path)) + "\n")
 
     def save_figures(self, figures: dict[str, Figure]) -> None:
         if self.writes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from torch import nn
 
 from ..atomic import write_atomic
 from ..errors import UserError, first_line
+from ..jsonfile import read_json, strict_json
 from ..models import BackboneClassifier, SeedCNN
 from ..models.backbones import SPEC_KEY
 from ..models.spec import check_shapes, check_spec
@@ -30,8 +30,10 @@ def save_model(directory: Path, name: str, model: nn.Module, class_names: list[s
         spec["temperature"] = temperature
     weights = directory / f"{name}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # from a GPU too
-    write_atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={SPEC_KEY: json.dumps(spec)}))
-    write_text_atomic(directory / f"{name}.json", json.dumps(spec, indent=2) + "\n")
+    spec_file = directory / f"{name}.json"
+    write_atomic(weights, lambda tmp: save_file(state, str(tmp), metadata={SPEC_KEY: strict_json(
+        spec, what=str(spec_file), indent=None)}))
+    write_text_atomic(spec_file, strict_json(spec, what=str(spec_file)) + "\n")
     return weights
 
 
@@ -43,7 +45,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         if not f.is_file():
             raise UserError(f"{f}: not found; point at a <phase>.safetensors in a run's weights/ folder")
     try:
-        spec = json.loads(spec_file.read_text(encoding="utf-8"))
+        spec = read_json(spec_file)
     except (ValueError, OSError) as e:  # UnicodeDecodeError is a ValueError
         raise UserError(f"{spec_file}: not a transferkit model description ({type(e).__name__}: "
                         f"{first_line(e)[:120]})") from None

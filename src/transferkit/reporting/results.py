@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +11,7 @@ from ..atomic import write_atomic
 from ..config import TEMPERATURE_RANGE
 from ..errors import UserError, first_line
 from ..fields import Fields
+from ..jsonfile import read_json, strict_json
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 from ..training.metrics import class_metrics
@@ -90,11 +89,13 @@ class Gain:
     """What transfer bought over scratch on the target classes."""
 
     points: float  # accuracy difference in percentage points
-    speedup: float  # scratch time / transfer time
+    speedup: float | None  # scratch time / transfer time; None when either took no measurable time
 
     @property
     def pace(self) -> str:
         """'1.4x faster', or '2.5x slower' (a backbone's feature pass on few images), never '0.4x faster'."""
+        if self.speedup is None:
+            return "times too short to compare"
         return f"{self.speedup:.1f}x faster" if self.speedup >= 1 else f"{1 / self.speedup:.1f}x slower"
 
 
@@ -103,28 +104,13 @@ def transfer_gain(phases: dict[str, dict]) -> Gain | None:
     if "transfer" not in phases or "scratch" not in phases:
         return None
     t, s = phases["transfer"], phases["scratch"]
-    speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 else float("inf")
+    speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 and s["train_seconds"] > 0 else None
     return Gain(points=(t["test_accuracy"] - s["test_accuracy"]) * 100, speedup=speedup)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` so that `path` is never left half-written (see atomic.write_atomic)."""
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def strict_json(data: object) -> str:
-    """JSON that strict parsers accept: a float that is nan or inf (not JSON) is written as null."""
-    return json.dumps(_finite(data), indent=2, allow_nan=False)
-
-
-def _finite(data: object) -> object:
-    if isinstance(data, float) and not math.isfinite(data):
-        return None
-    if isinstance(data, dict):
-        return {k: _finite(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [_finite(v) for v in data]
-    return data
 
 
 def results_file(run_dir: Path, results: dict | None = None) -> Path:
@@ -138,7 +124,8 @@ def results_file(run_dir: Path, results: dict | None = None) -> Path:
 
 def write_results(run_dir: Path, results: dict) -> None:
     """results.json (a study's: study.json) and history.csv (one row per phase and epoch)."""
-    write_text_atomic(results_file(run_dir, results), strict_json(results) + "\n")
+    path = results_file(run_dir, results)
+    write_text_atomic(path, strict_json(results, what=str(path)) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     columns = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
@@ -153,7 +140,7 @@ def read_results(run_dir: Path) -> dict:
     """results.json (or study.json) of a run folder as a dict, or one UserError naming the file and what is wrong."""
     path = results_file(run_dir)
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = read_json(path)
     except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise UserError(f"{path}: cannot be read ({first_line(e)[:120]}); the run folder is damaged") from None
     if not isinstance(results, dict):

@@ -1,36 +1,78 @@
-"""status.json: whether a run is running, interrupted, failed (with the error) or complete; updated atomically."""
+"""status.json: whether a run is running, interrupted, failed (with the error) or complete; updated atomically.
+
+A running run records its process (host and pid), so a reader can tell a run at work from one whose process was
+killed without a word (kill -9, a lost machine): that one reads as `stale`. A file that is not a status record
+reads as `damaged`. Neither is ever written; both are what a reader is told instead of a status that is not true.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import json
+import os
+import socket
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import Interrupted
-from .results import strict_json, write_text_atomic
+from ..jsonfile import read_json, strict_json
+from .results import write_text_atomic
 
 STATUS_FILE = "status.json"
+STATUSES = ("running", "interrupted", "failed", "complete")  # what is written
+READ_ONLY_STATUSES = ("stale", "damaged")  # what a reader may be told besides
 
 
 def write_status(run_dir: Path, status: str, **details: object) -> None:
     record = {"status": status, "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"), **details}
-    write_text_atomic(run_dir / STATUS_FILE, strict_json(record) + "\n")
-
-
-STATUSES = ("running", "interrupted", "failed", "complete")
+    if status == "running":
+        record.update(host=socket.gethostname(), pid=os.getpid())
+    path = run_dir / STATUS_FILE
+    write_text_atomic(path, strict_json(record, what=str(path)) + "\n")
 
 
 def read_status(run_dir: Path) -> dict | None:
-    """status.json, or None where there is none or it is not an object with a known `status` (damaged)."""
+    """status.json as a dict, None where there is none; `damaged` (with `detail`) where it is not a status record,
+    `stale` where it says running but its process on this host is gone."""
+    path = Path(run_dir) / STATUS_FILE
+    if not path.exists():
+        return None
     try:
-        status = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        status = read_json(path)
+    except (OSError, ValueError) as e:
+        return {"status": "damaged", "detail": f"{path} cannot be read ({type(e).__name__})"}
     if not isinstance(status, dict) or status.get("status") not in STATUSES:
-        return None
+        got = status.get("status") if isinstance(status, dict) else type(status).__name__
+        return {"status": "damaged", "detail": f"{path} is not a status record (status {str(got)[:40]!r})"}
+    if status["status"] == "running" and _process_gone(status):
+        return {**status, "status": "stale", "detail": (
+            f"status.json says running (phase {status.get('phase', '?')}), but its process {status['pid']} is gone: "
+            "it was killed without a word; --resume continues from the last checkpoint")}
     return status
+
+
+def _process_gone(status: dict) -> bool:
+    """Whether the process that wrote a running status is known to have ended (same host, no such pid)."""
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False  # another machine's run, or a status from before pids were recorded: cannot tell
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):
+        return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed child not yet reaped by its parent still has a pid; /proc says it is a zombie (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @contextlib.contextmanager
@@ -56,7 +98,7 @@ def recording_status(run_dir: Path | None) -> Iterator[None]:
 def _phase_of(run_dir: Path) -> dict:
     """The phase the run was in when it stopped, as status.json said ({} when it did not)."""
     try:
-        phase = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8")).get("phase")
+        phase = read_json(run_dir / STATUS_FILE).get("phase")
     except (OSError, ValueError, AttributeError):
         return {}
     return {"phase": phase} if isinstance(phase, str) else {}

@@ -11,7 +11,6 @@ file keeps each rank's.
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from safetensors.torch import save_file
 from ..atomic import write_atomic
 from ..errors import UserError
 from ..fields import Fields
+from ..jsonfile import parse_json, strict_json
 from .distributed import current_rank, gather_to_main
 from .loop import FitState
 
@@ -84,7 +84,8 @@ def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Write through a temporary file, fsync and rename: the previous checkpoint stays whole until then."""
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
-    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)}))
+    write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={
+        _META_KEY: strict_json(meta, what=str(path), indent=None)}))
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -93,7 +94,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise UserError(f"{path}: no checkpoint here; --resume needs a run folder that was interrupted")
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {})[_META_KEY])
+            meta = parse_json((f.metadata() or {})[_META_KEY])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     # RuntimeError: safetensors' word for a file shorter than its header says (cut off after the header).
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
@@ -148,7 +149,7 @@ class Checkpointer:
             return None
         try:
             with safe_open(str(self.path), framework="pt") as f:
-                return json.loads((f.metadata() or {})[_META_KEY]).get("phase")
+                return parse_json((f.metadata() or {})[_META_KEY]).get("phase")
         except (SafetensorError, OSError, KeyError, ValueError):
             return None  # restore() names the problem when it reads the whole file
 
