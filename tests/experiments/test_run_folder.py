@@ -113,3 +113,15 @@ def test_a_resumed_run_says_running_again(tmp_path):
     run = RunFolder.resume(tmp_path / "run", config, MAIN)
     run.begin({}, {"world_size": 1})
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "running"
+
+
+def test_the_default_folder_name_is_safe_whatever_the_data_sets_name(tmp_path, monkeypatch):
+    from transferkit.experiments.run_folder import folder_name
+
+    assert folder_name("mnist") == "mnist" and folder_name("cifar10-jpg") == "cifar10-jpg"
+    assert folder_name("my\nphotos") == "my_photos" and folder_name("a b/c") == "a_b_c"
+    assert folder_name("\n\n") == "run" and len(folder_name("x" * 500)) == 80
+    monkeypatch.chdir(tmp_path)
+    run = RunFolder.create(Distributed(), "rank-bad\nname")
+    assert run.path.parent.name == "runs"
+    assert "\n" not in str(run.path) and run.path.name.endswith("-rank-bad_name")

@@ -20,6 +20,7 @@ every write is skipped, so experiments never ask which rank they are on.
 from __future__ import annotations
 
 import contextlib
+import re
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -73,7 +74,7 @@ class RunFolder:
             return cls(None, False)
 
         def create() -> Path:  # by rank 0: the default name follows its clock
-            new = Path(out) if out is not None else Path("runs") / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{name}"
+            new = Path(out) if out is not None else Path("runs") / f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{folder_name(name)}"
             prepare_run_dir(new, force)
             write_status(new, "running", phase="setup")
             return new
@@ -225,6 +226,13 @@ def prepare_run_dir(out: Path, force: bool) -> None:
         (out / WEIGHTS_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"--out {out}: cannot create the run folder ({e.strerror})") from None
+
+
+def folder_name(name: str) -> str:
+    """`name` (a data set's, as the user spelt its path) made safe for a default folder name: letters, digits,
+    '.', '_', '-' kept, anything else (a newline, a space, a slash) as '_', at most 80 characters."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+    return safe[:80]
 
 
 def resumable(run_dir: Path, config: dict, world_size: int = 1) -> dict:
