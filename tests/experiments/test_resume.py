@@ -12,6 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from transferkit import UserError
+from transferkit.reporting.status import read_status
 from transferkit.training import CHECKPOINT_FILE, load_checkpoint
 
 # Small enough to be quick, with epochs long enough (13 steps) that a kill lands inside a phase.
@@ -82,6 +83,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, phase):
     out = _killed_in(phase, tmp_path / "run")
     assert json.loads((out / "status.json").read_text())["status"] == "running"  # died without a word
+    assert read_status(out)["status"] == "stale"  # ...which its readers (report, export, compare) are told
     done = _run(*ARGS, "--resume", str(out))
     assert done.returncode == 0, done.stderr
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
