@@ -486,11 +486,16 @@ def test_a_diverging_loss_fails_the_run_with_one_line_and_strict_json(tmp_path, 
 def test_results_json_is_strict_json(tmp_path):
     from transferkit.reporting import write_results
 
-    write_results(tmp_path, {"phases": {"a": {"test_loss": float("inf"), "history": [
-        {"epoch": 1, "loss": float("nan"), "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5, "seconds": 1.0}]}}})
+    history = [{"epoch": 1, "loss": 0.5, "accuracy": 0.5, "val_loss": 1.0, "val_accuracy": 0.5, "seconds": 1.0}]
+    write_results(tmp_path, {"phases": {"a": {"test_loss": 1.0, "history": history}}})
     text = (tmp_path / "results.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
-    assert json.loads(text)["phases"]["a"]["test_loss"] is None
+    # a non-finite number is never written, not even as null: refused, naming the field; the old file stays
+    with pytest.raises(UserError, match=r"field phases.a.test_loss is inf"):
+        write_results(tmp_path, {"phases": {"a": {"test_loss": float("inf"), "history": history}}})
+    with pytest.raises(UserError, match=r"field phases.a.history\[0\].loss is nan"):
+        write_results(tmp_path, {"phases": {"a": {"test_loss": 1.0, "history": [{**history[0], "loss": float("nan")}]}}})
+    assert (tmp_path / "results.json").read_text() == text
 
 
 def test_a_training_loss_that_becomes_nan_stops_fit_at_that_step():
