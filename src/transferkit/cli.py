@@ -401,7 +401,8 @@ def rank_command(data: str, out: str | None, force: bool, resume: str | None, qu
     from .reporting.rank import rank_table
 
     result = _resumable(rank, data, out=out, resume=resume, force=force, verbose=not (quiet or as_json), **options)
-    _closing_output(result.results, quiet, as_json, lambda: rank_table(result.table, result.results.get("kendall_tau")))
+    _closing_output(result.results, quiet, as_json, lambda: rank_table(result.table, result.results.get("kendall_tau"),
+                                                                     result.results.get("kendall_tau_with_failed")))
 
 
 @cli.command("report")

@@ -303,6 +303,10 @@ class RankConfig:
         for name, _ in self.candidates() or []:
             if name not in BACKBONES:
                 raise UserError(f"--backbones {name}: unknown; choose among {', '.join(BACKBONES)}")
+        given = self.candidates() or []
+        twice = sorted({f"{b}:{w}" for b, w in given if given.count((b, w)) > 1})
+        if twice:
+            raise UserError(f"--backbones: {', '.join(twice)} given twice; name each candidate once")
         if self.layers and self.backbones is not None and len(self.backbones) != 1:
             raise UserError("--layers scores the stages of one backbone; give one with --backbones")
         self.train  # noqa: B018 - TrainConfig checks epochs, batch size, lr, seed, precision

@@ -159,3 +159,30 @@ def test_an_interrupted_rank_resumes_to_the_same_table(digits, cache, tmp_path):
     a, b = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
     assert [c["scores"] for c in a["candidates"]] == [c["scores"] for c in b["candidates"]]
     assert [c["verified"]["accuracy"] for c in a["candidates"]] == [c["verified"]["accuracy"] for c in b["candidates"]]
+
+
+def test_refusals_leave_no_folder_and_score_nothing(digits, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(UserError, match="efficientnet_lite0:imagenet given twice"):
+        rank(digits, backbones="efficientnet_lite0,efficientnet_lite0")
+    out = tmp_path / "r"
+    with pytest.raises(UserError):  # a data error: read before the folder is made, so the same --out works next
+        rank(tmp_path / "no-such-folder", backbones="resnet18:none", out=out)
+    assert not out.exists()
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(UserError, match="no candidate's weights could be loaded"):
+        rank(digits, backbones="resnet18", image_size=32, out=out)
+    assert "random weights" not in capsys.readouterr().out  # the control was not scored for nothing
+
+
+def test_a_failed_control_head_is_flagged_and_left_out_of_the_taus(digits, tmp_path, monkeypatch):
+    # A head trained for zero useful steps (lr 1e-9) cannot beat the most common class: flagged, not a point.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    result = rank(digits, backbones="efficientnet_lite0,resnet18:none", image_size=32, precision="fp32",
+                  verify=True, epochs=1, lr=1e-9, control=False, out=tmp_path / "r", verbose=False)
+    verified = [r["verified"] for r in result.results["candidates"]]
+    assert all(v["failed"] == (v["accuracy"] <= v["chance"]) for v in verified)
+    assert any(v["failed"] for v in verified)
+    assert "kendall_tau_with_failed" in result.results
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert 'data-failed="true"' in page and 'id="taus-with-failed"' in page

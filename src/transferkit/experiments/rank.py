@@ -16,6 +16,8 @@ from rich.text import Text
 from torch import nn
 
 from ..config import RankConfig
+from ..data.archive import open_tree
+from ..data.folders import find_layout
 from ..data.preprocess import InputTransform
 from ..errors import UserError
 from ..models import BackboneClassifier, count_params, layer_rows, load_backbone_weights, new_head
@@ -62,6 +64,8 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
     if ranks.world_size > 1:
         raise UserError("transferkit rank runs in one process; start it without torchrun")
     candidates, skipped = plan_candidates(config)
+    if resume is None:  # the data's layout is read before the folder exists, so a data error leaves no folder
+        _check_layout(config)
     precision = resolve_precision(config.precision, device=ranks.device)
     run = (RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None
            else RunFolder.create(ranks, f"rank-{Path(config.data).stem}", out, force, save))
@@ -82,6 +86,8 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
                 if candidate.label in results["done"]:
                     console.print(f"{candidate.label}: scored before")
                     continue
+                if candidate.control and not any(not r["control"] for r in results["candidates"]):
+                    break  # the control is the floor of the others: with none scored it is not worth its pass
                 rows = _score_candidate(candidate, config, images, results, run, runtime)
                 if rows is None:
                     continue
@@ -94,6 +100,8 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
         results["ranking"] = [r["name"] for r in rows]
         if config.verify:
             results["kendall_tau"] = _kendall(rows)
+            if any(r["verified"].get("failed") for r in rows):
+                results["kendall_tau_with_failed"] = _kendall(rows, with_failed=True)
         table = [RankRow.of(position + 1, r) for position, r in enumerate(rows)]
         results["recommendation"] = recommendation(table)
         figures = {"rank": rank_figure(table)}
@@ -101,7 +109,7 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
         run.save_rank([row.to_dict() for row in table])
         run.save_figures(figures)
         run.complete()
-    console.print(rank_table(table, results.get("kendall_tau")))
+    console.print(rank_table(table, results.get("kendall_tau"), results.get("kendall_tau_with_failed")))
     console.print(results["recommendation"])
     if run.path is not None:
         console.print(f"run folder: {run.path} (report.html)")
@@ -127,6 +135,15 @@ class _Images:
                                        "train_samples": len(self.data.train[1]),
                                        "val_samples": len(self.data.val[1]), "skipped": self.data.skipped})
         return self.data
+
+
+def _check_layout(config: RankConfig) -> None:
+    """The data set's folders and classes, listed without decoding an image (its errors are the user's)."""
+    tree = open_tree(config.data)
+    try:
+        find_layout(tree, config.val_fraction, config.seed)
+    finally:
+        tree.close()
 
 
 def _check_classes(data: ImageData) -> None:
@@ -170,17 +187,25 @@ def _score_candidate(candidate: Candidate, config: RankConfig, images: _Images, 
     rows = []
     for layer, train_part in parts.items():
         name = candidate.label if layer is None else f"{candidate.label} {layer}"
-        scores, seconds = score_features(train_part.contiguous(), train_y, val_parts[layer].contiguous(), val_y)
-        runtime.console.print(f"{name}: " + ", ".join(f"{s} {scores[s]:.4f} ({seconds[s]:.2f}s)" for s in SCORES))
+        scored = score_features(train_part.contiguous(), train_y, val_parts[layer].contiguous(), val_y)
+        runtime.console.print(f"{name}: " + ", ".join(_shown(s, scored) for s in SCORES))
         row = {"name": name, "backbone": candidate.backbone, "weights": candidate.weights, "layer": layer,
                "control": candidate.control, "params": count_params(model.features).total,
-               "feature_size": int(train_part.shape[1]), "input_size": pre.crop, "feature_pass": record,
-               "scores": scores, "seconds": seconds}
+               "feature_size": int(train_part.shape[1]), "input_size": pre.crop, "feature_pass": record, **scored}
         if config.verify:
             row["verified"] = _verify(name, train_part.contiguous(), train_y, val_parts[layer].contiguous(), val_y,
                                       data, config, run, runtime)
         rows.append(row)
     return rows
+
+
+def _shown(score: str, scored: dict) -> str:
+    value = scored["scores"][score]
+    if value is None:
+        return f"{score} absent ({scored['absent'][score]})"
+    text = f"{score} {value:.4f} ({scored['seconds'][score]:.2f}s)"
+    at_bound = (scored["logme"] or {}).get("classes_at_bound", 0) if score == "logme" else 0
+    return text + (f" [{at_bound} class(es) at the evidence's bound: the features separate them]" if at_bound else "")
 
 
 def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, val_y: torch.Tensor,
@@ -197,13 +222,25 @@ def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torc
         lambda: (len(train_y), len(val_y)))
     result, _ = train_phase(phase, run, runtime)
     run.results["phases"][phase.name] = result.to_dict()  # its history, confusion matrix, mistakes
+    # A head no better than always answering the most common validation class did not train: its accuracy says
+    # nothing of the features, so it is flagged and left out of the taus.
+    chance = float(np.bincount(val_y.numpy()).max() / len(val_y))
+    failed = result.test_accuracy <= chance
+    if failed:
+        runtime.console.print(f"verify {name}: the head ended at {result.test_accuracy:.4f}, no better than always "
+                              f"answering the most common class ({chance:.4f}): flagged, left out of the Kendall taus")
     return {"accuracy": result.test_accuracy, "loss": result.test_loss, "epochs": result.epochs,
-            "seconds": round(time.perf_counter() - start_time, 3), "phase": phase.name}
+            "seconds": round(time.perf_counter() - start_time, 3), "phase": phase.name, "chance": chance,
+            "failed": failed}
 
 
-def _kendall(rows: list[dict]) -> dict[str, float | None]:
-    """Kendall's tau-b between each score's order (and the combined ranking's) and the verified accuracies'."""
-    accuracy = [r["verified"]["accuracy"] for r in rows]
-    taus = {s: kendall_tau([r["scores"][s] for r in rows], accuracy) for s in SCORES}
-    taus["ranking"] = kendall_tau([-i for i in range(len(rows))], accuracy)
+def _kendall(rows: list[dict], with_failed: bool = False) -> dict[str, float | None]:
+    """Kendall's tau-b between each score's order (and the combined ranking's) and the verified accuracies', over
+    the candidates whose head trained (all of them `with_failed`) and whose score is present."""
+    rows = [r for r in rows if with_failed or not r["verified"].get("failed")]
+    taus = {}
+    for s in SCORES:
+        pairs = [(r["scores"][s], r["verified"]["accuracy"]) for r in rows if r["scores"].get(s) is not None]
+        taus[s] = kendall_tau(*zip(*pairs)) if len(pairs) > 1 else None
+    taus["ranking"] = kendall_tau([-i for i in range(len(rows))], [r["verified"]["accuracy"] for r in rows])
     return taus
