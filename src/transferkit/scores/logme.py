@@ -15,7 +15,8 @@ t is N / E(t), which leaves one variable:
 transferkit maximises L(t) over log t (a grid, then Brent's method around its best point) instead of iterating
 MacKay's fixed point, which diverges when the evidence has no finite maximum: when a class's target lies in the
 span of the features (always so with fewer images than feature dimensions, and when the features separate the
-classes), L keeps rising as t -> 0 (noise-free interpolation, beta -> infinity). t is therefore kept within
+classes), L may keep rising as t -> 0 (noise-free interpolation, beta -> infinity): towards a finite limit with
+N <= D at full rank, without bound when the rank is below N. t is therefore kept within
 [scale / T_BOUND, scale * T_BOUND], scale the mean non-zero eigenvalue of F^T F; a class whose maximum lies on
 that bound is reported (`bound`: "lower" or "upper") and its evidence is the value at the bound, a lower bound
 of the supremum. log|A| counts the D - N zero eigenvalues when there are fewer images than features (the paper's
