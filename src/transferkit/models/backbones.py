@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..config import HeadConfig
+from ..config import BACKBONES, LITE_BACKBONES, HeadConfig
 from ..download import download
 from ..errors import UserError
 from ..paths import cache_dir
@@ -25,9 +25,7 @@ from .efficientnet_lite import (
     map_reference_state,
 )
 
-TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "mobilenet_v3_large",
-                         "efficientnet_b0", "convnext_tiny")
-BACKBONES = TORCHVISION_BACKBONES + tuple(LITE_WEIGHTS)
+assert tuple(LITE_WEIGHTS) == LITE_BACKBONES  # one record per Lite backbone, named in config
 # The safetensors metadata key under which transferkit saves a network's spec (reporting/artifacts.py).
 SPEC_KEY = "transferkit_spec"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
