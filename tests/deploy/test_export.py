@@ -22,7 +22,7 @@ from transferkit.experiments.predict import load_classifier
 from transferkit.models import BackboneClassifier
 from transferkit.reporting import load_model
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+EXPORT_PAGE = Path(__file__).resolve().parents[2] / "docs" / "export.md"
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_without_the_export_extra_the_error_names_the_install_command(tuned, mon
 
 
 def test_the_readme_snippet_gives_predicts_probabilities(tuned, photos, tmp_path):
-    snippet = readme_snippet()
+    snippet = docs_snippet()
     (tmp_path / "runs").mkdir()
     shutil.copytree(tuned / "weights", tmp_path / "runs" / "my-finetune" / "weights")
     shutil.copy(photos / "green" / "3.jpg", tmp_path / "photo.jpg")
@@ -190,9 +190,9 @@ def test_the_readme_snippet_gives_predicts_probabilities(tuned, photos, tmp_path
     assert np.allclose(list(printed.values()), [p for _, p in expected.top], atol=1e-6)
 
 
-def readme_snippet() -> str:
-    """The Python block of the README's "Using the weights without transferkit" section."""
-    text = README.read_text(encoding="utf-8")
+def docs_snippet() -> str:
+    """The Python block of docs/export.md's "Using the weights without transferkit" section."""
+    text = EXPORT_PAGE.read_text(encoding="utf-8")
     section = text.split("## Using the weights without transferkit", 1)[1].split("\n## ", 1)[0]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
