@@ -27,13 +27,13 @@ def curves_figure(phases: dict[str, dict]) -> Figure:
             ax = axes[row][col]
             ax.plot(epochs, [r[metric] for r in phase["history"]], "o-", label="train")
             ax.plot(epochs, [r[f"val_{metric}"] for r in phase["history"]], "s--", label="validation")
-            _title(ax, f"{name} ({', '.join(phase['classes'])}): {metric}", fontsize=10)
+            title_axes(ax, f"{name} ({', '.join(phase['classes'])}): {metric}", fontsize=10)
             ax.set_xlabel("epoch")
             ax.set_ylabel(metric)
             ax.set_xticks(epochs)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
-    _tight(fig)
+    tight(fig)
     return fig
 
 
@@ -53,7 +53,7 @@ def overlay_curves_figure(title: str, metric: str, lines: list[tuple[str, list[d
         ax.plot(epochs, [r[metric] for r in history], "o-", color=color, label=f"{name} train")
         ax.plot(epochs, [r[f"val_{metric}"] for r in history], "s--", color=color, label=f"{name} validation")
     _axes(ax, f"{title}: {metric}", metric, ticks)
-    _tight(fig)
+    tight(fig)
     return fig
 
 
@@ -67,12 +67,12 @@ def runs_curves_figure(phase: str, metric: str, runs: dict[str, list[dict]]) -> 
         ax.plot([r["epoch"] for r in history], [r[f"val_{metric}"] for r in history], "o-",
                 color=RUN_COLORS[i % len(RUN_COLORS)], label=label)
     _axes(ax, f"{phase}: validation {metric}", f"validation {metric}", ticks)
-    _tight(fig)
+    tight(fig)
     return fig
 
 
 def _axes(ax, title: str, ylabel: str, epochs: set[int]) -> None:
-    _title(ax, title, fontsize=10)
+    title_axes(ax, title, fontsize=10)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if len(epochs) <= 20:  # integer epochs; beyond 20 matplotlib's own ticks read better
@@ -92,9 +92,9 @@ def time_figure(phases: dict[str, dict]) -> Figure:
         ax.annotate(f"{phases[n]['train_seconds']:.1f} s\nacc {phases[n]['test_accuracy']:.4f}",
                     (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("training time (s)")
-    _title(ax, "Training time per phase")
+    title_axes(ax, "Training time per phase")
     ax.set_ylim(0, max(seconds) * 1.3 if seconds else 1)
-    _tight(fig)
+    tight(fig)
     return fig
 
 
@@ -111,8 +111,8 @@ def samples_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, list[str]]], 
             ax.axis("off")
             if i < min(per_group, len(images)):
                 _show(ax, images[i])
-                _title(ax, f"{group}: {names[labels[i]]}", fontsize=7)
-    _tight(fig)
+                title_axes(ax, f"{group}: {names[labels[i]]}", fontsize=7)
+    tight(fig)
     return fig
 
 
@@ -125,7 +125,7 @@ def save_figures(figures: dict[str, Figure], directory: Path) -> list[Path]:
     return paths
 
 
-def _title(ax, text: str, **style) -> None:
+def title_axes(ax, text: str, **style) -> None:
     # An explicit y is the height matplotlib would choose anyway (no tick labels sit above these axes), and
     # it skips matplotlib's search for overlaps at every draw: half the drawing time of the image grids.
     ax.set_title(text, y=1.0, **style)
@@ -154,7 +154,7 @@ def _savefig(fig: Figure, path: Path) -> None:
         fig.savefig(path, dpi=100, format="png")
 
 
-def _tight(fig: Figure) -> None:
+def tight(fig: Figure) -> None:
     plain_text(fig)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Glyph .* missing from font")
@@ -181,8 +181,8 @@ def confusion_figure(matrix: np.ndarray, class_names: list[str], title: str = "C
             for j in range(k):
                 ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=8,
                         color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    _title(ax, title, fontsize=10)
-    _tight(fig)
+    title_axes(ax, title, fontsize=10)
+    tight(fig)
     return fig
 
 
@@ -201,7 +201,7 @@ def misclassified_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
             ax.axis("off")
             if i < len(images):
                 _show(ax, images[i])
-                _title(ax, f"{names[truth[i]]} -> {names[predicted[i]]}", fontsize=8, color="#b00")
+                title_axes(ax, f"{names[truth[i]]} -> {names[predicted[i]]}", fontsize=8, color="#b00")
         if len(images) == 0:
             axes[0][0].text(0, 0.5, "none: every validation image is right", fontsize=9)
         subfig.suptitle(f"{group} (true -> predicted)", fontsize=10, fontweight="bold")
@@ -226,6 +226,6 @@ def reliability_figure(calibration: dict, title: str) -> Figure:
     ax.set_xlabel("confidence (mean of the bin)")
     ax.set_ylabel("accuracy")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
-    _title(ax, title, fontsize=10)
-    _tight(fig)
+    title_axes(ax, title, fontsize=10)
+    tight(fig)
     return fig

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from .figures import _tight, _title
+from .figures import tight, title_axes
 from .html import Image, figure_image
 
 SCORE_NAMES = {"logme": "LogME", "knn": "kNN accuracy", "probe": "probe accuracy", "verified": "verified accuracy"}
@@ -125,13 +125,13 @@ def rank_figure(table: list[RankRow]) -> Figure:
         ax.barh(range(len(table)), values, color=colors)
         for y, (v, given) in enumerate(zip(values, raw)):
             ax.text(v, y, " absent" if given is None else f" {v:.3f}", va="center", fontsize=7)
-        _title(ax, SCORE_NAMES[metric], fontsize=10)
+        title_axes(ax, SCORE_NAMES[metric], fontsize=10)
         ax.grid(axis="x", alpha=0.3)
         if metric != "logme":
             ax.set_xlim(0, 1.15)
     axes[0].set_yticks(range(len(table)), names, fontsize=8)
     axes[0].invert_yaxis()
-    _tight(fig)
+    tight(fig)
     return fig
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from .figures import PHASE_COLORS, _tight, _title
+from .figures import PHASE_COLORS, tight, title_axes
 from .html import figure_image, png_image, render, write_html
 from .results import write_text_atomic
 from .status import read_status
@@ -168,10 +168,10 @@ def shots_figure(results: dict) -> Figure:
     ax.minorticks_off()
     ax.set_xlabel("training images per target class")
     ax.set_ylabel("test accuracy")
-    _title(ax, "Transfer vs scratch by training images (mean, 95% interval over seeds)", fontsize=10)
+    title_axes(ax, "Transfer vs scratch by training images (mean, 95% interval over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    _tight(fig)
+    tight(fig)
     return fig
 
 
@@ -200,10 +200,10 @@ def freeze_figure(results: dict) -> Figure:
     ax.set_xlabel(f"cut: the first n stages of {results['config']['split']['backbone']} copied" if stages
                   else "cut: the first n weight layers copied")
     ax.set_ylabel("test accuracy")
-    _title(ax, "Freezing and fine-tuning copied layers (mean, 95% interval over seeds)", fontsize=10)
+    title_axes(ax, "Freezing and fine-tuning copied layers (mean, 95% interval over seeds)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    _tight(fig)
+    tight(fig)
     return fig
 
 
