@@ -14,7 +14,7 @@ from torch import nn
 from ..config import Stopping
 from ..models import LayerRow, count_params
 from ..reporting import PhaseResult
-from ..reporting.console import ConsoleProgress
+from ..reporting.console import ConsoleProgress, describe_stopping, planned_length
 from ..training import FitState, fit
 from ..training.batches import ShuffledBatches
 from ..training.class_weights import ClassWeights
@@ -100,11 +100,11 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
                   plan.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name),
                   state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule,
                   phase=phase.name, class_weights=phase.class_weights and phase.class_weights.tensor(runtime.device),
-                  keep_best=plan.keep_best, patience=plan.patience)
+                  patience=plan.patience)
     seconds = before + time.perf_counter() - start
     stopping = plan.record(state)
     if stopping is not None:
-        runtime.console.print(plan.describe_end(phase.name, stopping))
+        runtime.console.print(f"{phase.name}: {describe_stopping(stopping)}")
     kept = history[stopping["kept_epoch"] - 1] if stopping is not None else history[-1]
     # On what validation ran on (cached features where there are, this rank's share of the images), so no
     # second pass through a backbone; the confusion matrix is summed over the ranks.
@@ -148,9 +148,8 @@ class StopPlan:
     stopping: Stopping | None
     steps_per_epoch: int
     epochs: int
-    keep_best: bool
-    patience: int
-    why_last: str | None  # why the last epoch is kept, where early stopping could apply but does not
+    patience: int  # 0: every planned epoch trains and the last is kept
+    note: str | None = None  # why early stopping cannot apply here, where it was asked for
 
     @classmethod
     def of(cls, phase: Phase, steps_per_epoch: int, resumed_without: bool = False) -> StopPlan:
@@ -158,52 +157,33 @@ class StopPlan:
         no best epoch: it goes on as it started, to its epochs, the last kept."""
         s = phase.stopping
         if s is None:
-            return cls(None, steps_per_epoch, phase.epochs, False, 0, None)
-        epochs = s.planned_epochs(steps_per_epoch)
-        why_last = None
-        if phase.validation_split == "test":
-            why_last = "validated on the test split: last epoch kept"
+            return cls(None, steps_per_epoch, phase.epochs, 0)
+        note = None
+        if phase.validation_split == "test":  # choosing an epoch on it would make its accuracy optimistic
+            note = "validated on the test split: last epoch kept"
         elif resumed_without:
-            why_last = "resumed from a checkpoint made before early stopping: last epoch kept"
-        elif s.patience == 0:
-            why_last = "last epoch kept" if s.given else "--patience 0: last epoch kept"
-        return cls(s, steps_per_epoch, epochs, why_last is None, s.patience if why_last is None else 0, why_last)
-
-    def _length(self) -> str:
-        s = self.stopping
-        if s.min_steps == 0:
-            return f"{self.epochs} epochs as given"
-        return f"{self.epochs} epochs planned ({s.min_steps} steps at least, {self.steps_per_epoch} an epoch)"
+            note = "resumed from a checkpoint made before early stopping: last epoch kept"
+        return cls(s, steps_per_epoch, s.planned_epochs(steps_per_epoch), 0 if note else s.patience, note)
 
     def describe_start(self, name: str) -> str:
-        if self.stopping is None:
-            return ""
-        stop = (f", stopping after {self.patience} epochs without a lower validation loss" if self.patience
-                else "")
-        return f"{name}: {self._length()}{stop}"
+        length = planned_length(self.epochs, self.stopping.min_steps, self.steps_per_epoch)
+        if self.note is not None:
+            return f"{name}: {length}; {self.note} (no early stopping)"
+        stop = f", stopping after {self.patience} epochs without a lower validation loss" if self.patience else ""
+        return f"{name}: {length}{stop}"
 
     def record(self, state: FitState) -> dict | None:
         """results.json's `stopping` block of the phase, once it trained."""
         if self.stopping is None:
             return None
-        trained = len(state.history)
-        if self.why_last is not None and self.why_last != "last epoch kept":
-            reason = self.why_last
+        if self.note is not None:
+            reason = self.note
         elif state.stopped:
             reason = "patience"
         else:
             reason = "given" if self.stopping.given else "epochs"
-        best = state.best_epoch if self.keep_best and state.best_epoch else None
+        best = state.best_epoch if self.patience and state.best_epoch else None
+        trained = len(state.history)
         return {"epochs_planned": self.epochs, "epochs_trained": trained, "best_epoch": best,
                 "kept_epoch": best or trained, "reason": reason, "min_steps": self.stopping.min_steps,
                 "patience": self.patience, "steps_per_epoch": self.steps_per_epoch}
-
-    def describe_end(self, name: str, record: dict) -> str:
-        """One line: "source: 12 epochs planned (300 steps at least), stopped at 9, best epoch 4 by validation loss"."""
-        if record["reason"] == "patience":
-            trained = f"stopped at {record['epochs_trained']}"
-        else:
-            trained = f"trained {record['epochs_trained']}"
-        kept = (f"best epoch {record['best_epoch']} by validation loss" if record["best_epoch"] is not None
-                else self.why_last)
-        return f"{name}: {self._length()}, {trained}, {kept}"

@@ -63,6 +63,25 @@ class ConsoleProgress:
         )
 
 
+def planned_length(epochs: int, min_steps: int, steps_per_epoch: int) -> str:
+    """'12 epochs planned (300 steps at least, 25 an epoch)', or '5 epochs as given'."""
+    if min_steps == 0:
+        return f"{epochs} epoch{'s' if epochs != 1 else ''} as given"
+    return f"{epochs} epochs planned ({min_steps} steps at least, {steps_per_epoch} an epoch)"
+
+
+def describe_stopping(record: dict) -> str:
+    """A phase's `stopping` block in words: '12 epochs planned (300 steps at least, 25 an epoch), stopped at 9,
+    best epoch 4 by validation loss' (the console's line and the report's)."""
+    trained = record["epochs_trained"]
+    done = f"stopped at {trained} (patience {record['patience']})" if record["reason"] == "patience" else f"trained {trained}"
+    if record["best_epoch"] is not None:
+        kept = f"best epoch {record['best_epoch']} by validation loss"
+    else:
+        kept = record["reason"] if ":" in record["reason"] else "last epoch kept"
+    return f"{planned_length(record['epochs_planned'], record['min_steps'], record['steps_per_epoch'])}, {done}, {kept}"
+
+
 def print_summary(console: Console, title: str, rows: list[LayerRow], counts: ParamCounts) -> None:
     """Keras' model.summary(): a layer table, then total / trainable / non-trainable parameters."""
     table = Table(title=title, title_justify="left", show_lines=False)

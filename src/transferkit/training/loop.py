@@ -45,7 +45,7 @@ class FitState:
     steps: int = 0  # optimizer steps this process took in the fit, all epochs
     epoch_seconds: float = 0.0  # spent in this epoch before an interruption
     loss_scale: dict | None = None  # fp16's GradScaler state: a resumed fit scales as the uninterrupted one did
-    # Early stopping (fit's keep_best): the epoch of the lowest validation loss so far, that loss, the epochs
+    # Early stopping (fit's patience): the epoch of the lowest validation loss so far, that loss, the epochs
     # since, whether the patience ran out, and that epoch's weights (tensors, saved beside the model's).
     best_epoch: int = 0
     best_loss: float | None = None
@@ -199,13 +199,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
         autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
         state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
         should_stop: Callable[[], bool] | None = None, lr_schedule: str = "constant",
-        phase: str | None = None, class_weights: torch.Tensor | None = None, keep_best: bool = False,
-        patience: int = 0) -> list[EpochRecord]:
+        phase: str | None = None, class_weights: torch.Tensor | None = None, patience: int = 0) -> list[EpochRecord]:
     """Train until `epochs`, validating after each; one EpochRecord per epoch.
 
-    `keep_best`: the weights of the epoch with the lowest validation loss are kept (in `state`) and put back
-    into `model` at the end; with `patience` > 0 the fit also ends once that many epochs in a row did not
-    improve on it (`state.stopped`). Off, the last epoch's weights stay, as they were trained.
+    `patience` > 0: early stopping. The weights of the epoch with the lowest validation loss are kept (in
+    `state`) and put back into `model` at the end, and the fit ends once `patience` epochs in a row did not
+    improve on it (`state.stopped`). 0: every epoch trains and the last one's weights stay.
 
     `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them.
     `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
@@ -216,13 +215,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
     """
     try:
         return _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress,
-                    state, on_checkpoint, should_stop, lr_schedule, class_weights, keep_best, patience)
+                    state, on_checkpoint, should_stop, lr_schedule, class_weights, patience)
     except Diverged as e:
         raise Diverged(f"phase {phase}: {e}" if phase else str(e)) from None
 
 
 def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress, state,
-         on_checkpoint, should_stop, lr_schedule, class_weights, keep_best, patience) -> list[EpochRecord]:
+         on_checkpoint, should_stop, lr_schedule, class_weights, patience) -> list[EpochRecord]:
     progress = progress or SilentProgress()
     state = state if state is not None else FitState()
     # fp16 needs loss scaling; the scale travels in the checkpoints with the rest of the fit's state.
@@ -253,18 +252,18 @@ def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocas
                              state.epoch_seconds + time.perf_counter() - start)
         state.history.append(record)
         progress.epoch_done(record, epochs)
-        if keep_best:
+        if patience:
             track_best(state, unwrap(model), val_loss, patience)
         state.epoch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = state.epoch + 1, 0.0, 0, 0, 0.0
         save(state)
-    if keep_best and state.best_weights is not None:
+    if patience and state.best_weights is not None:
         unwrap(model).load_state_dict(state.best_weights)
     return state.history
 
 
 def track_best(state: FitState, model: nn.Module, val_loss: float, patience: int) -> None:
     """After an epoch: keep its weights when its validation loss is the lowest yet, else count it; the
-    patience runs out after `patience` epochs in a row without improvement (0: never).
+    patience runs out after `patience` epochs in a row without improvement.
 
     Rank 0 decides and every rank follows: the loss is all-reduced already, but one decision broadcast keeps
     every rank on the same epoch count even if their sums were to differ in the last bit.
@@ -275,4 +274,4 @@ def track_best(state: FitState, model: nn.Module, val_loss: float, patience: int
         state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     else:
         state.since_best += 1
-    state.stopped = patience > 0 and state.since_best >= patience
+    state.stopped = state.since_best >= patience
