@@ -20,6 +20,9 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 # Inference batches (validation, feature passes, mistakes) in every experiment: 64-128 images ran fastest
 # here; 1024 was 2.5x slower per image (cache-bound).
 EVAL_BATCH_SIZE = 128
+# Logs (stdout not a terminal) get a progress line this often inside an epoch: MNIST's first epoch on 2 busy
+# cores took minutes, which without it passed in silence.
+LOG_PROGRESS_SECONDS = 10.0
 # --image-size: below 8 px the seed network's two 3x3 convolutions and pool leave nothing.
 MIN_IMAGE_SIZE = 8
 

@@ -70,7 +70,7 @@ def test_bad_stopping_options_are_one_line():
 
 
 # Resumed with early stopping: the best weights so far, their loss and the epochs since travel in the checkpoint.
-ARGS = ["--epochs", "12", "--patience", "4", "--batch-size", "16", "--no-scratch"]
+ARGS = ["--epochs", "8", "--patience", "2", "--batch-size", "32", "--no-scratch"]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

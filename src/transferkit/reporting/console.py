@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..config import LOG_PROGRESS_SECONDS
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 from ..training.metrics import class_metrics
@@ -24,15 +26,20 @@ def make_console(quiet: bool = False) -> Console:
 
 
 class ConsoleProgress:
-    """One progress bar per epoch (steps, ETA, running loss and accuracy), then a line with validation."""
+    """One progress bar per epoch (steps, ETA, running loss and accuracy), then a line with validation. In logs
+    (not a terminal) no redraws: a line every LOG_PROGRESS_SECONDS inside an epoch, then the epoch's line."""
 
-    def __init__(self, console: Console, phase: str):
-        self.console, self.phase = console, phase
+    def __init__(self, console: Console, phase: str, every: float = LOG_PROGRESS_SECONDS):
+        self.console, self.phase, self.every = console, phase, every
         self._progress: Progress | None = None
         self._task = None
+        self._epoch = (0, 0, 0)  # epoch, epochs, steps
+        self._since: tuple[float, int] | None = None  # (time, images) at the epoch's first step here
+        self._logged = 0.0
 
     def epoch_started(self, epoch: int, epochs: int, steps: int) -> None:
-        if not self.console.is_terminal:  # logs and CI get one line per epoch, no redraws
+        self._epoch, self._since = (epoch, epochs, steps), None
+        if not self.console.is_terminal:  # logs and CI: a line now and then, no redraws
             return
         self._progress = Progress(
             TextColumn(f"[bold]{self.phase}[/] epoch {epoch}/{epochs}"),
@@ -48,9 +55,19 @@ class ConsoleProgress:
         self._progress.start()
         self._task = self._progress.add_task("train", total=steps, metrics="")
 
-    def step_done(self, step: int, loss: float, accuracy: float) -> None:
+    def step_done(self, step: int, loss: float, accuracy: float, images: int = 0) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, metrics=f"loss {loss:.4f} acc {accuracy:.4f}")
+            return
+        now = time.monotonic()
+        if self._since is None:
+            self._since, self._logged = (now, images), now
+        elif now - self._logged >= self.every:
+            self._logged = now
+            epoch, epochs, steps = self._epoch
+            rate = (images - self._since[1]) / max(now - self._since[0], 1e-9)
+            self.console.print(f"{self.phase} epoch {epoch}/{epochs}: step {step}/{steps}, {rate:.0f} images/s - "
+                               f"loss {loss:.4f} acc {accuracy:.4f}", highlight=False, soft_wrap=True)
 
     def epoch_done(self, record: EpochRecord, epochs: int) -> None:
         if self._progress is not None:

@@ -71,7 +71,7 @@ class ProgressListener(Protocol):
     """What the loop tells the outside world; the console progress bar implements it."""
 
     def epoch_started(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step_done(self, step: int, loss: float, accuracy: float) -> None: ...
+    def step_done(self, step: int, loss: float, accuracy: float, images: int = 0) -> None: ...
     def epoch_done(self, record: EpochRecord, epochs: int) -> None: ...
 
 
@@ -79,7 +79,7 @@ class SilentProgress:
     def epoch_started(self, epoch: int, epochs: int, steps: int) -> None:
         pass
 
-    def step_done(self, step: int, loss: float, accuracy: float) -> None:
+    def step_done(self, step: int, loss: float, accuracy: float, images: int = 0) -> None:
         pass
 
     def epoch_done(self, record: EpochRecord, epochs: int) -> None:
@@ -140,7 +140,7 @@ def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch
         state.seen += len(y)
         state.steps += 1
         if progress is not None:
-            progress.step_done(batches.position, state.loss_sum / state.seen, state.correct / state.seen)
+            progress.step_done(batches.position, state.loss_sum / state.seen, state.correct / state.seen, state.seen)
         if should_stop is not None and should_stop():
             break
     loss_sum, correct, seen = sum_over_ranks([state.loss_sum, state.correct, state.seen])
