@@ -32,3 +32,18 @@ def test_logs_get_progress_lines_inside_an_epoch():
 
 def test_short_epochs_print_only_their_line():
     assert "images/s" not in _log(every=60.0)
+
+
+def test_the_results_table_says_test_only_for_a_test_split():
+    from transferkit.reporting.console import comparison_table
+
+    phase = {"classes": ["a"], "train_samples": 1, "test_accuracy": 1.0, "test_loss": 0.0, "train_seconds": 1.0,
+             "params": {"trainable": 1, "total": 1, "non_trainable": 0}}
+
+    def header(split):
+        out = io.StringIO()
+        Console(file=out, width=200).print(comparison_table({"p": {**phase, "validated_on": split}}))
+        return out.getvalue()
+
+    assert "val acc" in header("val") and "test" not in header("val")
+    assert "test acc" in header("test") and "val acc" not in header("test")

@@ -97,7 +97,7 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
     if plan.stopping is not None:
         runtime.console.print(plan.describe_start(phase.name))
     history = fit(runtime.ranks.wrap(inputs.trained), phase.optimizer, inputs.batches, inputs.val_x, inputs.val_y,
-                  plan.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name),
+                  plan.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name, split="test" if phase.validation_split == "test" else "val"),
                   state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule,
                   phase=phase.name, class_weights=phase.class_weights and phase.class_weights.tensor(runtime.device),
                   patience=plan.patience)

@@ -29,8 +29,9 @@ class ConsoleProgress:
     """One progress bar per epoch (steps, ETA, running loss and accuracy), then a line with validation. In logs
     (not a terminal) no redraws: a line every LOG_PROGRESS_SECONDS inside an epoch, then the epoch's line."""
 
-    def __init__(self, console: Console, phase: str, every: float = LOG_PROGRESS_SECONDS):
+    def __init__(self, console: Console, phase: str, every: float = LOG_PROGRESS_SECONDS, split: str = "val"):
         self.console, self.phase, self.every = console, phase, every
+        self.split = split  # what validation runs on: "val", or "test" (a test split), as the epoch line names it
         self._progress: Progress | None = None
         self._task = None
         self._epoch = (0, 0, 0)  # epoch, epochs, steps
@@ -75,7 +76,8 @@ class ConsoleProgress:
             self._progress = None
         self.console.print(
             f"{self.phase} epoch {record.epoch}/{epochs} {record.seconds:.1f}s - loss {record.loss:.4f} "
-            f"acc {record.accuracy:.4f} - val_loss {record.val_loss:.4f} val_acc {record.val_accuracy:.4f}",
+            f"acc {record.accuracy:.4f} - {self.split}_loss {record.val_loss:.4f} {self.split}_acc "
+            f"{record.val_accuracy:.4f}",
             highlight=False, soft_wrap=True,
         )
 
@@ -115,10 +117,12 @@ def print_summary(console: Console, title: str, rows: list[LayerRow], counts: Pa
 
 
 def comparison_table(phases: dict[str, dict]) -> Table:
-    """Per phase: training images, test accuracy, balanced accuracy and macro-F1, test loss, training time,
-    trainable parameters."""
+    """Per phase: training images, validation (or test) accuracy, balanced accuracy and macro-F1, loss,
+    training time, trainable parameters. "test" only where the phases were measured on a test split."""
     table = Table(title="Results", title_justify="left")
-    for col in ("phase", "classes", "images", "test acc", "balanced", "macro F1", "test loss", "time", "trainable"):
+    split = split_label(phases)
+    for col in ("phase", "classes", "images", f"{split} acc", "balanced", "macro F1", f"{split} loss", "time",
+                "trainable"):
         table.add_column(col, justify="left" if col in ("phase", "classes") else "right", no_wrap=True)
     for name, p in phases.items():
         metrics = _metrics(p)
@@ -126,6 +130,11 @@ def comparison_table(phases: dict[str, dict]) -> Table:
                       *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in ("balanced_accuracy", "macro_f1")),
                       f"{p['test_loss']:.4f}", f"{p['train_seconds']:.1f} s", f"{p['params']['trainable']:,}")
     return table
+
+
+def split_label(phases: dict[str, dict]) -> str:
+    """'test' where every phase says it was measured on a test split, else 'val'."""
+    return "test" if phases and all(p.get("validated_on") == "test" for p in phases.values()) else "val"
 
 
 def class_table(phase: str, p: dict) -> Table | None:
