@@ -58,3 +58,26 @@ def shapes(tmp_path_factory) -> Path:
                 img[4:12, 4:12] = colour
                 Image.fromarray(img).save(root / split / name / f"{i}.png")
     return root
+
+
+def write_sklearn_digits(root: Path, per_class: int | None = None, size: int = 8,
+                         classes: int = 10) -> Path:
+    """scikit-learn's digits (real 8x8 handwritten digits, UCI) as one folder of class folders of PNGs at `size` px,
+    `per_class` images of each of the first `classes` digits (None: all): with no val/ or test/, a validation
+    split is held out of them."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 255 / 16).astype(np.uint8)
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(digits.target == c)[:per_class]):
+            Image.fromarray(images[index]).resize((size, size), Image.NEAREST).save(root / str(c) / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def sk_digits(tmp_path_factory) -> Path:
+    """scikit-learn's digits, 40 of each of the 10 classes at 16 px (write_sklearn_digits)."""
+    return write_sklearn_digits(tmp_path_factory.mktemp("sk_digits") / "digits", 40, 16)

@@ -14,6 +14,7 @@ from . import __version__
 from .config import (
     CLASS_WEIGHTS,
     DEFAULT_LR,
+    HEAD_MIN_STEPS,
     HEADS,
     LR_SCHEDULES,
     OPTIMIZERS,
@@ -23,6 +24,7 @@ from .config import (
     STUDY_MIN_STEPS,
     STUDY_SEEDS,
     STUDY_SHOTS,
+    Stopping,
 )
 from .errors import Interrupted, UserError
 from .jsonfile import strict_json
@@ -50,6 +52,23 @@ def _output_options(command):
     return click.option("--quiet", "-q", is_flag=True, help="Print only the final results table.")(command)
 
 
+def _stopping_options(head: bool = False):
+    """--min-steps and --patience (run, finetune, rank): how long each phase trains (config.Stopping)."""
+    least = (f"{HEAD_MIN_STEPS} for a head on cached features (finetune's frozen phase, rank --verify), else "
+             f"{Stopping.min_steps}" if head else str(Stopping.min_steps))
+
+    def decorate(command):
+        command = click.option("--patience", type=int, default=None, help=(
+            "Stop a phase once its validation loss has not improved for N epochs and keep its best epoch's weights; "
+            "0: train every planned epoch and keep the last. Never on a test split (the last epoch is kept).  "
+            f"[default: {Stopping.patience}; 0 when --epochs is given]"))(command)
+        return click.option("--min-steps", type=int, default=None, help=(
+            "Raise each phase's epochs until it takes at least N optimizer steps (for its training images and "
+            f"batch size).  [default: {least}; 0 when --epochs is given]"))(command)
+
+    return decorate
+
+
 def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> None:
     """What --json and --quiet print once the run is over (without them, the experiment printed everything):
     the record as strict JSON, or the `summary()` renderable (default: the phases' results table)."""
@@ -73,7 +92,9 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
               help="Transfer phase: keep the source-trained classifier weights (as the seeds do) or reset them.")
 @click.option("--scratch/--no-scratch", default=True, show_default=True,
               help="Train the scratch control on the target classes (without it nobody can tell what transfer bought).")
-@click.option("--epochs", type=int, help="Epochs per phase.  [default: 5; cifar10: 20]")
+@click.option("--epochs", type=int, help="Epochs per phase: the least, raised by --min-steps, cut short by --patience; "
+              "given, exactly that many (unless --min-steps or --patience are given too).  [default: 5; cifar10: 20]")
+@_stopping_options()
 @click.option("--batch-size", type=int, help="[default: 128; with --backbone: 32]")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS), help="[default: adadelta; cifar10 and --backbone: adam]")
 @click.option("--lr", type=float, default=None,
@@ -179,9 +200,12 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--weights", default="imagenet", show_default=True,
               help="imagenet (torchvision's, from TORCH_HOME or downloaded), none (random), or a weights file "
                    "(safetensors or a state dict), or a finetune run folder whose backbone you continue from.")
-@click.option("--epochs", type=int, default=5, show_default=True, help="Epochs of the frozen phase (head only).")
+@click.option("--epochs", type=int, default=None, help="Epochs of the frozen phase (head only): the least, raised by "
+              "--min-steps, cut short by --patience; given, exactly that many (and --unfreeze-epochs too) unless "
+              f"--min-steps or --patience are given.  [default: {Stopping.epochs}]")
 @click.option("--unfreeze-epochs", type=int, default=0, show_default=True,
-              help="Epochs of the unfrozen phase, training the whole network.")
+              help="Epochs of the unfrozen phase, training the whole network (the least, as --epochs).")
+@_stopping_options(head=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate of the head.")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULES), default="cosine", show_default=True,
@@ -369,7 +393,10 @@ def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | 
 @click.option("--verify", is_flag=True,
               help="Train each candidate's head as finetune does on the stored features (same epochs for all) and "
                    "report the Kendall tau between each score's order and the trained accuracy's.")
-@click.option("--epochs", type=int, default=5, show_default=True, help="--verify: epochs of every head.")
+@click.option("--epochs", type=int, default=None, help="--verify: epochs of every head: the least, raised by "
+              "--min-steps, cut short by --patience; given, exactly that many.  "
+              f"[default: {Stopping.epochs}]")
+@_stopping_options(head=True)
 @click.option("--batch-size", type=int, default=32, show_default=True, help="--verify: the heads' batch.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="--verify: the heads' Adam learning rate.")
 @click.option("--image-size", type=int, default=None, help="Input size (crop). Default: each backbone's weights'.")

@@ -235,3 +235,20 @@ def test_finetune_under_torchrun(tmp_path):
                                                                   abs=0.02)
     assert (out / "weights" / "model.safetensors").is_file()
     assert not (tmp_path / "rank1-writes.log").exists(), (tmp_path / "rank1-writes.log").read_text()
+
+
+def test_early_stopping_decides_alike_on_every_rank(sk_digits, tmp_path):
+    """Rank 0 decides after each epoch whether the validation loss improved and every rank follows: the ranks
+    stop after the same epoch (else one would wait forever in the next all-reduce) and keep the same best one."""
+    out = tmp_path / "runs" / "run"
+    cmd, env = _torchrun(["run", str(sk_digits), "--epochs", "30", "--patience", "1", "--batch-size", "8",
+                          "--no-scratch", "--out", str(out)], tmp_path, out)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:] + _rank_output(tmp_path, 0)[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    steps = results["distributed"]["steps_per_rank"]
+    for name, phase in results["phases"].items():
+        stop = phase["stopping"]
+        assert stop["patience"] == 1 and stop["kept_epoch"] == stop["best_epoch"]
+        assert steps[name][0] == steps[name][1] == stop["epochs_trained"] * stop["steps_per_epoch"]
+    assert any(p["stopping"]["reason"] == "patience" for p in results["phases"].values())

@@ -48,7 +48,7 @@ def from_folder(path: Path, name: str, val_fraction: float, seed: int, image_siz
     x_train, y_train = folder.splits["train"]
     x_test, y_test = folder.splits.get("test", folder.splits.get("val"))
     return ArrayDataset(name, x_train, y_train, x_test, y_test, folder.class_names, folder.origin,
-                        tuple(folder.skipped))
+                        tuple(folder.skipped), "test" if "test" in folder.splits else "val")
 
 
 def find_or_download_cifar10(timeout: float = 10.0, url: str = CIFAR10_URL) -> Path:

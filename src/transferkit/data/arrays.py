@@ -21,6 +21,9 @@ class ArrayDataset:
     class_names: tuple[str, ...]
     origin: str  # where the arrays came from, named in error messages
     skipped: tuple[str, ...] = ()  # image files that failed to decode ("path: reason"), for folder data sets
+    # What x_test is: "test", a test split (MNIST's, CIFAR-10's, a folder's test/), or "val", a validation split
+    # (a folder's val/, or held out of its training images), which may choose an epoch.
+    validation_split: str = "test"
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from rich.text import Text
 from torch import nn
 
-from ..config import FinetuneConfig, HeadConfig
+from ..config import HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, Stopping, phase_stopping
 from ..data.folders import warn_skipped
 from ..data.preprocess import InputTransform
 from ..data.streaming import collate_readable
@@ -76,7 +76,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     process, for debugging).
     """
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
-                            **{k: v for k, v in options.items() if v is not None})
+                            **Stopping.given_epochs(options))
     workers = worker_count(workers)
     ranks, console = start(device, verbose)
     torch.manual_seed(config.seed)  # the frozen phase's seed: its head is drawn from it
@@ -117,7 +117,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
             inputs = _Inputs.of(config, data, pre, runtime)
             for name in names:
                 phase = (_frozen_phase if name == "frozen" else _unfrozen_phase)(config, model, pre, inputs, runtime)
-                phase = replace(phase, class_weights=weights, calibration=calibration)
+                phase = replace(phase, class_weights=weights, calibration=calibration,
+                                validation_split=data.validation_split)
                 phases[name], found = train_phase(phase, run, runtime)
                 if found is not None:
                     mistakes[name] = found
@@ -257,8 +258,11 @@ def _frozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Prepro
                                                            device=runtime.device), val_f, val_y, inputs.index_of,
                            feature_pass=record)
 
+    # A head on cached features takes thousands of cheap steps; through the backbone (augmented) a step is not cheap.
+    cached = config.feature_cache and not config.augment
     return Phase("frozen", model, optimizer, phase_inputs, config.epochs, config.lr_schedule, inputs.data.classes,
-                 layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples)
+                 layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples,
+                 stopping=config.train.stopping(HEAD_MIN_STEPS if cached else Stopping.min_steps))
 
 
 def _unfrozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Preprocessing, inputs: _Inputs,
@@ -276,4 +280,5 @@ def _unfrozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Prep
     return Phase("unfrozen", model, optimizer, lambda: PhaseInputs(
         trained, inputs.batches(inputs.train_x, inputs.train_y, config.batch_size, seed, runtime.device),
         inputs.val_x, inputs.val_y, inputs.index_of), config.unfreeze_epochs, config.lr_schedule, inputs.data.classes,
-        layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples)
+        layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples,
+        stopping=phase_stopping(config.unfreeze_epochs, config.min_steps, config.patience))

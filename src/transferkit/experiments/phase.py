@@ -11,9 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import Stopping
 from ..models import LayerRow, count_params
 from ..reporting import PhaseResult
-from ..reporting.console import ConsoleProgress
+from ..reporting.console import ConsoleProgress, describe_stopping, planned_length
 from ..training import FitState, fit
 from ..training.batches import ShuffledBatches
 from ..training.class_weights import ClassWeights
@@ -58,6 +59,11 @@ class Phase:
     # Fit a temperature on the validation images after training, naming them so ("validation"); None: no
     # calibration (where the images validated on are a test split, which must fit nothing).
     calibration: str | None = None
+    # How long it trains (config.Stopping); None: exactly `epochs`, the last kept (a study's points).
+    stopping: Stopping | None = None
+    # What it validates on: "val" (held out from training) or "test", a test split, which must select nothing:
+    # no early stopping and no best epoch on it. None: not said (a study's points, tested on the test split).
+    validation_split: str | None = None
 
 
 def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseResult, Mistakes | None]:
@@ -67,7 +73,8 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
         if phase.weights:
             run.load_weights(phase.name, into=phase.model)
         result = PhaseResult.from_dict(phase.name, run.results["phases"][phase.name])
-        runtime.console.print(f"phase {phase.name}: finished before, test accuracy {result.test_accuracy:.4f}")
+        runtime.console.print(f"phase {phase.name}: finished before, {accuracy_name(phase.validation_split)} "
+                              f"{result.test_accuracy:.4f}")
         mistakes = None if result.misclassified is None else Mistakes.from_examples(
             result.misclassified, result.confusion_matrix, phase.val_images, phase.classes)
         return result, mistakes
@@ -86,11 +93,19 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
             checkpoints.save(phase.name, phase.model, phase.optimizer, inputs.batches, fit_state,
                              before + time.perf_counter() - start)
 
+    plan = StopPlan.of(phase, len(inputs.batches), resumed_without=not state.tracks_best)
+    if plan.stopping is not None:
+        runtime.console.print(plan.describe_start(phase.name))
     history = fit(runtime.ranks.wrap(inputs.trained), phase.optimizer, inputs.batches, inputs.val_x, inputs.val_y,
-                  phase.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name),
+                  plan.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name, split="test" if phase.validation_split == "test" else "val"),
                   state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule,
-                  phase=phase.name, class_weights=phase.class_weights and phase.class_weights.tensor(runtime.device))
+                  phase=phase.name, class_weights=phase.class_weights and phase.class_weights.tensor(runtime.device),
+                  patience=plan.patience)
     seconds = before + time.perf_counter() - start
+    stopping = plan.record(state)
+    if stopping is not None:
+        runtime.console.print(f"{phase.name}: {describe_stopping(stopping)}")
+    kept = history[stopping["kept_epoch"] - 1] if stopping is not None else history[-1]
     # On what validation ran on (cached features where there are, this rank's share of the images), so no
     # second pass through a backbone; the confusion matrix is summed over the ranks.
     logits, truth = logits_and_labels(inputs.trained, inputs.val_x, inputs.val_y, runtime.eval_batch_size,
@@ -110,10 +125,65 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
     run.results["distributed"].setdefault("steps_per_rank", {})[phase.name] = gather_to_main(state.steps)
     return PhaseResult(
         name=phase.name, classes=list(phase.classes), train_samples=train_samples, test_samples=test_samples,
-        epochs=len(history), train_seconds=seconds, test_loss=history[-1].val_loss,
-        test_accuracy=history[-1].val_accuracy, params=count_params(phase.model), history=history,
+        epochs=len(history), train_seconds=seconds, test_loss=kept.val_loss,
+        test_accuracy=kept.val_accuracy, params=count_params(phase.model), history=history,
         feature_cache_seconds=inputs.feature_seconds, layers=phase.layers,
         confusion_matrix=confusion_over_ranks(mistakes.confusion).tolist(), misclassified=mistakes.examples(),
         class_weights=phase.class_weights and phase.class_weights.to_dict(),
-        calibration=calibration and calibration.to_dict(),
+        calibration=calibration and calibration.to_dict(), stopping=stopping,
+        validated_on=phase.validation_split,
     ), mistakes
+
+
+def accuracy_name(split: str | None) -> str:
+    """What the accuracy a phase reports is called: on a validation split, never 'test'."""
+    return "validation accuracy" if split == "val" else "test accuracy"
+
+
+@dataclass(frozen=True)
+class StopPlan:
+    """A phase's training length, once its steps per epoch are known: the epochs planned, and whether the best
+    epoch (by validation loss) is kept and with what patience."""
+
+    stopping: Stopping | None
+    steps_per_epoch: int
+    epochs: int
+    patience: int  # 0: every planned epoch trains and the last is kept
+    note: str | None = None  # why early stopping cannot apply here, where it was asked for
+
+    @classmethod
+    def of(cls, phase: Phase, steps_per_epoch: int, resumed_without: bool = False) -> StopPlan:
+        """`resumed_without`: the phase continues from a checkpoint written before early stopping, which kept
+        no best epoch: it goes on as it started, to its epochs, the last kept."""
+        s = phase.stopping
+        if s is None:
+            return cls(None, steps_per_epoch, phase.epochs, 0)
+        note = None
+        if phase.validation_split == "test":  # choosing an epoch on it would make its accuracy optimistic
+            note = "validated on the test split: last epoch kept"
+        elif resumed_without:
+            note = "resumed from a checkpoint made before early stopping: last epoch kept"
+        return cls(s, steps_per_epoch, s.planned_epochs(steps_per_epoch), 0 if note else s.patience, note)
+
+    def describe_start(self, name: str) -> str:
+        length = planned_length(self.epochs, self.stopping.min_steps, self.steps_per_epoch)
+        if self.note is not None:
+            return f"{name}: {length}; {self.note} (no early stopping)"
+        stop = f", stopping after {self.patience} epochs without a lower validation loss" if self.patience else ""
+        return f"{name}: {length}{stop}"
+
+    def record(self, state: FitState) -> dict | None:
+        """results.json's `stopping` block of the phase, once it trained."""
+        if self.stopping is None:
+            return None
+        if self.note is not None:
+            reason = self.note
+        elif state.stopped:
+            reason = "patience"
+        else:
+            reason = "given" if self.stopping.given else "epochs"
+        best = state.best_epoch if self.patience and state.best_epoch else None
+        trained = len(state.history)
+        return {"epochs_planned": self.epochs, "epochs_trained": trained, "best_epoch": best,
+                "kept_epoch": best or trained, "reason": reason, "min_steps": self.stopping.min_steps,
+                "patience": self.patience, "steps_per_epoch": self.steps_per_epoch}

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from rich.text import Text
 from torch import nn
 
-from ..config import RankConfig
+from ..config import HEAD_MIN_STEPS, RankConfig, Stopping
 from ..data.archive import open_tree
 from ..data.folders import find_layout
 from ..data.preprocess import InputTransform
@@ -59,7 +59,7 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
     if isinstance(backbones, str):
         backbones = [b.strip() for b in backbones.split(",") if b.strip()]
     config = RankConfig(data=str(data), backbones=None if backbones is None else tuple(backbones),
-                        **{k: v for k, v in options.items() if v is not None})
+                        **Stopping.given_epochs(options))
     ranks, console = start(device, verbose)
     if ranks.world_size > 1:
         raise UserError("transferkit rank runs in one process; start it without torchrun")
@@ -211,7 +211,8 @@ def _shown(score: str, scored: dict) -> str:
 def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torch.Tensor, val_y: torch.Tensor,
             data: ImageData, config: RankConfig, run: RunFolder, runtime: Runtime) -> dict:
     """Train seed 004's head on the stored features as finetune's frozen phase does (same seed, epochs, batch,
-    Adam and cosine schedule for every candidate); its last epoch's validation accuracy."""
+    Adam and cosine schedule for every candidate); the validation accuracy of the epoch it kept (the lowest
+    validation loss, config.Stopping)."""
     torch.manual_seed(config.seed)
     head = new_head(train_f.shape[1], len(data.classes)).to(runtime.device)
     optimizer = make_optimizer(list(head.parameters()), config.train)
@@ -219,7 +220,8 @@ def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torc
     phase = Phase(f"verify {name}", head, optimizer, lambda: PhaseInputs(
         head, TensorBatches(train_f, train_y, config.batch_size, config.seed, device=runtime.device), val_f, val_y),
         config.epochs, "cosine", data.classes, layer_rows(head, (train_f.shape[1],)), data.val[0].__getitem__,
-        lambda: (len(train_y), len(val_y)))
+        lambda: (len(train_y), len(val_y)), stopping=config.train.stopping(HEAD_MIN_STEPS),
+        validation_split=data.validation_split)
     result, _ = train_phase(phase, run, runtime)
     run.results["phases"][phase.name] = result.to_dict()  # its history, confusion matrix, mistakes
     # A head no better than always answering the most common validation class did not train: its accuracy says
@@ -231,7 +233,7 @@ def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torc
                               f"answering the most common class ({chance:.4f}): flagged, left out of the Kendall taus")
     return {"accuracy": result.test_accuracy, "loss": result.test_loss, "epochs": result.epochs,
             "seconds": round(time.perf_counter() - start_time, 3), "phase": phase.name, "chance": chance,
-            "failed": failed}
+            "failed": failed, "stopping": result.stopping}
 
 
 def _kendall(rows: list[dict], with_failed: bool = False) -> dict[str, float | None]:

@@ -42,7 +42,10 @@ WEIGHTS_DIR = "weights"
 RANK_FILE = "rank.json"  # `transferkit rank`'s table, best first
 
 # Options added after runs were saved, and what those runs did without them: such a run resumes as it began.
-BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never", "class_weights": "none"}
+# Run folders made before --min-steps and --patience trained exactly their epochs: 0 and 0 say so, and the
+# refusal to resume one with today's defaults names those two options.
+BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream": "never", "class_weights": "none",
+                     "min_steps": 0, "patience": 0}
 # Options that change what is measured after training, not the training: a resumed run may differ in them (its
 # phases still to finish follow the new choice).
 EVALUATION_ONLY = {"calibrate", "tta"}

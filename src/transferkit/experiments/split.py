@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from rich.text import Text
 from torch import nn
 
-from ..config import BACKBONE_PRESET, PRESETS, ModelConfig, SplitConfig, TrainConfig
+from ..config import BACKBONE_PRESET, PRESETS, ModelConfig, SplitConfig, Stopping, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..data.preprocess import InputTransform
 from ..data.splits import fewer_training_images, subsample
@@ -75,7 +75,7 @@ def make_split_config(dataset: str = "mnist", source: object = None, target: obj
 
     Options left at None take the data set's preset (config.PRESETS), then the dataclass defaults.
     """
-    given = {k: v for k, v in options.items() if v is not None}
+    given = Stopping.given_epochs({k: v for k, v in options.items() if v is not None})
     options = {**PRESETS.get(dataset, {}), **(BACKBONE_PRESET if given.get("backbone") else {}), **given}
     groups = {cls: {f.name for f in fields(cls)} for cls in (ModelConfig, TrainConfig)}
     split_fields = {f.name for f in fields(SplitConfig)} - {"model", "train", "dataset", "source", "target"}
@@ -152,7 +152,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
         names = [p for p in PHASES if (p != "source" or not backbone) and (p != "scratch" or config.scratch)]
         mistakes: dict[str, Mistakes] = {}
         with running(ranks, console, precision, config.train.eval_batch_size) as runtime:
-            phases = _Phases(config, data.image_shape, runtime, backbone)
+            phases = _Phases(config, data.image_shape, runtime, backbone, data.validation_split)
             for name in names:
                 split = splits["source" if name == "source" else "target"]
                 phase = phases.phase(name, split, result.models.get("source"))
@@ -190,8 +190,9 @@ class _Phases:
     """Each phase's network, optimizer and inputs: the seed network, or a pretrained backbone."""
 
     def __init__(self, config: SplitConfig, image_shape: tuple[int, int, int], runtime: Runtime,
-                 backbone: _PretrainedBackbone | None):
+                 backbone: _PretrainedBackbone | None, validation_split: str = "test"):
         self.config, self.image_shape, self.runtime, self.backbone = config, image_shape, runtime, backbone
+        self.validation_split = validation_split  # the data set's x_test: a test split, or a validation split
 
     def preprocessing(self, phase: str) -> dict:
         """What predict needs to feed the saved network: the backbone's, or the data set's size scaled to [0, 1]."""
@@ -236,7 +237,8 @@ class _Phases:
 
         return Phase(name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), layers,
                      split.x_test.__getitem__, lambda: (len(split.y_train), len(split.y_test)),
-                     class_weights=choose_class_weights(cfg.class_weights, split.y_train, len(split.class_names)))
+                     class_weights=choose_class_weights(cfg.class_weights, split.y_train, len(split.class_names)),
+                     stopping=cfg.stopping(), validation_split=self.validation_split)
 
     def _on_features(self, model: nn.Module, transform: InputTransform | None,
                      images: list[torch.Tensor]) -> tuple[nn.Module, list[torch.Tensor], dict | None]:

@@ -198,6 +198,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
         refuse_seed_network_options(options["backbone"], options)
         if cuts is None and kind == "freeze":  # every stage, as the seed network's every weight layer
             cuts = tuple(range(1, len(backbone_stages(options["backbone"])) + 1))
+    # A study's points train their epochs and min_steps (StudyConfig's), never stopped early: run's stopping is off.
+    options = {**options, "min_steps": 0, "patience": 0}
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
                          **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=cuts,
                                   arms=_names(arms)), min_steps=min_steps)

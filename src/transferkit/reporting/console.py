@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from ..config import LOG_PROGRESS_SECONDS
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 from ..training.metrics import class_metrics
@@ -24,15 +26,21 @@ def make_console(quiet: bool = False) -> Console:
 
 
 class ConsoleProgress:
-    """One progress bar per epoch (steps, ETA, running loss and accuracy), then a line with validation."""
+    """One progress bar per epoch (steps, ETA, running loss and accuracy), then a line with validation. In logs
+    (not a terminal) no redraws: a line every LOG_PROGRESS_SECONDS inside an epoch, then the epoch's line."""
 
-    def __init__(self, console: Console, phase: str):
-        self.console, self.phase = console, phase
+    def __init__(self, console: Console, phase: str, every: float = LOG_PROGRESS_SECONDS, split: str = "val"):
+        self.console, self.phase, self.every = console, phase, every
+        self.split = split  # what validation runs on: "val", or "test" (a test split), as the epoch line names it
         self._progress: Progress | None = None
         self._task = None
+        self._epoch = (0, 0, 0)  # epoch, epochs, steps
+        self._since: tuple[float, int] | None = None  # (time, images) at the epoch's first step here
+        self._logged = 0.0
 
     def epoch_started(self, epoch: int, epochs: int, steps: int) -> None:
-        if not self.console.is_terminal:  # logs and CI get one line per epoch, no redraws
+        self._epoch, self._since = (epoch, epochs, steps), None
+        if not self.console.is_terminal:  # logs and CI: a line now and then, no redraws
             return
         self._progress = Progress(
             TextColumn(f"[bold]{self.phase}[/] epoch {epoch}/{epochs}"),
@@ -48,9 +56,19 @@ class ConsoleProgress:
         self._progress.start()
         self._task = self._progress.add_task("train", total=steps, metrics="")
 
-    def step_done(self, step: int, loss: float, accuracy: float) -> None:
+    def step_done(self, step: int, loss: float, accuracy: float, images: int = 0) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, metrics=f"loss {loss:.4f} acc {accuracy:.4f}")
+            return
+        now = time.monotonic()
+        if self._since is None:
+            self._since, self._logged = (now, images), now
+        elif now - self._logged >= self.every:
+            self._logged = now
+            epoch, epochs, steps = self._epoch
+            rate = (images - self._since[1]) / max(now - self._since[0], 1e-9)
+            self.console.print(f"{self.phase} epoch {epoch}/{epochs}: step {step}/{steps}, {rate:.0f} images/s - "
+                               f"loss {loss:.4f} acc {accuracy:.4f}", highlight=False, soft_wrap=True)
 
     def epoch_done(self, record: EpochRecord, epochs: int) -> None:
         if self._progress is not None:
@@ -58,9 +76,29 @@ class ConsoleProgress:
             self._progress = None
         self.console.print(
             f"{self.phase} epoch {record.epoch}/{epochs} {record.seconds:.1f}s - loss {record.loss:.4f} "
-            f"acc {record.accuracy:.4f} - val_loss {record.val_loss:.4f} val_acc {record.val_accuracy:.4f}",
+            f"acc {record.accuracy:.4f} - {self.split}_loss {record.val_loss:.4f} {self.split}_acc "
+            f"{record.val_accuracy:.4f}",
             highlight=False, soft_wrap=True,
         )
+
+
+def planned_length(epochs: int, min_steps: int, steps_per_epoch: int) -> str:
+    """'12 epochs planned (300 steps at least, 25 an epoch)', or '5 epochs as given'."""
+    if min_steps == 0:
+        return f"{epochs} epoch{'s' if epochs != 1 else ''} as given"
+    return f"{epochs} epochs planned ({min_steps} steps at least, {steps_per_epoch} an epoch)"
+
+
+def describe_stopping(record: dict) -> str:
+    """A phase's `stopping` block in words: '12 epochs planned (300 steps at least, 25 an epoch), stopped at 9,
+    best epoch 4 by validation loss' (the console's line and the report's)."""
+    trained = record["epochs_trained"]
+    done = f"stopped at {trained} (patience {record['patience']})" if record["reason"] == "patience" else f"trained {trained}"
+    if record["best_epoch"] is not None:
+        kept = f"best epoch {record['best_epoch']} by validation loss"
+    else:
+        kept = record["reason"] if ":" in record["reason"] else "last epoch kept"
+    return f"{planned_length(record['epochs_planned'], record['min_steps'], record['steps_per_epoch'])}, {done}, {kept}"
 
 
 def print_summary(console: Console, title: str, rows: list[LayerRow], counts: ParamCounts) -> None:
@@ -79,10 +117,12 @@ def print_summary(console: Console, title: str, rows: list[LayerRow], counts: Pa
 
 
 def comparison_table(phases: dict[str, dict]) -> Table:
-    """Per phase: training images, test accuracy, balanced accuracy and macro-F1, test loss, training time,
-    trainable parameters."""
+    """Per phase: training images, validation (or test) accuracy, balanced accuracy and macro-F1, loss,
+    training time, trainable parameters. "test" only where the phases were measured on a test split."""
     table = Table(title="Results", title_justify="left")
-    for col in ("phase", "classes", "images", "test acc", "balanced", "macro F1", "test loss", "time", "trainable"):
+    split = split_label(phases)
+    for col in ("phase", "classes", "images", f"{split} acc", "balanced", "macro F1", f"{split} loss", "time",
+                "trainable"):
         table.add_column(col, justify="left" if col in ("phase", "classes") else "right", no_wrap=True)
     for name, p in phases.items():
         metrics = _metrics(p)
@@ -90,6 +130,11 @@ def comparison_table(phases: dict[str, dict]) -> Table:
                       *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in ("balanced_accuracy", "macro_f1")),
                       f"{p['test_loss']:.4f}", f"{p['train_seconds']:.1f} s", f"{p['params']['trainable']:,}")
     return table
+
+
+def split_label(phases: dict[str, dict]) -> str:
+    """'test' where every phase says it was measured on a test split, else 'val'."""
+    return "test" if phases and all(p.get("validated_on") == "test" for p in phases.values()) else "val"
 
 
 def class_table(phase: str, p: dict) -> Table | None:

@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import UserError
 from ..models import LayerRow
 from ..training.metrics import IMBALANCE_RATIO, class_metrics
+from .console import describe_stopping
 from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, reliability_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
 from .results import RESULTS_FILE, Gain, read_results, results_file, transfer_gain
@@ -58,6 +59,8 @@ class PhaseView:
     class_weights: str | None = None  # the training loss's weights, as the console said them
     calibration: dict | None = None
     reliability: Image | None = None
+    stopping: str | None = None  # how long it trained and which epoch it kept, in words (None: older runs)
+    split: str = "validation"  # what its accuracy was measured on: a validation split, or a test split
 
     @property
     def headline(self) -> tuple[str, float]:
@@ -185,7 +188,9 @@ def _phase_view(name: str, p: dict, results: dict, roles: dict[str, str]) -> Pha
                      seconds=p["train_seconds"], epochs=p["epochs"], train_samples=p["train_samples"],
                      test_samples=p["test_samples"], params=p["params"], layers=layers, confusion=confusion,
                      metrics=metrics, class_weights=(p.get("class_weights") or {}).get("reason"),
-                     calibration=calibration, reliability=reliability)
+                     calibration=calibration, reliability=reliability,
+                     stopping=describe_stopping(p["stopping"]) if "stopping" in p else None,
+                     split="test" if p.get("validated_on") == "test" else "validation")
 
 
 def _curve_groups(phases: dict, continued: bool) -> list[tuple[str, list[tuple[str, list[dict], int]]]]:

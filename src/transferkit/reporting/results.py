@@ -42,6 +42,10 @@ class PhaseResult:
     misclassified: list[dict] | None = None  # the report's examples: index in the validation set, true, predicted
     class_weights: dict | None = None  # the training loss's weights and why (training/class_weights.py)
     calibration: dict | None = None  # the temperature fitted on validation images, ECE before and after
+    # How long it trained and which epoch it kept (experiments/phase.py StopPlan.record); None: a study's point,
+    # or a run made before (the last epoch kept).
+    stopping: dict | None = None
+    validated_on: str | None = None  # "val" (a validation split) or "test" (a test split); None: not said
 
     def to_dict(self) -> dict:
         d = {
@@ -69,6 +73,10 @@ class PhaseResult:
             d["calibration"] = self.calibration
         if self.misclassified is not None:
             d["misclassified"] = self.misclassified
+        if self.stopping is not None:
+            d["stopping"] = self.stopping
+        if self.validated_on is not None:
+            d["validated_on"] = self.validated_on
         return d
 
     @classmethod
@@ -81,7 +89,8 @@ class PhaseResult:
                    feature_cache_seconds=d.get("feature_cache_seconds"),
                    layers=[LayerRow.from_dict(r) for r in d["layers"]] if "layers" in d else None,
                    confusion_matrix=d.get("confusion_matrix"), misclassified=d.get("misclassified"),
-                   class_weights=d.get("class_weights"), calibration=d.get("calibration"))
+                   class_weights=d.get("class_weights"), calibration=d.get("calibration"),
+                   stopping=d.get("stopping"), validated_on=d.get("validated_on"))
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,13 @@ def check_results(path: Path, results: dict) -> None:
             record.integer("epoch", low=1)
             for key in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
                 record.number(key)
+        if "stopping" in p:  # the report says how long the phase trained and which epoch it kept
+            stop = p.sub("stopping")
+            for key in ("epochs_planned", "epochs_trained", "kept_epoch"):
+                stop.integer(key, low=1)
+            stop.text("reason")
+        if "validated_on" in p:
+            p.choice("validated_on", ("val", "test"))
         if "class_weights" in p:  # the report says them
             p.sub("class_weights").text("reason")
         if "calibration" in p:  # the report draws its reliability diagram

@@ -111,6 +111,12 @@ def _check_fit(path: Path, fit: object) -> None:
         fields.integer(key)
     for key in ("loss_sum", "epoch_seconds"):
         fields.number(key, low=0)
+    if "best_epoch" in fields:  # written since early stopping (older checkpoints resume without it)
+        fields.integer("best_epoch", low=0)
+        fields.integer("since_best", low=0)
+        fields.boolean("stopped")
+        if fit.get("best_loss") is not None:
+            fields.number("best_loss")
     for record in fields.subs("history"):
         record.integer("epoch", low=1)
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "seconds"):
@@ -135,8 +141,9 @@ class Checkpointer:
         optim_tensors, optim_meta = optimizer_to_tensors(optimizer)
         batch_tensors, batch_meta = batches.state_dict()
         rng_tensors, rng_meta = capture_rng()
+        best = {f"best.{k}": v for k, v in (fit_state.best_weights or {}).items()}  # the same on every rank
         tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()}, **optim_tensors, **batch_tensors,
-                   **rng_tensors}
+                   **rng_tensors, **best}
         meta = {"phase": phase, "fit": fits[0], "optimizer": optim_meta, "batches": batch_meta,
                 "rng": rng_meta, "elapsed_seconds": elapsed}
         if len(fits) > 1:
@@ -167,7 +174,10 @@ class Checkpointer:
             restore_rng(tensors, meta["rng"])
             fit = meta.get("rank_fits", [meta["fit"]])[current_rank()]
             _check_fit(self.path, fit)
-            state = FitState.from_dict(fit)
+            best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+            state = FitState.from_dict(fit, best or None)
+            if state.best_epoch and state.best_weights is None:
+                raise ValueError(f"it names best epoch {state.best_epoch} but holds no weights of it")
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
             raise UserError(f"{self.path}: does not fit this run ({str(e).splitlines()[0][:160]}); "
                             "start a new run") from None

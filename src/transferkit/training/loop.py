@@ -8,7 +8,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Protocol
 
 import torch
@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import Interrupted, UserError
 from .batches import ShuffledBatches, batches_of
-from .distributed import sum_over_ranks, unwrap
+from .distributed import broadcast_from_main, sum_over_ranks, unwrap
 from .freezing import train_mode
 
 
@@ -45,20 +45,33 @@ class FitState:
     steps: int = 0  # optimizer steps this process took in the fit, all epochs
     epoch_seconds: float = 0.0  # spent in this epoch before an interruption
     loss_scale: dict | None = None  # fp16's GradScaler state: a resumed fit scales as the uninterrupted one did
+    # Early stopping (fit's patience): the epoch of the lowest validation loss so far, that loss, the epochs
+    # since, whether the patience ran out, and that epoch's weights (tensors, saved beside the model's).
+    best_epoch: int = 0
+    best_loss: float | None = None
+    since_best: int = 0
+    stopped: bool = False
+    tracks_best: bool = True  # False: continued from a checkpoint written before early stopping existed
+    best_weights: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "history": [r.to_dict() for r in self.history]}
+        """The JSON part (best_weights are tensors, which the checkpoint stores as such)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "best_weights"}
+        return {**d, "history": [r.to_dict() for r in self.history]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> FitState:
-        return cls(**{**d, "history": [EpochRecord(**r) for r in d["history"]]})
+    def from_dict(cls, d: dict, best_weights: dict[str, torch.Tensor] | None = None) -> FitState:
+        """A fit state from to_dict's JSON; a checkpoint written before early stopping lacks its fields, which
+        keep their defaults (nothing kept yet)."""
+        return cls(**{"tracks_best": "best_epoch" in d, **d, "history": [EpochRecord(**r) for r in d["history"]]},
+                   best_weights=best_weights)
 
 
 class ProgressListener(Protocol):
     """What the loop tells the outside world; the console progress bar implements it."""
 
     def epoch_started(self, epoch: int, epochs: int, steps: int) -> None: ...
-    def step_done(self, step: int, loss: float, accuracy: float) -> None: ...
+    def step_done(self, step: int, loss: float, accuracy: float, images: int = 0) -> None: ...
     def epoch_done(self, record: EpochRecord, epochs: int) -> None: ...
 
 
@@ -66,7 +79,7 @@ class SilentProgress:
     def epoch_started(self, epoch: int, epochs: int, steps: int) -> None:
         pass
 
-    def step_done(self, step: int, loss: float, accuracy: float) -> None:
+    def step_done(self, step: int, loss: float, accuracy: float, images: int = 0) -> None:
         pass
 
     def epoch_done(self, record: EpochRecord, epochs: int) -> None:
@@ -127,7 +140,7 @@ def train_one_epoch(model: nn.Module, batches: ShuffledBatches, optimizer: torch
         state.seen += len(y)
         state.steps += 1
         if progress is not None:
-            progress.step_done(batches.position, state.loss_sum / state.seen, state.correct / state.seen)
+            progress.step_done(batches.position, state.loss_sum / state.seen, state.correct / state.seen, state.seen)
         if should_stop is not None and should_stop():
             break
     loss_sum, correct, seen = sum_over_ranks([state.loss_sum, state.correct, state.seen])
@@ -186,8 +199,12 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
         autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
         state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
         should_stop: Callable[[], bool] | None = None, lr_schedule: str = "constant",
-        phase: str | None = None, class_weights: torch.Tensor | None = None) -> list[EpochRecord]:
+        phase: str | None = None, class_weights: torch.Tensor | None = None, patience: int = 0) -> list[EpochRecord]:
     """Train until `epochs`, validating after each; one EpochRecord per epoch.
+
+    `patience` > 0: early stopping. The weights of the epoch with the lowest validation loss are kept (in
+    `state`) and put back into `model` at the end, and the fit ends once `patience` epochs in a row did not
+    improve on it (`state.stopped`). 0: every epoch trains and the last one's weights stay.
 
     `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them.
     `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
@@ -198,13 +215,13 @@ def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatch
     """
     try:
         return _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress,
-                    state, on_checkpoint, should_stop, lr_schedule, class_weights)
+                    state, on_checkpoint, should_stop, lr_schedule, class_weights, patience)
     except Diverged as e:
         raise Diverged(f"phase {phase}: {e}" if phase else str(e)) from None
 
 
 def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress, state,
-         on_checkpoint, should_stop, lr_schedule, class_weights) -> list[EpochRecord]:
+         on_checkpoint, should_stop, lr_schedule, class_weights, patience) -> list[EpochRecord]:
     progress = progress or SilentProgress()
     state = state if state is not None else FitState()
     # fp16 needs loss scaling; the scale travels in the checkpoints with the rest of the fit's state.
@@ -220,7 +237,7 @@ def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocas
 
     total_steps = epochs * len(train)
     set_lr = (lambda step: set_cosine_lr(optimizer, step, max(total_steps, 1))) if lr_schedule == "cosine" else None
-    while state.epoch <= epochs:
+    while state.epoch <= epochs and not state.stopped:
         start = time.perf_counter()
         progress.epoch_started(state.epoch, epochs, len(train))
         loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop, scaler,
@@ -235,6 +252,26 @@ def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocas
                              state.epoch_seconds + time.perf_counter() - start)
         state.history.append(record)
         progress.epoch_done(record, epochs)
+        if patience:
+            track_best(state, unwrap(model), val_loss, patience)
         state.epoch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = state.epoch + 1, 0.0, 0, 0, 0.0
         save(state)
+    if patience and state.best_weights is not None:
+        unwrap(model).load_state_dict(state.best_weights)
     return state.history
+
+
+def track_best(state: FitState, model: nn.Module, val_loss: float, patience: int) -> None:
+    """After an epoch: keep its weights when its validation loss is the lowest yet, else count it; the
+    patience runs out after `patience` epochs in a row without improvement.
+
+    Rank 0 decides and every rank follows: the loss is all-reduced already, but one decision broadcast keeps
+    every rank on the same epoch count even if their sums were to differ in the last bit.
+    """
+    improved = broadcast_from_main(state.best_loss is None or val_loss < state.best_loss)
+    if improved:
+        state.best_epoch, state.best_loss, state.since_best = state.epoch, val_loss, 0
+        state.best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    else:
+        state.since_best += 1
+    state.stopped = state.since_best >= patience
