@@ -507,8 +507,9 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool
             table.add_row(p.path, *cells)
         make_console().print(table)
     failed = sum(1 for p in predictions if p.error)
-    if failed:
-        click.echo(f"{failed} of {len(predictions)} file(s) could not be read", err=True)
+    if failed:  # an error when nothing could be read (exit status 1), else a warning
+        click.echo(f"{'error' if failed == len(predictions) else 'warning'}: {failed} of {len(predictions)} "
+                   "file(s) could not be read", err=True)
     if failed == len(predictions):
         raise click.exceptions.Exit(1)
 
@@ -563,8 +564,8 @@ def main(argv: list[str] | None = None) -> None:
         command = e.ctx.command_path if e.ctx is not None else "transferkit"
         click.echo(f"error: {e.format_message()} (see '{command} --help')", err=True)
         sys.exit(2)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # click's own e.show() would say "Error:"; every message says "error:"
+        click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except UserError as e:
         if debug:
