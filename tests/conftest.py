@@ -58,3 +58,24 @@ def shapes(tmp_path_factory) -> Path:
                 img[4:12, 4:12] = colour
                 Image.fromarray(img).save(root / split / name / f"{i}.png")
     return root
+
+
+def write_digits_folder(root: Path, per_class: int, classes: int = 10, size: int = 32) -> Path:
+    """scikit-learn's digits (1,797 real 8x8 handwritten digits, UCI) as PNG class folders at `size` px: the
+    first `per_class` images of each of the first `classes` digits (issue 28's digits case, at a small scale)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for c in range(classes):
+        (root / str(c)).mkdir(parents=True)
+        for i, index in enumerate(np.flatnonzero(digits.target == c)[:per_class]):
+            pixels = (digits.images[index] * 255 / 16).astype(np.uint8)
+            Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR).save(root / str(c) / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> Path:
+    """4 digits x 30 real images, 32 px PNG class folders (no val/: finetune holds out --val-fraction)."""
+    return write_digits_folder(tmp_path_factory.mktemp("digits") / "digits", per_class=30, classes=4)

