@@ -32,6 +32,8 @@ PRECISION_HELP = ("auto: bf16 autocast where the CPU has native bf16 (AVX512-BF1
                   "it has bf16 (Ampere and later), else fp16 with loss scaling. fp16 is for GPUs only.")
 CLASS_WEIGHTS_HELP = ("Weigh the training loss by inverse class frequency: auto does when the largest class has more "
                       "than twice the training images of the smallest (the choice is printed), none never.")
+LIMIT_HELP = ("Use at most N images per split (quick runs), spread evenly over the classes: N / k each, a class with "
+              "fewer gives what it has and the others share the rest.")
 DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's "
                "Distributed section) each process trains on its share of the data, on the GPU of its local rank.")
 
@@ -84,7 +86,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
               help="constant, or cosine: from --lr down to 0 over each phase.  [default: constant; with --backbone: "
                    "cosine]")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling, dropout, validation split.  [default: 0]")
-@click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Compute the frozen features once for the transfer phase instead of every epoch.")
@@ -200,7 +202,7 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--image-size", type=int, default=None, help="Input size (crop). Default: the weights' (224).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of each class held out when DATA has no val/ or test/ folder.")
-@click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
@@ -285,7 +287,7 @@ def _study_options(command):
                      "images to this square size, the size the scratch arm and every freeze arm train at."),
         click.option("--seed", type=int, help="Base seed: each point's seeds derive from it and the seed number "
                                               "(0 to --seeds - 1).  [default: 0]"),
-        click.option("--limit", type=int, default=None, help="Use at most N images per split (quick studies)."),
+        click.option("--limit", type=int, default=None, help=LIMIT_HELP),
         click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]"),
         click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), help=CLASS_WEIGHTS_HELP + " Per point, "
                      "on its training images.  [default: auto]"),
@@ -377,7 +379,7 @@ def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | 
 @click.option("--image-size", type=int, default=None, help="Input size (crop). Default: each backbone's weights'.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of each class held out when DATA has no val/ or test/ folder.")
-@click.option("--limit", type=int, default=None, help="Use at most N images per split.")
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-rank-<data>.")
