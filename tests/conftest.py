@@ -62,9 +62,9 @@ def shapes(tmp_path_factory) -> Path:
 
 def write_sklearn_digits(root: Path, per_class: int | None = None, size: int = 8,
                          classes: int = 10) -> Path:
-    """scikit-learn's digits (real 8x8 handwritten digits, UCI) as one folder of class folders of PNGs at `size` px,
-    `per_class` images of each of the first `classes` digits (None: all): with no val/ or test/, a validation
-    split is held out of them."""
+    """scikit-learn's digits (1,797 real 8x8 handwritten digits, UCI) as one folder of class folders of PNGs at
+    `size` px, `per_class` images of each of the first `classes` digits (None: all): with no val/ or test/, a
+    validation split is held out of them (issue 28's digits case, at a small scale)."""
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -73,7 +73,7 @@ def write_sklearn_digits(root: Path, per_class: int | None = None, size: int = 8
     for c in range(classes):
         (root / str(c)).mkdir(parents=True)
         for i, index in enumerate(np.flatnonzero(digits.target == c)[:per_class]):
-            Image.fromarray(images[index]).resize((size, size), Image.NEAREST).save(root / str(c) / f"{i}.png")
+            Image.fromarray(images[index]).resize((size, size), Image.Resampling.BILINEAR).save(root / str(c) / f"{i}.png")
     return root
 
 
@@ -81,3 +81,9 @@ def write_sklearn_digits(root: Path, per_class: int | None = None, size: int = 8
 def sk_digits(tmp_path_factory) -> Path:
     """scikit-learn's digits, 40 of each of the 10 classes at 16 px (write_sklearn_digits)."""
     return write_sklearn_digits(tmp_path_factory.mktemp("sk_digits") / "digits", 40, 16)
+
+
+@pytest.fixture(scope="module")
+def digits_folder(tmp_path_factory) -> Path:
+    """4 digits x 30 real images, 32 px PNG class folders (no val/: finetune holds out --val-fraction)."""
+    return write_sklearn_digits(tmp_path_factory.mktemp("digits") / "digits", per_class=30, size=32, classes=4)

@@ -253,7 +253,7 @@ def test_predict_fails_when_no_file_is_readable(tmp_path, capsys):
     main(["run", "mnist", "--limit", "100", "--epochs", "1", "--no-scratch", "--out", str(tmp_path / "run")])
     with pytest.raises(SystemExit) as e:
         main(["predict", str(tmp_path / "run"), str(tmp_path / "missing.png")])
-    assert e.value.code == 1 and "1 of 1 file(s) could not be read" in capsys.readouterr().err
+    assert e.value.code == 1 and "error: 1 of 1 file(s) could not be read" in capsys.readouterr().err
 
 
 def test_debug_shows_the_traceback(tmp_path):

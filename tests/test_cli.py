@@ -124,3 +124,23 @@ def test_bad_npz_file_is_named(tmp_path):
     assert done.returncode == 2 and f"{bad}: not a readable .npz file" in done.stderr
     debug = _cli("--debug", "run", "mnist", "--data", str(bad), "--out", str(tmp_path / "run2"))
     assert "Traceback" in debug.stderr
+
+
+def test_every_error_message_starts_with_error_colon(monkeypatch, capsys):
+    """click's own exceptions (a ClickException raised inside a command) print as transferkit's: "error: ..."."""
+    import click
+
+    from transferkit.cli import cli
+
+    @click.command("fails")
+    def fails() -> None:
+        raise click.ClickException("it failed")
+
+    monkeypatch.setitem(cli.commands, "fails", fails)
+    with pytest.raises(SystemExit) as e:
+        main(["fails"])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err == "error: it failed\n", err
+    with pytest.raises(SystemExit):
+        main(["run", "--epochs", "x"])  # a usage error
+    assert capsys.readouterr().err.startswith("error: ")

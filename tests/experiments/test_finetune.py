@@ -128,8 +128,17 @@ def test_imagenet_weights_come_from_torch_home(tmp_path, monkeypatch):
 def test_missing_imagenet_weights_say_where_to_put_them(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     model = BackboneClassifier("resnet18", 4)
-    with pytest.raises(UserError, match=r"put resnet18-f37072fd.pth \(from https://.*\) in .*hub/checkpoints"):
+    with pytest.raises(UserError, match=r"put resnet18-f37072fd.pth \(from https://.*\) in .*hub/checkpoints.*"
+                                        r"installed here: efficientnet_lite0, .*\(`--backbone efficientnet_lite0`\)"):
         load_backbone_weights(model, "imagenet", timeout=3)
+
+
+def test_the_default_backbone_has_its_weights_installed():
+    from transferkit.config import DEFAULT_BACKBONE, FinetuneConfig
+    from transferkit.models import installed_backbones
+
+    assert FinetuneConfig("photos").backbone == DEFAULT_BACKBONE == "efficientnet_lite0"
+    assert DEFAULT_BACKBONE in installed_backbones()
 
 
 def test_weights_from_a_finetune_run(tuned):

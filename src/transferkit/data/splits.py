@@ -101,13 +101,33 @@ def subsample(indices: np.ndarray, limit: int | None) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(indices, size=limit, replace=False))
 
 
+def limit_per_class(labels: np.ndarray, limit: int | None) -> np.ndarray:
+    """Positions of at most `limit` of `labels`, spread evenly over the classes (--limit, for every command):
+    each of k classes gets limit / k, a class with fewer gives all it has and the rest is shared by the others.
+    Drawn at random within each class (fixed seed) and kept in order, so the same labels give the same images.
+    """
+    labels = np.asarray(labels)
+    if limit is None or len(labels) <= limit:
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    take, left = {}, limit
+    for i, c in enumerate(np.argsort(counts, kind="stable")):  # the smallest classes first: they may give less
+        take[c] = min(int(counts[c]), left // (len(classes) - i))
+        left -= take[c]
+    rng = np.random.default_rng(0)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == classes[c]), size=n, replace=False)
+                                   for c, n in sorted(take.items())]))
+
+
 def split_by_class(data: ArrayDataset, classes: Sequence[int], limit: int | None = None) -> ClassSplit:
-    """Keep the images of `classes`, relabelled 0..k-1 in that order; at most `limit` per split."""
+    """Keep the images of `classes`, relabelled 0..k-1 in that order; at most `limit` per split, spread over
+    the classes (limit_per_class)."""
     remap = np.full(len(data.class_names), -1, dtype=np.int64)
     remap[list(classes)] = np.arange(len(classes))
     parts = []
     for x, y in ((data.x_train, data.y_train), (data.x_test, data.y_test)):
-        keep = subsample(np.flatnonzero(remap[y] >= 0), limit)
+        kept = np.flatnonzero(remap[y] >= 0)
+        keep = kept[limit_per_class(y[kept], limit)]
         parts += [x[keep], remap[y[keep]]]
     names = tuple(data.class_names[i] for i in classes)
     for split, labels in (("train", parts[1]), ("test", parts[3])):

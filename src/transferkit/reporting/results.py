@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..atomic import write_atomic
-from ..config import TEMPERATURE_RANGE
+from ..config import BASELINE_MATCH, TEMPERATURE_RANGE
 from ..errors import UserError, first_line
 from ..fields import Fields
 from ..jsonfile import read_json, strict_json
@@ -158,6 +158,21 @@ def read_results(run_dir: Path) -> dict:
     return results
 
 
+def baseline_verdicts(results: dict) -> list[str]:
+    """A plain sentence for each of finetune's baselines that matches (within BASELINE_MATCH) or beats the
+    fine-tuned network's validation accuracy (its last phase's), saying what that means."""
+    phases = results.get("phases") or {}
+    if not phases:
+        return []
+    network = list(phases.values())[-1]["test_accuracy"]
+    trained = "the fine-tuning" if "unfrozen" in phases else "the trained head"
+    meaning = {"features": f"the features carry the task; {trained} adds nothing here",
+               "pixels": "the task needs no pretrained network here; the pixels carry it"}
+    return [f"A {b['name']} reaches {b['val_accuracy']:.2f}, the fine-tuned network {network:.2f}: "
+            f"{meaning.get(b['kind'], 'the fine-tuned network adds nothing here')}."
+            for b in results.get("baselines") or [] if b["val_accuracy"] >= network - BASELINE_MATCH]
+
+
 def check_results(path: Path, results: dict) -> None:
     """The fields that report, compare, predict and --resume read, checked for type: a file of the wrong shape is
     one line naming the file and the field, not a KeyError later."""
@@ -175,6 +190,11 @@ def check_results(path: Path, results: dict) -> None:
         for key in ("without", "with"):
             for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
                 tta.sub(key).number(metric, low=0, high=1)
+    for baseline in fields.subs("baselines") if "baselines" in fields else []:  # finetune's (the report says them)
+        for key in ("name", "kind", "fit_on"):
+            baseline.text(key)
+        baseline.number("val_accuracy", low=0, high=1)
+        baseline.number("seconds", low=0)
     for name, phase in fields.sub("phases").obj.items():
         p = Fields(path, phase, "the run folder is damaged; run it again", f"phases.{name}.")
         p.texts("classes")
