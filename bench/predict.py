@@ -1,17 +1,21 @@
-"""Benchmark: images per second of `transferkit predict` in PyTorch eager and with the exported ONNX model.
+"""Benchmark: images per second of `transferkit predict` before and after its fast path (issue 28), on the same
+images in one run.
 
-    python bench/predict.py                 # EfficientNet-Lite0 (ImageNet weights), 64 images, batch 1 and 32
-    python bench/predict.py --images 256 --repeat 5
-    python bench/predict.py --quick         # smoke run: 16 images, one repeat
+    python bench/predict.py                      # 64 images, baseline 65fab96 (main before the fast path)
+    python bench/predict.py --images 128 --repeat 3
+    python bench/predict.py --quick              # smoke run: 16 images, one repeat
+    python bench/predict.py --baseline <commit>
 
-A finetune run is made first (EfficientNet-Lite0's ImageNet weights, a head trained for one epoch on 3 CIFAR-10
-classes of ../shared/data/cifar10-jpg.zip, 40 training images each), then exported to ONNX (checked against
-PyTorch, as every export is). The same image files are then predicted by the run folder (PyTorch eager) and
-by the .onnx file (ONNX Runtime, CPU), at batch 1 and 32, in this one process: `transferkit.predict` whole (loading
-the model, reading and decoding the files included) and the model alone (on the decoded images). Each figure
-is the best of --repeat timings, the engines taking turns. Both use the threads they take by default (PyTorch:
-one per core; ONNX Runtime: one per physical core). Timings are noisy on shared machines: compare ratios
-within one run.
+The baseline's code is checked out with `git worktree add` into a temporary folder. A finetune run is made
+there (EfficientNet-Lite0's ImageNet weights, a head trained for one epoch on 3 CIFAR-10 classes of
+../shared/data/cifar10-jpg.zip, 40 training images each), so both versions read a folder the older one wrote.
+The same image files (CIFAR-10 test JPEGs, 32 px, enlarged to 256 and cropped to 224 as the run's
+preprocessing says) are then predicted by each version in a process of its own, the versions taking turns
+--repeat times; each figure is the best of its turns and counts `transferkit.predict` whole (loading the
+model, reading and decoding the files, the network). The top-1 classes of the two are compared.
+
+The machine (CPU model, cores, AVX2/AVX-512 flags, load average) is printed with the table: on a shared
+machine the absolute figures move with the load, the ratio of two versions timed in turns much less.
 """
 
 from __future__ import annotations
@@ -19,27 +23,46 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-import torch
-from rich.console import Console
-from rich.table import Table
-
-import transferkit
-from transferkit.experiments.predict import image_files, load_classifier
-from transferkit.reporting.environment import cpu_model
-from transferkit.training import cpu_flags
-
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpg.zip"
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "cifar10-jpg.zip"
 CLASSES = ("cat", "dog", "horse")
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+
+TIMER = """
+import json, sys, time
+import transferkit
+from transferkit.experiments.predict import image_files
+run, folder, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+files = image_files([folder])
+transferkit.predict(run, files[:2], **kwargs)  # warm-up: imports, first calls that allocate and pick kernels
+start = time.perf_counter()
+rows = transferkit.predict(run, files, **kwargs)
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "images": len(files), "top1": [r.top[0][0] if r.top else None for r in rows]}))
+"""
+
+
+def machine() -> dict:
+    """The CPU as /proc/cpuinfo names it, its flags of interest, cores and the load when measured."""
+    name, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name == "unknown":
+                name = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {"cpu": name, "cores": os.cpu_count(), "flags": [f for f in FLAGS if f in flags],
+            "load_average": [round(x, 1) for x in os.getloadavg()]}
 
 
 def extract(zip_path: Path, root: Path, images: int) -> Path:
@@ -57,74 +80,68 @@ def extract(zip_path: Path, root: Path, images: int) -> Path:
     return root / "new"
 
 
-def timed(work) -> float:
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
+def python(src: Path, code: str, *args: str, env: dict) -> str:
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(src)}, timeout=3600)
+    if done.returncode != 0:
+        raise SystemExit(f"a timing process failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(DEFAULT_DATA.resolve()), help="CIFAR-10 as class folders (zip)")
+    parser.add_argument("--baseline", default="65fab96", help="the commit to compare with (default 65fab96)")
     parser.add_argument("--images", type=int, default=64, help="image files to predict (default 64)")
-    parser.add_argument("--repeat", type=int, default=3, help="timings per figure, the best kept (default 3)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 16 images, one repeat")
+    parser.add_argument("--repeat", type=int, default=2, help="turns per version, the best kept (default 2)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 16 images, one turn")
     parser.add_argument("--out", default="bench/out", help="folder for the JSON record (default bench/out)")
     args = parser.parse_args()
     if args.quick:
         args.images, args.repeat = 16, 1
-    import onnxruntime
-
-    flags = cpu_flags()
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-               "flags": [f for f in FLAGS if f in flags], "torch": torch.__version__,
-               "onnxruntime": onnxruntime.__version__}
-    console.print(f"machine: {machine['cpu']}, {machine['cores']} cores, flags: {' '.join(machine['flags']) or 'none'}"
-                  f"; torch {machine['torch']} ({machine['torch_threads']} threads), onnxruntime "
-                  f"{machine['onnxruntime']} (its default: a thread per core)")
-    record: dict = {"machine": machine, "images": args.images, "repeat": args.repeat,
-                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": []}
+    info = machine()
+    print(f"machine: {info['cpu']}, {info['cores']} cores, flags: {' '.join(info['flags']) or 'none'}, "
+          f"load average {info['load_average']}")
+    record: dict = {"machine": info, "baseline": args.baseline, "images": args.images, "repeat": args.repeat,
+                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     with tempfile.TemporaryDirectory() as tmp:
-        os.environ["XDG_CACHE_HOME"] = f"{tmp}/cache"
-        new = extract(Path(args.data), Path(tmp), args.images)
-        console.print("finetune: EfficientNet-Lite0, ImageNet weights, 1 epoch on 120 images ...")
-        transferkit.finetune(f"{tmp}/photos", backbone="efficientnet_lite0", epochs=1, out=f"{tmp}/run", verbose=False)
-        exported = transferkit.export(f"{tmp}/run", "onnx")
-        console.print(f"export: checked on {exported.check.summary()}")
-        files = image_files([new])
-        engines = {"PyTorch eager (run folder)": f"{tmp}/run", "ONNX Runtime (.onnx)": str(exported.path)}
-        classifiers = {name: load_classifier(source) for name, source in engines.items()}
-        decoded = np.stack([classifiers["PyTorch eager (run folder)"].decode(f.read_bytes()) for f in files])
-        for batch in (1, 32):
-            timings = {name: {"predict": float("inf"), "model": float("inf")} for name in engines}
-            for name in engines:  # warm-up: first calls allocate and pick kernels
-                transferkit.predict(engines[name], files[:batch], batch_size=batch)
-            for _ in range(args.repeat):  # the engines take turns, so a busy minute hits both
-                for name, source in engines.items():
-                    model, t = classifiers[name].probabilities, timings[name]
-                    t["predict"] = min(t["predict"], timed(lambda: transferkit.predict(source, files, batch_size=batch)))
-                    t["model"] = min(t["model"], timed(lambda: [model(decoded[i:i + batch])
-                                                                for i in range(0, len(decoded), batch)]))
-            for name in engines:
-                row = {"engine": name, "batch": batch, **{f"{k}_images_per_second": len(files) / s
-                                                           for k, s in timings[name].items()}}
-                record["rows"].append(row)
+        base = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(base), args.baseline],
+                       check=True)
+        try:
+            env = {**os.environ, "XDG_CACHE_HOME": f"{tmp}/cache"}
+            new = extract(Path(args.data), Path(tmp), args.images)
+            print("finetune (baseline's code): EfficientNet-Lite0, ImageNet weights, 1 epoch on 120 images ...")
+            python(base / "src", "import sys, transferkit; transferkit.finetune(sys.argv[1], backbone='efficientnet_lite0', "
+                   "epochs=1, out=sys.argv[2], verbose=False); print('ok')", f"{tmp}/photos", f"{tmp}/run", env=env)
+            versions = {f"before ({args.baseline})": (base / "src", {}),
+                        "fast path (fp32)": (REPO / "src", {"precision": "fp32"})}
+            best: dict[str, dict] = {}
+            for _ in range(args.repeat):  # the versions take turns, so a busy minute hits both
+                for name, (src, kwargs) in versions.items():
+                    got = json.loads(python(src, TIMER, f"{tmp}/run", str(new), json.dumps(kwargs), env=env))
+                    if name not in best or got["seconds"] < best[name]["seconds"]:
+                        best[name] = got
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base)], check=False)
+    (before, old), (after, fast) = best.items()
+    same = sum(a == b for a, b in zip(old["top1"], fast["top1"]))
+    record["rows"] = [{"version": name, "images_per_second": r["images"] / r["seconds"], "seconds": r["seconds"]}
+                      for name, r in best.items()]
+    record["ratio"] = old["seconds"] / fast["seconds"]
+    record["same_top1"] = f"{same} of {len(old['top1'])}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"predict-{'quick' if args.quick else 'full'}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
-    table = Table(title=f"transferkit predict, {args.images} CIFAR-10 JPEGs (32 px, enlarged to 256, crop 224), "
-                        f"EfficientNet-Lite0: images per second")
-    for col in ("engine", "batch", "predict img/s", "model img/s", "predict ratio", "model ratio"):
-        table.add_column(col, justify="left" if col == "engine" else "right")
+    print(f"transferkit predict, {args.images} CIFAR-10 JPEGs (32 px, enlarged to 256, crop 224), EfficientNet-Lite0, "
+          f"best of {args.repeat}")
+    print(f"{'version':<24} {'images/s':>9} {'ratio':>7}")
     for row in record["rows"]:
-        eager = next(r for r in record["rows"] if r["batch"] == row["batch"] and r["engine"].startswith("PyTorch"))
-        table.add_row(row["engine"], str(row["batch"]), f"{row['predict_images_per_second']:.1f}",
-                      f"{row['model_images_per_second']:.1f}",
-                      f"{row['predict_images_per_second'] / eager['predict_images_per_second']:.2f}x",
-                      f"{row['model_images_per_second'] / eager['model_images_per_second']:.2f}x")
-    console.print(table)
-    console.print(f"record: {path}")
+        print(f"{row['version']:<24} {row['images_per_second']:>9.1f} "
+              f"{old['seconds'] / row['seconds']:>6.1f}x")
+    print(f"same top-1 class: {record['same_top1']}; machine load average now {[round(x, 1) for x in os.getloadavg()]}")
+    print(f"record: {path}")
 
 
 if __name__ == "__main__":

@@ -439,8 +439,8 @@ def test_predict_checks_the_model_description_before_building(mnist_run, tmp_pat
 
 
 @pytest.mark.parametrize("preprocessing, fragment", [
-    ({"resize": 0}, "preprocessing.resize must be an integer from 1 to 9459"),
-    ({"resize": 60000}, "preprocessing.resize must be an integer from 1 to 9459"),
+    ({"resize": 0}, "preprocessing.resize must be an integer from 1 to 2560"),
+    ({"resize": 60000}, "preprocessing.resize must be an integer from 1 to 2560"),
     ({"crop": 300}, "preprocessing.crop must be an integer from 1 to 256"),
     ({"std": [0, 0, 0]}, "preprocessing.std must be a list of 3 numbers"),
     ({"mean": "imagenet"}, "preprocessing.mean must be a list of 3 numbers"),

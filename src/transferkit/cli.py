@@ -15,11 +15,13 @@ from .config import (
     CLASS_WEIGHTS,
     DEFAULT_BACKBONE,
     DEFAULT_LR,
+    DEFAULT_PREDICT_PRECISION,
     HEAD_MIN_STEPS,
     HEADS,
     LR_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
+    PREDICT_PRECISIONS,
     STREAM_MODES,
     STUDY_CUTS,
     STUDY_MIN_STEPS,
@@ -497,10 +499,13 @@ def _open(path: Path) -> None:
               "mirror image (for classes a mirror does not change; not digits or text).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list, one object per image).")
 @click.option("--csv", "as_csv", is_flag=True, help="Print CSV: path, rank, class, probability, error.")
+@click.option("--precision", type=click.Choice(PREDICT_PRECISIONS), default=DEFAULT_PREDICT_PRECISION,
+              show_default=True, help="A run folder's network in fp32, or bf16 (fast on CPUs with AVX512-BF16 or "
+              "AMX, slow elsewhere); auto: bf16 where the CPU has it natively, else fp32.")
 def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool, as_json: bool,
-                    as_csv: bool) -> None:
+                    as_csv: bool, precision: str) -> None:
     """Predict the classes of IMAGES (files or folders) with the model of RUN_DIR (from `run` or `finetune`), or
-    with a .onnx file written by `transferkit export` (in ONNX Runtime).
+    with a file written by `transferkit export` (.onnx in ONNX Runtime, .torchscript.pt in TorchScript).
 
     \b
     Examples:
@@ -518,7 +523,7 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv print different formats; give one of them")
-    predictions = predict(run_dir, list(images), top_k=top_k, tta=tta)
+    predictions = predict(run_dir, list(images), top_k=top_k, tta=tta, precision=precision)
     top_k = max([1, *(len(p.top) for p in predictions)])  # no empty columns past the model's classes
     if as_json:
         click.echo(strict_json([p.to_dict() for p in predictions], what="--json output"))
@@ -540,6 +545,9 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool
     if failed:  # an error when nothing could be read (exit status 1), else a warning
         click.echo(f"{'error' if failed == len(predictions) else 'warning'}: {failed} of {len(predictions)} "
                    "file(s) could not be read", err=True)
+    if failed < len(predictions):
+        click.echo(f"{len(predictions) - failed} image(s) at {predictions.images_per_second:.1f} images/s "
+                   "(reading, decoding and the network)", err=True)
     if failed == len(predictions):
         raise click.exceptions.Exit(1)
 

@@ -16,6 +16,8 @@ BACKBONES = TORCHVISION_BACKBONES + LITE_BACKBONES
 
 OPTIMIZERS = ("adadelta", "adam", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # fp16: GPUs only
+PREDICT_PRECISIONS = ("auto", "fp32", "bf16")  # predict runs on the CPU
+DEFAULT_PREDICT_PRECISION = "auto"  # bf16 where the CPU has it natively (AVX512-BF16, AMX), else fp32
 HEADS = ("reuse", "reset")
 LR_SCHEDULES = ("constant", "cosine")
 STREAM_MODES = ("auto", "always", "never")  # finetune: decode into memory, or stream from disk per batch

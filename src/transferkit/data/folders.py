@@ -141,10 +141,8 @@ def decode_image(data: bytes, size: tuple[int, int] | None, channels: int, cover
     with Image.open(io.BytesIO(data)) as img:
         img.seek(0)
         img = ImageOps.exif_transpose(img)  # a phone's photo stands as it was taken; others: the same pixels
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float64)
-            scale = 257.0 if arr.max() > 255 else 1.0  # 16-bit to 8-bit
-            img = Image.fromarray(np.clip(arr / scale, 0, 255).astype(np.uint8), "L")
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            img = Image.fromarray(_to_8bit(np.asarray(img, dtype=np.float64), img.mode == "F"), "L")
         elif img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             # Transparent pixels on white, as an image viewer shows them.
             rgba = img.convert("RGBA")
@@ -154,6 +152,22 @@ def decode_image(data: bytes, size: tuple[int, int] | None, channels: int, cover
             img = (ImageOps.fit(img, size, Image.Resampling.BILINEAR) if cover
                    else img.resize(size, Image.Resampling.BILINEAR))
         return np.asarray(img, dtype=np.uint8)
+
+
+def _to_8bit(pixels: np.ndarray, is_float: bool) -> np.ndarray:
+    """A 16-bit, 32-bit or float image (TIFF) as 8-bit: floats in [0, 1] times 255, 16-bit values beyond 255
+    divided by 257, anything else beyond 0..255 scaled from the image's own range (a float image of other
+    values was black or white before). Non-finite pixels count as 0."""
+    pixels = np.where(np.isfinite(pixels), pixels, 0.0)
+    low, high = float(pixels.min()), float(pixels.max())
+    if is_float and low >= 0 and high <= 1:
+        pixels = pixels * 255
+    elif not (low >= 0 and high <= 255):
+        if not is_float and low >= 0 and high <= 65535:
+            pixels = pixels / 257
+        else:
+            pixels = (pixels - low) * (255 / ((high - low) or 1.0))
+    return np.clip(np.rint(pixels) if is_float else pixels, 0, 255).astype(np.uint8)
 
 
 @contextlib.contextmanager

@@ -10,16 +10,17 @@ import numpy as np
 from PIL import Image
 
 from ..data import load_dataset, split_by_class
-from ..data.archive import open_tree
-from ..data.folders import find_layout
+from ..data.archive import open_tree, read_regular_file
+from ..data.folders import find_layout, naming_the_file, unreadable_reason
 from ..data.splits import subsample
 from ..errors import UserError
-from ..experiments.predict import Classifier, image_files
+from ..experiments.predict import Classifier, image_files, no_images
 from .formats import Runner
 from .graph import graph_input
 
 TOLERANCE = 1e-4  # the largest difference of a probability allowed, in fp32
 CHECK_LIMIT = 256  # validation images checked at most (drawn with a fixed seed), to keep an export quick
+CHECK_BYTES = 256 << 20  # image files read for the check at most, in all (each also within MAX_FILE_BYTES)
 BATCH = 32
 
 
@@ -33,6 +34,7 @@ class CheckResult:
     max_probability_difference: float
     same_top1: int
     tolerance: float = TOLERANCE
+    first_unreadable: str | None = None  # "name: why", when some image could not be decoded
 
     @property
     def passed(self) -> bool:
@@ -42,6 +44,9 @@ class CheckResult:
         return {**asdict(self), "passed": self.passed}
 
     def summary(self) -> str:
+        if self.checked == 0:
+            return (f"none of the {self.unreadable} image(s) from {self.images} could be read (first: "
+                    f"{self.first_unreadable}); give readable images with --check IMAGES")
         return (f"{self.checked} image(s) from {self.images}: largest probability difference "
                 f"{self.max_probability_difference:.2e} (at most {self.tolerance:g}), same top-1 class on "
                 f"{self.same_top1} of {self.checked}")
@@ -60,8 +65,7 @@ def run_images(run_dir: Path, results: dict, limit: int = CHECK_LIMIT) -> tuple[
             layout = find_layout(tree, config.get("val_fraction", 0.2), config.get("seed", 0))
             members = layout.members.get("val") or layout.members.get("test") or []
             keep = subsample(np.arange(len(members)), limit)
-            return (f"the validation set of {data}",
-                    [(members[i][0], tree.read(members[i][0])) for i in keep])
+            return f"the validation set of {data}", _within_budget((members[i][0], tree.read) for i in keep)
         finally:
             tree.close()
     dataset, data = config.get("dataset"), config.get("data")
@@ -77,37 +81,64 @@ def run_images(run_dir: Path, results: dict, limit: int = CHECK_LIMIT) -> tuple[
         (f"test image {i}", _png(x[i])) for i in keep]
 
 
-def given_images(inputs: list[str | Path]) -> tuple[str, list[tuple[str, bytes]]]:
-    """Image files and folders named with --check."""
+def given_images(inputs: list[str | Path], limit: int = CHECK_LIMIT) -> tuple[str, list[tuple[str, bytes]]]:
+    """Image files and folders named with --check (at most `limit` files, drawn with a fixed seed), each read
+    as predict reads it (read_regular_file: bounded, never blocking), CHECK_BYTES in all."""
     files = image_files(inputs)
+    empty = [f for f in files if f.is_dir()]
+    if empty:
+        raise UserError(f"--check {no_images(empty[0])}; give image files or folders that hold images")
     missing = [f for f in files if not f.is_file()]
     if missing:
         raise UserError(f"--check {missing[0]}: no such file; give image files or folders that hold images")
     if not files:
         raise UserError(f"--check {' '.join(map(str, inputs))}: no images found; give image files or folders of them")
-    return "--check " + " ".join(map(str, inputs)), [(str(f), f.read_bytes()) for f in files]
+    keep = subsample(np.arange(len(files)), limit)
+    return "--check " + " ".join(map(str, inputs)), _within_budget((str(files[i]), _read_file) for i in keep)
+
+
+def _read_file(name: str) -> bytes:
+    return read_regular_file(Path(name))
+
+
+def _within_budget(items) -> list[tuple[str, bytes]]:
+    """(name, read(name)) for each (name, read), until CHECK_BYTES are read (the first file always)."""
+    images, total = [], 0
+    for name, read in items:
+        data = read(name)
+        if images and total + len(data) > CHECK_BYTES:
+            break
+        images.append((name, data))
+        total += len(data)
+    return images
 
 
 def compare(reference: Classifier, exported: Runner, images: list[tuple[str, bytes]], origin: str,
             height: int, width: int, tolerance: float = TOLERANCE) -> CheckResult:
-    """Decode each image as predict does, run both models on it, and measure the largest difference."""
-    decoded, unreadable = [], 0
-    for _, data in images:
-        try:
-            decoded.append(reference.decode(data))
-        except Exception:  # noqa: BLE001 - an unreadable file is counted, as predict reports it
-            unreadable += 1
-    worst, same = 0.0, 0
-    for start in range(0, len(decoded), BATCH):
-        batch = np.stack(decoded[start:start + BATCH])
+    """Decode each image as predict does (cropped as it is decoded), BATCH at a time, run both models on each
+    batch, and measure the largest difference."""
+    checked, unreadable, first_unreadable, worst, same = 0, 0, None, 0.0, 0
+    for start in range(0, len(images), BATCH):
+        decoded = []
+        for name, data in images[start:start + BATCH]:
+            try:
+                with naming_the_file(name):
+                    decoded.append(reference.decode(data))
+            except Exception as e:  # noqa: BLE001 - an unreadable file is counted, as predict reports it
+                unreadable += 1
+                first_unreadable = first_unreadable or f"{name}: {type(e).__name__}: {unreadable_reason(e)}"
+        if not decoded:
+            continue
+        batch = np.stack(decoded)
         expected = reference.probabilities(batch)
         got = exported(graph_input(batch, height, width))
-        if start == 0:  # one image alone as well: the batch size is free, and batch 1 is a deployment's usual
+        if checked == 0:  # one image alone as well: the batch size is free, and batch 1 is a deployment's usual
             alone = exported(graph_input(batch[:1], height, width))
             worst = float(np.abs(alone - expected[:1]).max())
         worst = max(worst, float(np.abs(got - expected).max()))
         same += int((got.argmax(1) == expected.argmax(1)).sum())
-    return CheckResult(origin, len(decoded), unreadable, worst, same, tolerance)
+        checked += len(batch)
+    return CheckResult(origin, checked, unreadable, worst, same, tolerance, first_unreadable)
 
 
 def _png(image: np.ndarray) -> bytes:

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..atomic import write_atomic
+from ..atomic import cannot_write, write_atomic_files
 from ..errors import UserError
 from ..experiments.predict import load_classifier
 from ..experiments.run_folder import model_file
 from ..jsonfile import strict_json
-from ..reporting import load_model, read_results, read_status, write_text_atomic
+from ..reporting import load_model, read_results, read_status
 from .check import TOLERANCE, CheckResult, compare, given_images, run_images
 from .formats import OPSET, onnx_bytes, onnx_runner, require_onnx, torchscript_bytes, torchscript_runner
 from .graph import deployable, describe, input_shape
@@ -49,10 +49,8 @@ def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None 
                         "or export a complete run")
     if format == "onnx":
         require_onnx()
-    out = Path(out) if out is not None else run_dir / "export" / f"{weights.stem}{SUFFIXES[format]}"
-    sidecar = out.with_name(out.name + ".json")
-    if out.is_dir():
-        raise UserError(f"--out {out}: is a folder; give the file to write, such as {out / (weights.stem + SUFFIXES[format])}")
+    name = weights.stem + SUFFIXES[format]
+    out, sidecar = _outputs(Path(out) if out is not None else run_dir / "export" / name, out, name)
     if (out.exists() or sidecar.exists()) and not force:
         raise UserError(f"{out if out.exists() else sidecar}: exists; give another --out, or --force to replace it")
     origin, images = given_images(check) if check else run_images(run_dir, read_results(run_dir))
@@ -71,15 +69,33 @@ def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None 
         data = torchscript_bytes(deployable(model, spec), example, description)
         runner = torchscript_runner(data)
     result = compare(load_classifier(run_dir), runner, images, origin, height, width, tolerance)
+    if result.checked == 0:
+        raise UserError(f"{out}: not written, {result.summary()}")
     if not result.passed:
         raise UserError(f"{out}: not written, the exported model does not match PyTorch on {result.summary()}")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, lambda tmp: tmp.write_bytes(data))
+    text = strict_json({**description, "file": out.name, "check": result.to_dict()}, what=str(sidecar)) + "\n"
     try:
-        write_text_atomic(sidecar, strict_json({**description, "file": out.name, "check": result.to_dict()},
-                                               what=str(sidecar)) + "\n")
-    except BaseException:
-        out.unlink(missing_ok=True)  # a model without its sidecar would be a half export
-        raise
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(cannot_write(out.parent, e, existed=False)) from None
+    # Both files or neither: a model without its sidecar (or beside another model's) would be a half export.
+    write_atomic_files({out: lambda tmp: tmp.write_bytes(data),
+                        sidecar: lambda tmp: tmp.write_text(text, encoding="utf-8")})
     return ExportResult(out, sidecar, format, result)
+
+
+def _outputs(out: Path, given: str | Path | None, name: str) -> tuple[Path, Path]:
+    """The model file and its sidecar, refused before any work where they cannot be files: --out '', a folder,
+    a path below a file."""
+    if given is not None and not str(given).strip():
+        raise UserError(f"--out {str(given)!r}: empty; give the file to write, such as export/{name}")
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; give the file to write, such as {out / name}")
+    below = next((parent for parent in out.parents if parent.exists() and not parent.is_dir()), None)
+    if below is not None:
+        raise UserError(f"--out {out}: {below} is a file, not a folder; give a path in a folder")
+    sidecar = out.with_name(out.name + ".json")
+    if sidecar.is_dir():
+        raise UserError(f"--out {out}: its sidecar {sidecar} is a folder; remove it or give another --out")
+    return out, sidecar

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from ..jsonfile import parse_json, strict_json
+from ..errors import UserError, first_line
+from ..jsonfile import parse_json, read_json, strict_json
+from ..models.spec import DEPLOYED_HINT, check_deployed
 from .graph import INPUT_NAME, OUTPUT_NAME, Deployable, graph_input
 
 OPSET = 20
@@ -66,13 +67,16 @@ def torchscript_bytes(graph: Deployable, example: torch.Tensor, description: dic
 
 def onnx_runner(model: bytes | Path) -> Runner:
     """ONNX Runtime on the CPU, for a model's bytes or file."""
+    session = _onnx_session(model if isinstance(model, bytes) else str(model))
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def _onnx_session(source: bytes | str):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: its notices about unused initialisers are not the user's
-    source = model if isinstance(model, bytes) else str(model)
-    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def torchscript_runner(model: bytes | Path) -> Runner:
@@ -89,7 +93,7 @@ def torchscript_runner(model: bytes | Path) -> Runner:
 
 
 def onnx_description(path: Path) -> dict:
-    """The description an exported .onnx file carries (class names, input, preprocessing)."""
+    """The description an exported .onnx file carries (class names, input, preprocessing), parsed, not checked."""
     import onnx
 
     try:
@@ -100,20 +104,87 @@ def onnx_description(path: Path) -> dict:
     if not {"class_names", "input", "preprocessing"} <= set(meta):
         raise UserError(f"{path}: an ONNX model without transferkit's metadata (class names, input, preprocessing); "
                         "give a file written by transferkit export")
-    return {k: parse_json(meta[k]) for k in ("class_names", "input", "preprocessing")}
+    described = {}
+    for key in ("class_names", "input", "preprocessing"):
+        try:
+            described[key] = parse_json(meta[key])
+        except ValueError as e:
+            raise UserError(f"{path}: its metadata {key} is not JSON ({first_line(e)[:80]}); {DEPLOYED_HINT}") from None
+    return described
 
 
-def onnx_classifier(path: Path):
-    """An exported .onnx file as predict's Classifier: decoded as its metadata says, run in ONNX Runtime."""
+def exported_classifier(path: Path):
+    """A file written by `transferkit export` as predict's Classifier, its description checked as a run's is
+    (check_deployed): .onnx in ONNX Runtime, .pt in TorchScript (its description inside, or in its sidecar)."""
     from ..experiments.predict import Classifier
 
     if not path.is_file():
-        raise UserError(f"{path}: no such file; give a run folder or an .onnx file written by transferkit export")
+        raise UserError(f"{path}: no such file; give a run folder or a file written by transferkit export "
+                        "(.onnx or .torchscript.pt)")
+    if path.suffix.lower() == ".onnx":
+        run, described = _onnx_model(path)
+    else:
+        run, described = _torchscript_model(path)
+    h, w, c = described["height"], described["width"], described["channels"]
+    cover = described["kind"] == "normalize"
+    size = (described["resize"],) * 2 if cover else (w, h)
+    run = _reported(run, path, len(described["class_names"]))
+    return Classifier(described["class_names"], size, (h, w), c, cover, lambda decoded: run(graph_input(decoded, h, w)))
+
+
+def _onnx_model(path: Path) -> tuple[Runner, dict]:
+    """An .onnx file's session and checked description: class names one per output, input as its graph's."""
     require_onnx("onnx", "onnxruntime")
     description = onnx_description(path)
-    _, h, w, c = description["input"]["shape"]
-    pre = description["preprocessing"]
-    cover = pre.get("kind") == "normalize"
-    size = (pre["resize"], pre["resize"]) if cover else (w, h)
-    run = onnx_runner(path)
-    return Classifier(description["class_names"], size, c, cover, lambda decoded: run(graph_input(decoded, h, w)))
+    try:
+        session = _onnx_session(str(path))
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's own exception types, for a graph it cannot load
+        raise UserError(f"{path}: ONNX Runtime cannot load it ({first_line(e)[:160]}); {DEPLOYED_HINT}") from None
+    graph_in, graph_out = session.get_inputs()[0], session.get_outputs()[0]
+    outputs = graph_out.shape[1] if len(graph_out.shape) == 2 and isinstance(graph_out.shape[1], int) else None
+    described = check_deployed(description, path, outputs)
+    said = [described["height"], described["width"], described["channels"]]
+    if graph_in.type != "tensor(uint8)" or len(graph_in.shape) != 4 or list(graph_in.shape[1:]) != said:
+        raise UserError(f"{path}: its graph takes {graph_in.type} of shape {graph_in.shape}, its description "
+                        f"uint8 [batch, {', '.join(map(str, said))}]; {DEPLOYED_HINT}")
+    return (lambda x: session.run([graph_out.name], {graph_in.name: x})[0]), described
+
+
+def _torchscript_model(path: Path) -> tuple[Runner, dict]:
+    """A TorchScript file and its checked description (the extra file EXTRA_FILE, else the sidecar .json)."""
+    extra = {EXTRA_FILE: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError and others for a damaged file
+        raise UserError(f"{path}: not a TorchScript model ({first_line(e)[:120]}); {DEPLOYED_HINT}") from None
+    sidecar = path.with_name(path.name + ".json")
+    try:
+        description = parse_json(extra[EXTRA_FILE]) if extra[EXTRA_FILE] else read_json(sidecar)
+    except (OSError, ValueError) as e:
+        where = "its description" if extra[EXTRA_FILE] else f"its sidecar {sidecar.name}"
+        raise UserError(f"{path}: {where} cannot be read ({first_line(e)[:80]}); {DEPLOYED_HINT}") from None
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+
+    return run, check_deployed(description, path)
+
+
+def _reported(run: Runner, path: Path, classes: int) -> Runner:
+    """`run` whose failures (a graph that does not take what its description says) are one line naming the
+    file, and whose output is checked to be (batch, classes) probabilities."""
+    def checked(x: np.ndarray) -> np.ndarray:
+        try:
+            probs = np.asarray(run(x))
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime's and TorchScript's own exception types
+            raise UserError(f"{path}: the model fails on a batch of shape {list(x.shape)} "
+                            f"({type(e).__name__}: {first_line(e)[:160]}); {DEPLOYED_HINT}") from None
+        if probs.shape != (len(x), classes) or not np.isfinite(probs).all():
+            raise UserError(f"{path}: the model gave {probs.dtype} outputs of shape {list(probs.shape)}, not finite "
+                            f"probabilities of shape [{len(x)}, {classes}]; {DEPLOYED_HINT}")
+        return probs
+
+    return checked

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..experiments.predict import centre_crop
+
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 
 
@@ -78,6 +80,4 @@ def describe(spec: dict) -> dict:
 def graph_input(decoded: np.ndarray, height: int, width: int) -> np.ndarray:
     """Images as `decode_image` gives them for a model (N, H, W[, C]) -> the graph's input: NHWC, centre-cropped
     to (height, width) with torchvision's CenterCrop arithmetic."""
-    x = decoded[..., None] if decoded.ndim == 3 else decoded
-    top, left = int(round((x.shape[1] - height) / 2.0)), int(round((x.shape[2] - width) / 2.0))
-    return np.ascontiguousarray(x[:, top:top + height, left:left + width])
+    return centre_crop(decoded[..., None] if decoded.ndim == 3 else decoded, height, width, rows=1)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -16,6 +16,8 @@ from ..paths import cache_dir
 from ..reporting.console import feature_pass_progress
 from ..training import Precision
 from ..training.feature_cache import compute_features, stored_features
+from ..training.fusion import fold_batchnorm
+from ..training.loop import autocast, inference_copy
 from .runtime import Runtime
 
 
@@ -59,3 +61,22 @@ def frozen_features(name: str, prefix: nn.Module, images: list[torch.Tensor | It
     console.print(f"frozen {name} features {tuple(features[0].shape[1:])} for "
                   f"{' + '.join(str(len(x)) for x in images)} images {how} ({seconds:.1f}s)")
     return features, record
+
+
+def fast_forward(model: nn.Module, precision: Precision) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The feature pass's fast path (compute_features) for any forward-only network on the CPU: an eval,
+    channels-last copy with BatchNorm folded into the convolutions (checked on the first batch), run under
+    inference_mode and autocast at `precision`. Returns the function batch -> float32 output; an NCHW batch
+    should come channels-last (as a permuted NHWC one does)."""
+    model = inference_copy(model).requires_grad_(False)
+    folded = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            if not folded:  # on the first batch: which norm follows which convolution is seen by running it
+                fold_batchnorm(model, x[:2])
+                folded.append(True)
+            with autocast(precision.autocast_dtype):
+                return model(x).float()
+
+    return forward

@@ -1,22 +1,37 @@
-"""Predicting classes for image files with a model saved by `run` or `finetune`."""
+"""Predicting classes for image files with a model saved by `run` or `finetune`, or exported from one.
+
+A run folder's network runs on the feature pass's fast path (feature_pass.fast_forward: BatchNorm folded,
+channels-last, inference_mode, bf16 where the CPU has it natively), files are decoded by a thread per core
+a batch ahead of the network, and batches are bounded in pixels.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from ..config import DEFAULT_PREDICT_PRECISION, PREDICT_PRECISIONS
 from ..data.archive import read_regular_file
-from ..data.folders import IMAGE_SUFFIXES, decode_image, naming_the_file, unreadable_reason
-from ..data.preprocess import InputTransform, scale_images
+from ..data.folders import IMAGE_SUFFIXES, decode_image, probe, unreadable_reason
 from ..errors import UserError
 from ..reporting import load_model
-from ..training import images_to_tensor
+from ..training import resolve_precision
 from ..training.tta import mirrored
+from .feature_pass import fast_forward
 from .run_folder import model_file
+
+EXPORTED_SUFFIXES = (".onnx", ".pt")  # transferkit export's files: model.onnx, model.torchscript.pt
+BATCH_PIXELS = 32 * 224 * 224  # pixels in a batch at most: 32 images at 224 px, one at 2048 px
 
 
 @dataclass(frozen=True)
@@ -33,15 +48,22 @@ class Prediction:
 
 
 def image_files(inputs: list[str | Path]) -> list[Path]:
-    """Files as given, and the image files inside folders (recursively, sorted, hidden ones left out)."""
+    """Files as given, and the image files inside folders (recursively, sorted, hidden ones left out); a
+    folder that holds none stands for itself, so that it is reported (`no_images`), not silently dropped."""
     files = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            inside = sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                             and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            files += inside or [item]
         else:
             files.append(item)
     return files
+
+
+def no_images(folder: Path) -> str:
+    """Why a folder named as input gave no image."""
+    return f"{folder}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
 @dataclass(frozen=True)
@@ -51,45 +73,70 @@ class Classifier:
 
     class_names: list[str]
     size: tuple[int, int]  # (width, height) files are decoded to
+    crop: tuple[int, int]  # (height, width) of the centre kept at once: an image costs crop, not resize, pixels
     channels: int
     cover: bool  # keep the aspect ratio and crop the centre (backbones), or stretch (the seed network)
     probabilities: Callable[[np.ndarray], np.ndarray]
 
     def decode(self, data: bytes) -> np.ndarray:
-        return decode_image(data, self.size, self.channels, self.cover)
+        return centre_crop(decode_image(data, self.size, self.channels, self.cover), *self.crop)
 
 
-def load_classifier(source: str | Path) -> Classifier:
-    """The model of a run folder (in PyTorch), or an exported .onnx file (in ONNX Runtime)."""
+def centre_crop(images: np.ndarray, height: int, width: int, rows: int = 0) -> np.ndarray:
+    """The centre (height, width) of an image (H, W[, C]; `rows` 0) or a batch (N, H, W[, C]; `rows` 1), with
+    torchvision's CenterCrop arithmetic, as an array of its own (the larger decode is freed)."""
+    top = int(round((images.shape[rows] - height) / 2.0))
+    left = int(round((images.shape[rows + 1] - width) / 2.0))
+    index = (slice(None),) * rows + (slice(top, top + height), slice(left, left + width))
+    return np.ascontiguousarray(images[index])
+
+
+def load_classifier(source: str | Path, precision: str = "fp32") -> Classifier:
+    """The model of a run folder (in PyTorch, on the fast path at `precision`), or a file written by
+    `transferkit export` (.onnx in ONNX Runtime, .pt in TorchScript; fp32 only)."""
     source = Path(source)
-    if source.suffix.lower() == ".onnx" and not source.is_dir():
-        from ..deploy.formats import onnx_classifier
+    if source.suffix.lower() in EXPORTED_SUFFIXES and not source.is_dir():
+        if precision == "bf16":
+            raise UserError(f"--precision bf16: for a run folder; {source} runs as it was exported (fp32)")
+        from ..deploy.formats import exported_classifier
 
-        return onnx_classifier(source)
+        return exported_classifier(source)
     model, spec = load_model(model_file(source))
-    pre = spec["preprocessing"]
-    size, channels, prepare = _preparation(spec, pre)
-    temperature = spec.get("temperature", 1.0)  # fitted on validation images by finetune: calibrated probabilities
+    from ..deploy.graph import deployable  # deploy imports this module: imported when needed
+
+    size, crop, channels = _preparation(spec)
+    # The exported graph's own wrapper: uint8 NHWC in (channels-last as it comes), normalised and softmaxed
+    # at the run's calibration temperature inside.
+    forward = fast_forward(deployable(model, spec), resolve_precision(precision))
 
     def probabilities(batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            logits = model(prepare(images_to_tensor(batch, scale=False))).float()
-            return torch.softmax(logits / temperature, dim=1).numpy()
+        return forward(torch.from_numpy(batch[..., None] if batch.ndim == 3 else batch)).numpy()
 
     # backbones were trained on aspect-kept, centre-cropped images
-    return Classifier(list(spec["class_names"]), size, channels, pre.get("kind") == "normalize", probabilities)
+    return Classifier(list(spec["class_names"]), size, crop, channels,
+                      spec["preprocessing"].get("kind") == "normalize", probabilities)
+
+
+class Predictions(list):
+    """predict's list of Prediction, with the pass's speed: images decoded and classified per second."""
+
+    images_per_second: float = 0.0
 
 
 def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch_size: int = 32,
-            tta: bool = False) -> list[Prediction]:
+            tta: bool = False, precision: str = DEFAULT_PREDICT_PRECISION) -> Predictions:
     """Top-k classes with probabilities for each image, with the model of a run folder or an exported .onnx
-    file; unreadable files get an error and the rest go on. `tta`: the mean of the probabilities of each image
-    and its mirror image (training/tta.py)."""
+    or TorchScript file; unreadable files (and named folders without images) get an error and the rest go
+    on. `tta`: the mean of the probabilities of each image and its mirror image (training/tta.py).
+    `precision` (a run folder's): fp32, bf16, or auto (bf16 where the CPU has it natively)."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
-    classifier = load_classifier(run_dir)
+    if precision not in PREDICT_PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
+    classifier = load_classifier(run_dir, precision)
     names = classifier.class_names
-    out: list[Prediction] = []
+    batch_size = max(1, min(batch_size, BATCH_PIXELS // (classifier.crop[0] * classifier.crop[1])))
+    out = Predictions()
     pending: list[tuple[str, np.ndarray]] = []
 
     def flush() -> None:
@@ -104,24 +151,64 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
             out.append(Prediction(path, [(names[c], p[c]) for c in i]))
         pending.clear()
 
-    for path in image_files(inputs):
-        try:
-            with naming_the_file(str(path)):
-                pending.append((str(path), classifier.decode(read_regular_file(path))))
-        except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
+    start, large = time.perf_counter(), []
+    for path, image, error, pixels in _decoded(classifier, image_files(inputs), batch_size):
+        if pixels > Image.MAX_IMAGE_PIXELS:
+            large.append((path, pixels))
+        if image is None:
             flush()
-            out.append(Prediction(str(path), [], f"{type(e).__name__}: {unreadable_reason(e)}"))
+            out.append(Prediction(str(path), [], error))
+            continue
+        pending.append((str(path), image))
         if len(pending) >= batch_size:
             flush()
     flush()
+    for path, pixels in large:  # Pillow's warning names no file, and comes from a decoding thread
+        warnings.warn(f"{path}: Image size ({pixels} pixels) exceeds limit of {Image.MAX_IMAGE_PIXELS} pixels, "
+                      "could be decompression bomb DOS attack.", Image.DecompressionBombWarning, stacklevel=2)
     if not out:
         raise UserError("no images given; name image files or folders that hold images")
+    done = sum(1 for p in out if not p.error)
+    out.images_per_second = done / max(time.perf_counter() - start, 1e-9)
     return out
 
 
-def _preparation(spec: dict, pre: dict):
+def _decoded(classifier: Classifier, files: list[Path], ahead: int) -> Iterator[tuple[Path, np.ndarray | None,
+                                                                                  str | None, int]]:
+    """(path, image for the model or None, why not, pixels in the file) for each file in order, read and
+    decoded by a thread per core (Pillow decodes without the GIL) up to `ahead` files before the network."""
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # given by predict, naming the files
+        queue: deque = deque()
+        for path in files:
+            queue.append((path, pool.submit(_decode_file, classifier, path)))
+            if len(queue) > ahead:
+                yield _result(*queue.popleft())
+        while queue:
+            yield _result(*queue.popleft())
+
+
+def _decode_file(classifier: Classifier, path: Path) -> tuple[np.ndarray | None, str | None, int]:
+    if path.is_dir():
+        return None, no_images(path), 0
+    pixels = 0
+    try:
+        data = read_regular_file(path)
+        (w, h), _ = probe(data)
+        pixels = w * h
+        return classifier.decode(data), None, pixels
+    except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
+        return None, f"{type(e).__name__}: {unreadable_reason(e)}", pixels
+
+
+def _result(path: Path, future) -> tuple[Path, np.ndarray | None, str | None, int]:
+    return (path, *future.result())
+
+
+def _preparation(spec: dict) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """(width, height) to decode to, (height, width) to crop to, and channels."""
+    pre = spec["preprocessing"]
     if pre.get("kind") == "normalize":
-        transform = InputTransform(pre["crop"], tuple(pre["mean"]), tuple(pre["std"])).eval()
-        return (pre["resize"], pre["resize"]), 3, transform
+        return (pre["resize"], pre["resize"]), (pre["crop"], pre["crop"]), 3
     h, w = spec["image_size"]
-    return (w, h), spec["in_channels"], scale_images
+    return (w, h), (h, w), spec["in_channels"]
