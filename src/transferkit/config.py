@@ -29,6 +29,7 @@ MIN_IMAGE_SIZE = 8
 STUDY_SHOTS = (1, 2, 5, 10, 20, 50, 100, 0)
 STUDY_CUTS = (1, 2, 3)
 STUDY_SEEDS = {"shots": 5, "freeze": 3}
+STUDY_MAX_SEEDS = 1000  # --seeds above it refused: a study of more seeds would train for weeks
 STUDY_MIN_STEPS = 300
 
 # Learning rates when --lr is not given. Adadelta's is Keras 2's (1.0): Keras 3 changed it to 0.001,

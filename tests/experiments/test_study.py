@@ -16,7 +16,7 @@ import torch
 from transferkit import UserError, study
 from transferkit.cli import main
 from transferkit.experiments.study import Point, StudyConfig, _plan, _units, shot_indices, study_jobs
-from transferkit.reporting.study import interval, summarise
+from transferkit.reporting.study import interval, seeds_needed, summarise
 from transferkit.training.batches import usable_cores
 
 TINY = ["--limit", "200", "--epochs", "2", "--min-steps", "6"]
@@ -245,9 +245,69 @@ def test_the_crossover_is_the_smallest_shot_count_from_which_scratch_keeps_up():
 
     # Within a point at 10, behind again at 50: the crossover is where it stays within, 100.
     _, findings, crossover = summarise(points({1: 20.0, 10: 0.5, 50: 3.0, 100: 0.2, 0: -0.4}), "shots")
-    assert crossover == 100 and findings[-1] == "Scratch comes within 1 point of transfer from 100 images per class on."
+    assert crossover == 100 and findings[-1].startswith("Scratch comes within 1 point of transfer from 100 images per class on")
     _, findings, crossover = summarise(points({1: 20.0, 0: 2.0}), "shots")
     assert crossover is None and "does not come within" in findings[-1]
+
+
+def _gain_points(gains: dict[int, list[float]]) -> dict:
+    """Points whose transfer-minus-scratch gain at each shot count is `gains` (points), seed by seed."""
+    out = {}
+    for shots, per_seed in gains.items():
+        for seed, gain in enumerate(per_seed):
+            for arm, acc in (("transfer", 0.9), ("scratch", 0.9 - gain / 100)):
+                out[f"{arm}/{shots}/{seed}"] = {"arm": arm, "shots": shots, "seed": seed, "cut": None,
+                                                "test_accuracy": acc, "test_loss": 0.1, "seconds": 1.0}
+    return out
+
+
+def test_a_difference_whose_interval_includes_zero_is_not_a_lead():
+    # The issue's study: 2 seeds, +0.4 and +1.4 points with intervals of about +-28 and +-24.
+    rows, findings, crossover = summarise(_gain_points({1: [-2.9, 3.7], 10: [-0.5, 3.3]}), "shots")
+    assert crossover is None
+    for line, shots in zip(findings, ("1 image", "10 images")):
+        assert line.startswith(f"With {shots} per class the difference is not established at 2 seeds: transfer")
+        assert "leads" not in line and "includes zero" in line and "a t interval from 2 seeds is wide" in line
+        assert "seeds would be needed for this spread to exclude zero (an estimate" in line
+    assert "does not come within" not in findings[-1] and "not established at any shot count" in findings[-1]
+    # The estimate: the fewest seeds whose t interval of this mean and spread excludes zero.
+    needed = seeds_needed([-0.5, 3.3])
+    assert f"about {needed} seeds" in findings[1]
+    s, d = np.std([-0.5, 3.3], ddof=1), 1.4
+    from scipy import stats
+    assert stats.t.ppf(0.975, needed - 1) * s / np.sqrt(needed) < d <= stats.t.ppf(0.975, needed - 2) * s / np.sqrt(needed - 1)
+    # Established where the interval excludes zero, and a crossover only where every interval from it on ends
+    # within a point: at 10, one of 3 seeds 5 points behind keeps it open; scratch is within from all on.
+    _, findings, crossover = summarise(_gain_points({1: [20, 22, 25], 10: [5, -1, 0.5], 0: [0.2, 0.1, 0.3]}), "shots")
+    assert findings[0] == "With 1 image per class transfer leads by 22.3 points (95% interval +16.1 to +28.6, 3 seeds)."
+    assert "not established at 3 seeds" in findings[1]
+    assert crossover == 0 and findings[-1].startswith("Scratch comes within 1 point of transfer from all images on")
+    # Mixed, with no crossover: the sentence names each shot count for what its interval says.
+    _, findings, crossover = summarise(_gain_points({1: [20, 22, 25], 10: [0.1, 0.2, 0.3], 0: [5, -1, 0.5]}), "shots")
+    assert crossover is None and findings[-1] == (
+        "Where scratch comes within 1 point of transfer is not established in this range: transfer ahead by more "
+        "than 1 point at 1 image per class; scratch within 1 point at 10 images per class; not established at all "
+        "images per class (the interval reaches both sides of +1.0, or there is none).")
+
+
+def test_one_seed_has_no_interval_said_so_and_drawn_without_one(tmp_path):
+    from transferkit.jsonfile import strict_json
+    from transferkit.reporting.study import shots_figure
+
+    rows, findings, crossover = summarise(_gain_points({1: [5.0], 0: [0.3]}), "shots")
+    assert all(r["ci_low"] is None and r["ci_high"] is None for r in rows)
+    assert {r["ci_note"] for r in rows} == {"no interval: no spread from one seed"}
+    assert findings[0] == ("With 1 image per class the difference is not established at 1 seed: transfer 5.0 points "
+                           "ahead (no interval: no spread from one seed).")
+    assert crossover is None and "Scratch comes within" not in findings[-1]
+    strict_json({"summary": rows, "findings": findings}, what="study.json")  # no NaN anywhere
+    shots_figure({"summary": rows, "dataset": {"target_class_sizes": [10, 10]}})
+    freeze_rows, freeze_findings, _ = summarise({
+        "b": {"arm": "baseB", "cut": None, "seed": 0, "shots": None, "test_accuracy": 0.9, "test_loss": 0.1, "seconds": 1},
+        "n": {"arm": "BnB", "cut": 1, "seed": 0, "shots": None, "test_accuracy": 0.8, "test_loss": 0.1, "seconds": 1},
+    }, "freeze")
+    assert freeze_findings[0] == "baseB reaches 0.9000 (no interval: no spread from one seed)."
+    assert "no drop from fragile co-adaptation is established" in freeze_findings[1]
 
 
 def test_a_study_needs_two_seeds_from_the_api_too():
