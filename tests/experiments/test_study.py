@@ -158,6 +158,7 @@ def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted,
     (["freeze", "mnist", "--seeds", "1"], "--seeds 1: a 95% interval needs 2 seeds or more"),
     (["freeze", "mnist", "--arms", "transfer"], "--arms: unknown arm 'transfer'; the freeze study's arms are"),
     (["shots", "mnist", "--jobs", "0"], "--jobs must be 1 or more, got 0"),
+    (["shots", "mnist", "--seeds", "1000000000"], "--seeds 1000000000: at most 1000"),
 ])
 def test_bad_study_options_are_one_line(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)
@@ -308,6 +309,22 @@ def test_one_seed_has_no_interval_said_so_and_drawn_without_one(tmp_path):
     }, "freeze")
     assert freeze_findings[0] == "baseB reaches 0.9000 (no interval: no spread from one seed)."
     assert "no drop from fragile co-adaptation is established" in freeze_findings[1]
+
+
+def test_seeds_are_bounded_and_the_plan_is_built_once(monkeypatch):
+    with pytest.raises(UserError, match="--seeds 1001: at most 1000"):
+        StudyConfig("shots", seeds=1001)  # before any plan: 10^9 seeds were a MemoryError in _plan
+    module = sys.modules["transferkit.experiments.study"]
+    built = []
+    real = module._plan
+    monkeypatch.setattr(module, "_plan", lambda config: built.append(1) or real(config))
+    config = StudyConfig("shots", seeds=40, shots=(1, 0))
+    names = [p.name for p in real(config)]
+    points = {name: {} for name in reversed(names)}
+    results = {"phases": {}, "points": points, "distributed": {}}
+    module._in_plan_order(results, config)
+    assert list(results["points"]) == names and len(built) == 1  # was once a seed: 76 s at 1000 seeds
+    assert sum(len(u.points) for u in _units(config)) == len(names) and len(built) == 2
 
 
 def test_a_study_needs_two_seeds_from_the_api_too():
