@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -398,7 +399,73 @@ def test_a_worker_that_dies_fails_the_study_with_its_error(tmp_path):
     assert proc.returncode != 0 and _gone(workers)
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed"
-    assert status["error"].startswith("RuntimeError: study process ") and "exit code -9" in status["error"]
+    # One line naming the worker, how it died, its unit and how to continue (was the parent's traceback).
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: study process "), err
+    line = err.strip().splitlines()[-1]
+    assert re.search(r"study process \d ended with exit code -9 \(killed by SIGKILL, as the out-of-memory killer "
+                     r"does\) while training unit \d+ \(", line), line
+    assert line.endswith(f"the finished points are saved: continue with --resume {out} and the same options")
+    assert status["error"] == "UserError: " + line[len("error: "):]
+
+
+def test_what_a_resumed_study_cannot_read_is_computed_again_keeping_the_finished_points(tmp_path, monkeypatch):
+    """A base network's weights cut short (SafetensorError, was a traceback) or missing, and a checkpoint cut
+    short (was: start again): trained again from their seeds, to the uninterrupted study's numbers."""
+    from transferkit.experiments.study import _Recorder
+
+    options = {"shots": "3", "seeds": 2, "limit": 200, "epochs": 1, "min_steps": 4, "jobs": 1, "verbose": False}
+    reference = study("shots", "mnist", out=tmp_path / "ref", **options).results
+    progress = _Recorder.record
+
+    def stop_after_four(self, *args):
+        progress(self, *args)
+        if self.done == 4:  # both seeds' baseA and transfer point
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(_Recorder, "record", stop_after_four)
+        with pytest.raises(KeyboardInterrupt):
+            study("shots", "mnist", out=out, **options)
+    base = out / "weights" / "baseA-seed=0.safetensors"
+    base.write_bytes(base.read_bytes()[:100])
+    (out / "weights" / "baseA-seed=1.safetensors").unlink()
+    checkpoint = out / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:50])
+    with pytest.warns(UserWarning) as said:
+        resumed = study("shots", "mnist", resume=out, **options).results
+    lines = [str(w.message) for w in said]
+    assert any(line.startswith(f"{base}: cannot be read (") and "training baseA/seed=0 again from its seed" in line
+               for line in lines), lines
+    assert any("baseA-seed=1.safetensors: cannot be read" in line for line in lines), lines
+    assert any(line.startswith(f"{checkpoint}: cannot be read (") and "deleted; training baseA/seed=0 again from its "
+               "start" in line for line in lines), lines
+    assert {name: p["test_accuracy"] for name, p in resumed["points"].items()} == {
+        name: p["test_accuracy"] for name, p in reference["points"].items()}
+    assert list(resumed["phases"]) == list(reference["phases"])
+
+
+def test_a_damaged_study_json_is_one_line_for_report_and_resume(tmp_path, capsys):
+    from transferkit.reporting import write_status
+
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"experiment": "study", "kind": "shots", "config": {}, "phases": {},
+                                                "dataset": {}, "points": []}))
+    write_status(out, "interrupted")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err == (f"error: {out / 'study.json'}: points must be a JSON object, got []; the file is damaged; run the "
+                   "study again")
+
+
+def test_the_resume_mismatch_names_the_command_that_gives_the_kind():
+    from transferkit.experiments.run_folder import _differences
+
+    assert _differences({"kind": "shots", "seeds": 2}, {"kind": "freeze", "seeds": 3}) == [
+        "kind was 'shots', now 'freeze' (transferkit study shots)", "seeds was 2, now 3 (--seeds 2)"]
 
 
 def test_jobs_are_capped_at_the_cores_and_the_seeds(monkeypatch):

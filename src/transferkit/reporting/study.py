@@ -13,9 +13,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..config import STUDY_MAX_SEEDS
+from ..fields import Fields
 from .figures import PHASE_COLORS, _tight, _title
 from .html import figure_image, png_image, render, write_html
-from .results import write_text_atomic
+from .results import STUDY_FILE, write_text_atomic
 from .status import read_status
 
 STUDY_CSV = "study.csv"
@@ -325,8 +326,37 @@ def _accuracy_axis(ax, rows: list[dict]) -> None:
     ax.set_ylim(max(0.0, low - pad), min(1.0, high) + pad)
 
 
+def check_study(where: Path, results: dict) -> None:
+    """study.json's shape as the report reads it (points by name, each with its numbers; the data set and the
+    configuration as objects): a damaged file is one line naming the field, not an AttributeError."""
+    fields = Fields(where, results, "the file is damaged; run the study again")
+    if "kind" in fields:
+        fields.choice("kind", ("shots", "freeze"))
+    for key in ("dataset", "config"):
+        if key in fields:
+            fields.sub(key)
+    if "target_class_sizes" in results.get("dataset", {}):
+        fields.sub("dataset").integers("target_class_sizes")
+    if results.get("points") is None:  # a study interrupted before its first point
+        return
+    points = fields.sub("points")
+    for name in points.obj:
+        point = points.sub(name)
+        point.text("arm")
+        point.integer("seed")
+        for key in ("shots", "cut"):
+            if point.get(key) is not None:
+                point.integer(key)
+        point.number("test_accuracy", 0, 1)
+        point.number("test_loss")
+        point.number("seconds", low=0)
+        for key in ("train_samples", "steps"):
+            point.integer(key)
+
+
 def write_study_report(run_dir: Path, results: dict) -> Path:
     """The study's report.html: the plot, the findings, the table per arm and x, every point."""
+    check_study(run_dir / STUDY_FILE, results)
     kind = results.get("kind", "shots")
     # From the points, the record of what ran: a study interrupted before its summary reports what it has.
     rows, findings, _ = summarise(results.get("points") or {}, kind)
