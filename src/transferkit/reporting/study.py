@@ -191,7 +191,8 @@ def _freeze_findings(rows: list[dict], points: dict[str, dict]) -> list[str]:
         return ["baseB and at least one cut are needed to compare the arms with the reference."]
     findings = [f"baseB reaches {base['test_accuracy']:.4f} ("
                 + (f"95% interval {base['ci_low']:.4f} to {base['ci_high']:.4f}" if base["ci_low"] is not None
-                   else base["ci_note"]) + ")."]
+                   else "") + ("; " if base["ci_low"] is not None and base["ci_note"] else "")
+                + (base["ci_note"] or "") + ")."]
 
     def drop(arm: str, cut: int) -> float:
         return (base["test_accuracy"] - by[(arm, cut)]["test_accuracy"]) * 100
