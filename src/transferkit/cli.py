@@ -24,6 +24,7 @@ from .config import (
     PREDICT_PRECISIONS,
     STREAM_MODES,
     STUDY_CUTS,
+    STUDY_MAX_SEEDS,
     STUDY_MIN_STEPS,
     STUDY_SEEDS,
     STUDY_SHOTS,
@@ -342,7 +343,7 @@ def _study_options(command):
 @click.option("--shots", default=",".join(str(n or "all") for n in STUDY_SHOTS), show_default=True,
               help="Training images per target class at each point (all: every image).")
 @click.option("--seeds", type=int, default=STUDY_SEEDS["shots"], show_default=True,
-              help="Seeds per point (2 or more).")
+              help=f"Seeds per point (2 to {STUDY_MAX_SEEDS}).")
 def study_shots_command(**options: object) -> None:
     """With how little target data does transfer pay? For every shot count and seed: the transfer arm (the
     source network's frozen features, its classifier trained on, as `run`'s transfer phase) and the scratch arm,
@@ -365,7 +366,7 @@ def study_shots_command(**options: object) -> None:
                    "stages (e.g. stem, layer1..layer4 for resnet18).  [default: "
                    + ",".join(map(str, STUDY_CUTS)) + "; with --backbone: every stage]")
 @click.option("--seeds", type=int, default=STUDY_SEEDS["freeze"], show_default=True,
-              help="Seeds per point (2 or more).")
+              help=f"Seeds per point (2 to {STUDY_MAX_SEEDS}).")
 def study_freeze_command(**options: object) -> None:
     """How deep to freeze? Yosinski et al. (NIPS 2014): baseB, and at every cut BnB / BnB+ (baseB's first layers,
     frozen / fine-tuned) and AnB / AnB+ (the source network's), all trained on the target classes. With

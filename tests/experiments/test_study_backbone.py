@@ -98,6 +98,29 @@ def test_an_interrupted_backbone_shots_study_resumes_to_the_same_study_json(shot
     assert without_time(a) == without_time(b)
 
 
+def test_a_backbone_study_stopped_before_its_first_point_keeps_the_first_passs_record(shots_study, shapes, tmp_path,
+                                                                                      monkeypatch):
+    """Stopped while its first point trained, after the backbone's pass: the resumed study read the features
+    back from the store, and study.json says what the study did, computed 18 (was: computed 0, from the store)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    passes = _counting_passes(monkeypatch)
+
+    def stop_before_recording(self, *args):
+        raise KeyboardInterrupt
+
+    out, options = tmp_path / "run", {**SHOTS, "arms": "transfer"}  # the same pass; no scratch arm to wait for
+    with monkeypatch.context() as mp:
+        mp.setattr(_Recorder, "record", stop_before_recording)
+        with pytest.raises(KeyboardInterrupt):
+            study("shots", str(shapes), out=out, **options)
+    assert json.loads((out / "study.json").read_text())["points"] == {}
+    study("shots", str(shapes), resume=out, **options)
+    assert [p["from_store"] for p in passes] == [False, True]
+    record = json.loads((out / "study.json").read_text())["feature_pass"]
+    assert (record["computed"], record["from_store"]) == (18, False)
+    assert record == shots_study[1].results["feature_pass"] | {k: record[k] for k in ("seconds", "images_per_second")}
+
+
 def test_a_backbone_freeze_study_copies_the_first_stages(shapes, tmp_path, monkeypatch):
     """ResNet-18's stages (stem, layer1..4); A is its pretrained weights (here a fixed random draw, weights
     none), B the target classes. Each point's network is checked as it starts training."""

@@ -25,10 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from matplotlib.figure import Figure
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..jsonfile import strict_json
 from ..reporting import read_results, read_status, save_model, write_results, write_status
 from ..reporting.figures import save_figures
@@ -49,6 +50,8 @@ BEFORE_THE_OPTION = {"lr_schedule": "constant", "train_batchnorm": True, "stream
 # Options that change what is measured after training, not the training: a resumed run may differ in them (its
 # phases still to finish follow the new choice).
 EVALUATION_ONLY = {"calibrate", "tta"}
+# Configuration keys that are no option's name: how the command line gives them (see _repeat).
+NOT_OPTIONS = {"kind": "transferkit study {}", "dataset": "the data set argument {}"}
 
 
 class RunFolder:
@@ -162,9 +165,17 @@ class RunFolder:
         weights = weights_file(self.path, phase)
         try:
             into.load_state_dict(load_file(str(weights)))
-        except (OSError, RuntimeError, ValueError) as e:
-            raise UserError(f"{weights}: cannot read phase {phase}'s weights again ({str(e).splitlines()[0][:120]}); "
-                            "start a new run") from None
+        except (OSError, RuntimeError, ValueError, SafetensorError) as e:  # missing, cut short, another network's
+            raise UnreadableWeights(weights, phase, first_line(e)[:120]) from None
+
+
+class UnreadableWeights(UserError):
+    """A finished phase's weights that cannot be read again (missing, cut short, another network's): a study
+    trains that network again (the same one, from its seed); any other run is started anew."""
+
+    def __init__(self, path: Path, phase: str, reason: str):
+        super().__init__(f"{path}: cannot read phase {phase}'s weights again ({reason}); start a new run")
+        self.path, self.reason = path, reason
 
 
 def worker_checkpoints(run_dir: Path) -> list[Path]:
@@ -276,7 +287,8 @@ def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
 
 
 def _repeat(key: str, old: object) -> str:
-    """The option that gives `key` its old value again, where it is a plain one (' (--class-weights none)')."""
+    """The option that gives `key` its old value again, where it is a plain one (' (--class-weights none)');
+    a value given as a command or an argument, not an option, as that (' (transferkit study shots)')."""
     plain = isinstance(old, (str, int, float)) and not isinstance(old, bool)  # flags are spelt per option
-    return f" (--{key.replace('_', '-')} {old})" if plain else ""
+    return f" ({NOT_OPTIONS.get(key, '--' + key.replace('_', '-') + ' {}').format(old)})" if plain else ""
 

@@ -39,14 +39,16 @@ from matplotlib.figure import Figure
 from rich.text import Text
 from torch import nn
 
-from ..config import STUDY_CUTS, STUDY_MIN_STEPS, STUDY_SEEDS, STUDY_SHOTS, SplitConfig
+from ..config import STUDY_CUTS, STUDY_MAX_SEEDS, STUDY_MIN_STEPS, STUDY_SEEDS, STUDY_SHOTS, SplitConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..errors import Interrupted, UserError, first_line
 from ..models import SeedCNN, count_params
-from ..reporting import describe_environment
+from ..reporting import PhaseResult, describe_environment
 from ..reporting.console import make_console
+from ..reporting.results import STUDY_FILE
 from ..reporting.study import (
     STUDY_CSV,
+    check_study,
     freeze_figure,
     shots_figure,
     summarise,
@@ -63,12 +65,12 @@ from ..training import (
     trainable_parameters,
 )
 from ..training.batches import usable_cores, worker_count
-from ..training.checkpoint import Checkpointer
+from ..training.checkpoint import Checkpointer, UnreadableCheckpoint
 from ..training.class_weights import choose_class_weights
 from ..training.distributed import Distributed
 from ..training.runtime import keep_freed_memory
 from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import RunFolder, worker_checkpoints
+from .run_folder import RunFolder, UnreadableWeights, worker_checkpoints
 from .runtime import STOP_SIGNALS, Runtime, running, start
 from .split import make_split_config, transfer_model
 
@@ -103,6 +105,9 @@ class StudyConfig:
                             "--shots, and its --arms")
         if self.seeds < 2:
             raise UserError(f"--seeds {self.seeds}: a 95% interval needs 2 seeds or more")
+        if self.seeds > STUDY_MAX_SEEDS:  # refused before a plan of that many points is built
+            raise UserError(f"--seeds {self.seeds}: at most {STUDY_MAX_SEEDS} (each seed trains every point of the "
+                            f"study again); give {STUDY_MAX_SEEDS} or fewer")
         unknown = [a for a in self.arms if a not in ARMS[self.kind]]
         if unknown:
             raise UserError(f"--arms: unknown arm {unknown[0]!r}; the {self.kind} study's arms are "
@@ -211,6 +216,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS).
     threads = torch.get_num_threads() if jobs == 1 else max(1, usable_cores() // jobs)
     run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
+    if run is not None:  # points of the wrong shape: one line now, not a TypeError after training
+        check_study(run.path / STUDY_FILE, run.results)
     split = config.split
     data = load_dataset(split.dataset, split.data, val_fraction=split.val_fraction, seed=split.train.seed,
                         image_size=split.image_size)
@@ -382,8 +389,7 @@ class _Trainer:
         phase = Phase(point.name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), [],
                       split.x_test.__getitem__, lambda: (n, len(split.y_test)), weights=weights,
                       class_weights=choose_class_weights(cfg.class_weights, y_train.numpy(), len(split.class_names)))
-        finished_before = self.run.finished(point.name)
-        result, _ = train_phase(phase, self.run, runtime)
+        result, finished_before = self._train_phase(phase)
         model.eval().cpu()
         steps = self.run.results["distributed"]["steps_per_rank"].get(point.name, [0])
         if weights:
@@ -394,6 +400,26 @@ class _Trainer:
             "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
             "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable,
         } if record else None, steps, finished_before)
+
+    def _train_phase(self, phase: Phase) -> tuple[PhaseResult, bool]:
+        """train_phase, and whether the training had finished before (read back). What a resumed study cannot
+        read is computed again, the finished points kept (each training draws from its own seed, so it comes
+        out the same): a finished network whose weights are missing or cut short is trained again, a
+        checkpoint cut short is deleted and its training starts over."""
+        while True:
+            finished = self.run.finished(phase.name)
+            try:
+                return train_phase(phase, self.run, self.quiet)[0], finished
+            except UnreadableWeights as e:
+                for records in (self.run.results["phases"], self.run.results["points"],
+                                self.run.results["distributed"].get("steps_per_rank", {})):
+                    records.pop(phase.name, None)
+                warnings.warn(f"{e.path}: cannot be read ({e.reason}); training {phase.name} again from its seed "
+                              "(the same network; the finished points are kept)", stacklevel=2)
+            except UnreadableCheckpoint as e:
+                e.path.unlink(missing_ok=True)
+                warnings.warn(f"{e.path}: cannot be read ({e.reason}), deleted; training {phase.name} again from "
+                              "its start (the finished points are kept)", stacklevel=2)
 
     def _through(self, prefix: nn.Module) -> list[torch.Tensor]:
         """The frozen `prefix`'s output of every target training and test image, computed once in eval mode."""
@@ -490,9 +516,9 @@ def _warn_other_threads(results: dict, threads: int) -> None:
 def _in_plan_order(results: dict, config: StudyConfig) -> None:
     """Phases and points in the order one process trains them, whichever process reported first: study.json
     is the same for any --jobs and any interruption."""
-    order = []
+    order, by_seed = [], _by_seed(_plan(config))  # the plan built once: once a seed took 76 s at 1000 seeds
     for s in range(config.seeds):
-        order += [Point("baseA", s).name] * _needs_base_a(config) + [p.name for p in _plan(config) if p.seed == s]
+        order += [Point("baseA", s).name] * _needs_base_a(config) + [p.name for p in by_seed.get(s, [])]
     rank = {name: i for i, name in enumerate(order)}
     for records in (results["phases"], results["points"], results["distributed"].get("steps_per_rank", {})):
         ordered = sorted(records.items(), key=lambda item: rank.get(item[0], len(rank)))
@@ -520,7 +546,7 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
         i, config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision, runtime.eval_batch_size,
         threads, next_unit, stop, reports)) for i in range(jobs)]
     run.status("running", phase=f"points in {jobs} processes")
-    busy, failure = set(range(jobs)), None
+    busy, failure, unit_of = set(range(jobs)), None, {}  # unit_of: the unit each worker took last
     try:
         with _stop_signals_ignored(), _main_script_hidden():  # inherited: Ctrl-C reaches the whole process
             for worker in workers:                                  # group, the parent decides
@@ -532,6 +558,8 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
             for kind, i, *rest in _read(reports, timeout=0.2):
                 if kind == "trained":
                     recorder.record(*rest)
+                elif kind == "unit":
+                    unit_of[i] = rest[0]
                 else:  # "ended", or "failed" with its error
                     busy.discard(i)
                     if kind == "failed":
@@ -539,8 +567,7 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
                         failure = failure or (UserError if user_error else RuntimeError)(error)
                         stop.set()
             for i in ended & busy:  # ended without a word: killed (out of memory?) or crashed
-                failure = failure or RuntimeError(f"study process {i} ended with exit code {workers[i].exitcode} "
-                                                  "before it finished its units (its error, if any, is above)")
+                failure = failure or _died(i, workers[i].exitcode, unit_of.get(i), config, run)
                 busy.discard(i)
                 stop.set()
     except BaseException:  # a second Ctrl-C, or study.json could not be written: the workers go at once
@@ -560,6 +587,25 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
     if runtime.should_stop():
         raise Interrupted(f"stopped with {recorder.done} of {recorder.total} trainings recorded; the points under "
                           "way checkpointed")
+
+
+def _died(worker: int, code: int, unit: int | None, config: StudyConfig, run: RunFolder) -> UserError:
+    """A worker that ended without a word, in one line: which, how, on which unit, and how to continue."""
+    how = (f"exit code {code} (killed by {signal.Signals(-code).name}, as the out-of-memory killer does)"
+           if code < 0 and -code in signal.valid_signals() else f"exit code {code}")
+    doing = ""
+    if unit is not None:
+        left = [name for name in _unit_trainings(_units(config)[unit]) if not run.finished(name)]
+        doing = (f" while training unit {unit} ({', '.join(left[:3])}{f' and {len(left) - 3} more' if len(left) > 3 else ''})"
+                 if left else f" after unit {unit}")
+    resume = (f"; the finished points are saved: continue with --resume {run.path} and the same options"
+              if run.path is not None else "")
+    return UserError(f"study process {worker} ended with {how}{doing}{resume}")
+
+
+def _unit_trainings(unit: Unit) -> list[str]:
+    """The names of a unit's trainings in order: its base network (where it trains one), then its points."""
+    return [Point(unit.base, unit.seed).name] * (unit.base is not None) + [p.name for p in unit.points]
 
 
 @contextlib.contextmanager
@@ -637,6 +683,7 @@ def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a:
     ignores Ctrl-C and SIGTERM (set so before it started): the parent passes a stop on through `stop`."""
     torch.set_num_threads(threads)
     keep_freed_memory()
+    warnings.showwarning = _one_line_warning  # as the CLI shows the parent's
     parent = os.getppid()
 
     def should_stop() -> bool:  # asked, or orphaned (the parent was killed): stop after this step
@@ -653,6 +700,7 @@ def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a:
                 i, next_unit.value = next_unit.value, next_unit.value + 1
             if i >= len(units):
                 break
+            reports.put(("unit", index, i))  # so that the parent can name it, should this process die
             run.for_unit(i)
             trainer.unit(units[i])
             if run.checkpoints is not None and run.writes:
@@ -668,6 +716,10 @@ def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a:
         reports.put(("failed", index, user_error, f"study process {index} ({run.phase}): {error}"))
     if os.getppid() != parent:
         reports.cancel_join_thread()  # nobody reads any more: exit without flushing
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _needs_base_a(config: StudyConfig) -> bool:
@@ -690,10 +742,10 @@ def _units(config: StudyConfig) -> list[Unit]:
     first, then single points by shot count, all first. Longest first, so that the last unit to finish is a
     short one and no process idles long while another trains alone (the seed as the unit left the 5th of 5
     seeds to one process). Every process computes the same list."""
-    plan, base_a = _plan(config), "baseA" if _needs_base_a(config) else None
+    by_seed, base_a = _by_seed(_plan(config)), "baseA" if _needs_base_a(config) else None
     chains, singles = [], []
     for s in range(config.seeds):
-        mine = [p for p in plan if p.seed == s]
+        mine = by_seed.get(s, [])
         if config.kind == "shots":  # transfer points copy the source network; scratch points copy nothing
             transfer = tuple(p for p in mine if p.arm == "transfer")
             chains += [Unit(s, base_a, transfer)] if transfer else []
@@ -716,6 +768,14 @@ def _plan(config: StudyConfig) -> list[Point]:
         points += [Point("baseB", s)]  # the reference line, trained and recorded whatever the arms
         points += [Point(arm, s, cut=n) for n in config.cuts for arm in arms if arm != "baseB"]
     return points
+
+
+def _by_seed(points: list[Point]) -> dict[int, list[Point]]:
+    """The points of each seed, in their order."""
+    out: dict[int, list[Point]] = {}
+    for p in points:
+        out.setdefault(p.seed, []).append(p)
+    return out
 
 
 def _check_shots(config: StudyConfig, b: ClassSplit) -> None:

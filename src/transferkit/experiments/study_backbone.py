@@ -100,9 +100,11 @@ class BackboneTrainer(_Trainer):
         self.features, record = frozen_features(
             self.config.split.backbone, nn.Sequential(transform, model.features), [self.x_train, self.x_test],
             self.backbone.identity(runtime.precision), transform.crop, runtime)
-        # The first pass's record: a resumed study keeps it (its own pass read the store), so that its
-        # study.json is the uninterrupted one's.
-        self.run.results.setdefault("feature_pass", record)
+        # The first pass's record, written at once: a resumed study keeps it (its own pass read the store),
+        # so that its study.json is the uninterrupted one's, also when it stopped before its first point.
+        if "feature_pass" not in self.run.results:
+            self.run.results["feature_pass"] = record
+            self.run.save_results()
 
     def _shots_point(self, point: Point, source: object) -> None:
         keep = shot_indices(self.b.y_train, point.shots, self.config.split.train.seed * 1000 + point.seed)

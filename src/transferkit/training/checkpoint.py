@@ -88,6 +88,16 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) ->
         _META_KEY: strict_json(meta, what=str(path), indent=None)}))
 
 
+class UnreadableCheckpoint(UserError):
+    """A checkpoint file that cannot be read (cut short, not a checkpoint): a study deletes it and trains its
+    point from the start; any other run is started again."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: not a readable transferkit checkpoint ({reason}); it may be truncated: start "
+                         "the run again without --resume")
+        self.path, self.reason = path, reason
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Read a checkpoint written by save_checkpoint; anything else is refused with a clear error."""
     if not path.is_file():
@@ -98,8 +108,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     # RuntimeError: safetensors' word for a file shorter than its header says (cut off after the header).
     except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"{path}: not a readable transferkit checkpoint ({str(e).splitlines()[0][:120]}); "
-                        "it may be truncated: start the run again without --resume") from None
+        raise UnreadableCheckpoint(path, str(e).splitlines()[0][:120] if str(e).strip() else type(e).__name__) from None
     return tensors, meta
 
 
