@@ -402,8 +402,8 @@ def test_a_worker_that_dies_fails_the_study_with_its_error(tmp_path):
     # One line naming the worker, how it died, its unit and how to continue (was the parent's traceback).
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error: study process "), err
     line = err.strip().splitlines()[-1]
-    assert re.search(r"study process \d ended with exit code -9 \(killed by SIGKILL, as the out-of-memory killer "
-                     r"does\) while training unit \d+ \(", line), line
+    assert re.search(r"study process \d ended with exit code -9 \(killed by SIGKILL: the out-of-memory killer's "
+                     r"signal, or kill -9\) while training unit \d+ \(", line), line
     assert line.endswith(f"the finished points are saved: continue with --resume {out} and the same options")
     assert status["error"] == "UserError: " + line[len("error: "):]
 

@@ -591,8 +591,10 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
 
 def _died(worker: int, code: int, unit: int | None, config: StudyConfig, run: RunFolder) -> UserError:
     """A worker that ended without a word, in one line: which, how, on which unit, and how to continue."""
-    how = (f"exit code {code} (killed by {signal.Signals(-code).name}, as the out-of-memory killer does)"
-           if code < 0 and -code in signal.valid_signals() else f"exit code {code}")
+    how = f"exit code {code}"
+    if code < 0 and -code in signal.valid_signals():
+        how += f" (killed by {signal.Signals(-code).name}" + (": the out-of-memory killer's signal, or kill -9)"
+                                                           if -code == signal.SIGKILL else ")")
     doing = ""
     if unit is not None:
         left = [name for name in _unit_trainings(_units(config)[unit]) if not run.finished(name)]
