@@ -33,7 +33,7 @@ def test_finetune_with_no_backbone_runs_offline_with_its_baselines(tuned, capsys
     assert results["config"]["backbone"] == "efficientnet_lite0" and results["config"]["weights"] == "imagenet"
     features, pixels = results["baselines"]
     assert features["kind"] == "features" and "efficientnet_lite0's frozen features (1280 per image)" in features["fit_on"]
-    assert pixels["kind"] == "pixels" and "32x32 RGB" in pixels["fit_on"]
+    assert pixels["kind"] == "pixels" and "32x32 grey" in pixels["fit_on"]
     n_train = results["phases"]["frozen"]["train_samples"]
     for baseline in (features, pixels):
         assert baseline["train_samples"] == n_train and baseline["val_samples"] == 24

@@ -233,6 +233,7 @@ def test_finetune_under_torchrun(tmp_path):
     # TTA's plain view counts the images of both ranks, as the phase's own validation did.
     assert results["tta"]["without"]["accuracy"] == pytest.approx(results["phases"]["unfrozen"]["test_accuracy"],
                                                                   abs=0.02)
+    assert results["baselines"] == []  # each rank holds a share of the images: no baseline (it says so)
     assert (out / "weights" / "model.safetensors").is_file()
     assert not (tmp_path / "rank1-writes.log").exists(), (tmp_path / "rank1-writes.log").read_text()
 

