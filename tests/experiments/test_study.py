@@ -16,7 +16,8 @@ import torch
 
 from transferkit import UserError, study
 from transferkit.cli import main
-from transferkit.experiments.study import Point, StudyConfig, _plan, _units, shot_indices, study_jobs
+from transferkit.experiments.study import _plan, _units, study_jobs
+from transferkit.experiments.study_plan import Point, StudyConfig, shot_indices
 from transferkit.reporting.study import interval, seeds_needed, summarise
 from transferkit.training.batches import usable_cores
 
@@ -182,7 +183,7 @@ def test_a_freeze_study_copies_and_freezes_the_cut(tmp_path):
 
 
 def test_frozen_conv_layers_run_once_a_point_and_the_rest_trains_on_their_output(monkeypatch):
-    module = sys.modules["transferkit.experiments.study"]  # (the package's `study` is the function)
+    module = sys.modules["transferkit.experiments.study_trainer"]  # where a point computes its frozen prefix
     passes = []
     real = module.compute_features
 

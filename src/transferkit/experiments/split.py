@@ -114,7 +114,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     src, tgt = resolve_split(config.source, config.target, data.class_names, source_trained=not config.backbone)
     precision = resolve_precision(config.train.precision, device=ranks.device)
     # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
-    backbone = _PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
+    backbone = PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
     if backbone is None:
         SeedCNN(config.model, data.image_shape[0], data.image_shape[1:], len(src))
     target = fewer_training_images(split_by_class(data, tgt, config.limit), config.shots, config.train_fraction,
@@ -190,7 +190,7 @@ class _Phases:
     """Each phase's network, optimizer and inputs: the seed network, or a pretrained backbone."""
 
     def __init__(self, config: SplitConfig, image_shape: tuple[int, int, int], runtime: Runtime,
-                 backbone: _PretrainedBackbone | None, validation_split: str = "test"):
+                 backbone: PretrainedBackbone | None, validation_split: str = "test"):
         self.config, self.image_shape, self.runtime, self.backbone = config, image_shape, runtime, backbone
         self.validation_split = validation_split  # the data set's x_test: a test split, or a validation split
 
@@ -260,7 +260,7 @@ class _Phases:
         return nn.Sequential(tail, model.classifier), features, None
 
 
-class _PretrainedBackbone:
+class PretrainedBackbone:
     """The split experiment on a pretrained backbone: the transfer phase freezes it (ImageNet weights) and
     trains a new head on its features at the weights' input size; the scratch control trains the same network
     from random weights at the data's own size (enlarging 32 px images to 224 px adds no information, and

@@ -19,7 +19,6 @@ study.json, as the workers report (see _train_in_processes).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import multiprocessing
 import os
 import queue
@@ -28,8 +27,8 @@ import sys
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,13 +36,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from rich.text import Text
-from torch import nn
 
-from ..config import STUDY_CUTS, STUDY_MAX_SEEDS, STUDY_MIN_STEPS, STUDY_SEEDS, STUDY_SHOTS, SplitConfig
+from ..config import STUDY_MIN_STEPS, STUDY_SEEDS
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..errors import Interrupted, UserError, first_line
-from ..models import SeedCNN, count_params
-from ..reporting import PhaseResult, describe_environment
+from ..models import SeedCNN
+from ..reporting import describe_environment
 from ..reporting.console import make_console
 from ..reporting.results import STUDY_FILE
 from ..reporting.study import (
@@ -55,113 +53,30 @@ from ..reporting.study import (
     write_study_csv,
 )
 from ..training import (
-    TensorBatches,
-    compute_features,
-    freeze,
-    images_to_tensor,
-    make_optimizer,
     resolve_precision,
-    split_frozen,
-    trainable_parameters,
 )
 from ..training.batches import usable_cores, worker_count
-from ..training.checkpoint import Checkpointer, UnreadableCheckpoint
-from ..training.class_weights import choose_class_weights
+from ..training.checkpoint import Checkpointer
 from ..training.distributed import Distributed
 from ..training.runtime import keep_freed_memory
-from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import RunFolder, UnreadableWeights, worker_checkpoints
+from .run_folder import RunFolder, worker_checkpoints
 from .runtime import STOP_SIGNALS, Runtime, running, start
-from .split import make_split_config, transfer_model
+from .split import make_split_config
+from .study_backbone import (
+    BackboneTrainer,
+    prepare_backbone,
+    refuse_seed_network_options,
+    source_text,
+)
+from .study_plan import (
+    Point,
+    StudyConfig,
+    Unit,
+    backbone_stages,
+)
+from .study_trainer import Trainer
 
-STUDY_KINDS = ("shots", "freeze")
-ARMS = {"shots": ("transfer", "scratch"), "freeze": ("baseB", "BnB", "BnB+", "AnB", "AnB+")}
-# The seed network's weight layers in order: cut n copies the first n (conv1, conv2, dense1; dense2 is the
-# output layer, new for the target classes).
-WEIGHT_LAYERS = ("features.conv1", "features.conv2", "classifier.dense1")
 WORKER_NAME = "transferkit-study-"  # + the worker's number (--jobs)
-# A frozen point's frozen layers' output (of every target image) is kept in memory up to this size, in each
-# process (seed network at cut 2: 18 KB an MNIST image, 0.6 GB for all of them; EfficientNet-Lite0 at cut 1
-# and 32 px: 32 KB an image); beyond it the frozen layers run at every step instead.
-PREFIX_CACHE_BYTES = 2 << 30
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """A study: the split experiment's configuration, then what varies (shots or cuts), the arms, the seeds."""
-
-    kind: str
-    split: SplitConfig = field(default_factory=SplitConfig)
-    seeds: int = 3
-    shots: tuple[int, ...] = STUDY_SHOTS  # shots study: images per target class (0: all)
-    cuts: tuple[int, ...] = STUDY_CUTS  # freeze study: cut after the first n weight layers
-    arms: tuple[str, ...] = ()  # default: every arm of the kind
-    min_steps: int = STUDY_MIN_STEPS
-
-    def __post_init__(self) -> None:
-        if self.kind not in STUDY_KINDS:
-            raise UserError(f"study {self.kind!r}: unknown; choose one of {', '.join(STUDY_KINDS)}")
-        if self.split.shots is not None or self.split.train_fraction is not None or not self.split.scratch:
-            raise UserError("shots, train_fraction and scratch are the study's to vary: give a shots study's "
-                            "--shots, and its --arms")
-        if self.seeds < 2:
-            raise UserError(f"--seeds {self.seeds}: a 95% interval needs 2 seeds or more")
-        if self.seeds > STUDY_MAX_SEEDS:  # refused before a plan of that many points is built
-            raise UserError(f"--seeds {self.seeds}: at most {STUDY_MAX_SEEDS} (each seed trains every point of the "
-                            f"study again); give {STUDY_MAX_SEEDS} or fewer")
-        unknown = [a for a in self.arms if a not in ARMS[self.kind]]
-        if unknown:
-            raise UserError(f"--arms: unknown arm {unknown[0]!r}; the {self.kind} study's arms are "
-                            f"{', '.join(ARMS[self.kind])}")
-        if self.kind == "shots" and (not self.shots or any(n < 0 for n in self.shots)):
-            raise UserError("--shots: give images per class as positive numbers or all, e.g. 1,5,10,all")
-        if self.split.backbone is not None:  # its stages are the cuts (study_backbone.py)
-            from .study_backbone import check_backbone_study
-
-            check_backbone_study(self.kind, self.split.backbone, self.cuts)
-        bad = [n for n in self.cuts if not 1 <= n <= len(WEIGHT_LAYERS)]
-        if self.kind == "freeze" and self.split.backbone is None and (bad or not self.cuts):
-            raise UserError(f"--cuts {bad[0] if bad else ''}: the seed network has {len(WEIGHT_LAYERS)} weight "
-                            f"layers before its output ({', '.join(WEIGHT_LAYERS)}); give cuts from 1 to "
-                            f"{len(WEIGHT_LAYERS)}")
-        if self.min_steps < 1:
-            raise UserError(f"--min-steps must be at least 1, got {self.min_steps}")
-
-    @property
-    def chosen_arms(self) -> tuple[str, ...]:
-        return self.arms or ARMS[self.kind]
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["shots"] = [n or "all" for n in self.shots] if self.kind == "shots" else None
-        d["cuts"] = list(self.cuts) if self.kind == "freeze" else None
-        d["arms"] = list(self.chosen_arms)
-        return d
-
-
-@dataclass(frozen=True)
-class Point:
-    """One training of a study: an arm at a shot count (shots) or a cut (freeze), for one seed."""
-
-    arm: str
-    seed: int
-    shots: int | None = None  # 0: all
-    cut: int | None = None
-
-    @property
-    def name(self) -> str:
-        x = (f"shots={self.shots or 'all'}" if self.shots is not None else
-             f"cut={self.cut}" if self.cut is not None else "")
-        return "/".join(p for p in (self.arm, x, f"seed={self.seed}") if p)
-
-
-@dataclass(frozen=True)
-class Unit:
-    """The trainings one process takes at a time: `base` (baseA or baseB of `seed`, or None), trained first,
-    then `points`, which copy from it. Units share nothing but the saved weights of finished trainings."""
-
-    seed: int
-    base: str | None
-    points: tuple[Point, ...]
 
 
 @dataclass
@@ -198,8 +113,6 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     cuts = _numbers(cuts, "--cuts")
     if options.get("backbone") is not None:  # a backbone study (study_backbone.py): cuts are its stages
-        from .study_backbone import backbone_stages, refuse_seed_network_options
-
         refuse_seed_network_options(options["backbone"], options)
         if cuts is None and kind == "freeze":  # every stage, as the seed network's every weight layer
             cuts = tuple(range(1, len(backbone_stages(options["backbone"])) + 1))
@@ -226,8 +139,6 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     a = split_by_class(data, src, split.limit) if not split.backbone else None
     b = split_by_class(data, tgt, split.limit)
     if split.backbone:  # the backbone and its weights, read now: grayscale data or weights that do not fit
-        from .study_backbone import BackboneTrainer, backbone_stages, prepare_backbone, source_text
-
         backbone = prepare_backbone(config, data.image_shape, len(tgt))
     _check_shots(config, b)
     if not split.backbone:
@@ -264,7 +175,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
         with running(ranks, console, precision, split.train.eval_batch_size) as runtime:
             recorder = _Recorder(run, console, len(points) + config.seeds * _needs_base_a(config))
             if jobs == 1:
-                trainer = (_Trainer(config, data.image_shape, a, b, run, runtime, recorder.record) if not split.backbone
+                trainer = (Trainer(config, data.image_shape, a, b, run, runtime, recorder.record) if not split.backbone
                            else BackboneTrainer(config, data.image_shape, a, b, run, runtime, recorder.record, backbone))
                 for unit in _units(config):
                     trainer.unit(unit)
@@ -286,163 +197,6 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     if run.path is not None:
         console.print(f"study folder: {run.path}\nreport: {run.path / 'report.html'}")
     return StudyResult(config, results, figures, run.path)
-
-
-class _Trainer:
-    """Trains a unit: its base network (baseA or baseB of its seed, once), then its points. Each training is
-    handed to `record` (_Recorder.record, in this process or the parent's)."""
-
-    scaled = True  # the target images as floats in [0, 1], as the seed network eats them
-
-    def __init__(self, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
-                 run: RunFolder, runtime: Runtime, record: Callable[..., None]):
-        self.config, self.image_shape, self.a, self.b, self.run = config, image_shape, a, b, run
-        self.runtime, self.record = runtime, record
-        # The points' own epochs print nothing: a study prints a line a point, with the time left.
-        self.quiet = dataclasses.replace(runtime, console=make_console(quiet=True))
-        # The target images as the network eats them, converted once: every point indexes or uses them.
-        self.x_train, self.x_test = (images_to_tensor(x, scale=self.scaled) for x in (b.x_train, b.x_test))
-
-    def unit(self, unit: Unit) -> None:
-        base = None
-        if unit.base is not None:  # baseA (the source network) is not a point; baseB is (the reference line)
-            split, recorded = (self.a, False) if unit.base == "baseA" else (self.b, True)
-            base = self._train(Point(unit.base, unit.seed), split, recorded)
-        if self.config.kind == "shots":
-            if base is not None:
-                # The frozen features of every target image through this seed's source network, once: each
-                # shot count's transfer point indexes them.
-                prefix, self.tail = split_frozen(base.features)
-                self.features = self._through(prefix)
-            for point in unit.points:
-                self._shots_point(point, base)
-            return
-        for point in unit.points:
-            self._freeze_point(point, base)
-
-    def _shots_point(self, point: Point, source: SeedCNN) -> None:
-        keep = shot_indices(self.b.y_train, point.shots, self.config.split.train.seed * 1000 + point.seed)
-        k = len(self.b.class_names)
-        torch.manual_seed(self._point_seed(point))
-        if point.arm == "transfer":
-            model = transfer_model(source, k, self.config.split.head)
-            trained = nn.Sequential(self.tail, model.classifier)
-            x_train, x_test = self.features[0][keep], self.features[1]
-        else:
-            model = trained = self._network(k)
-            x_train, x_test = self.x_train[keep], self.x_test
-        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test, len(keep))
-
-    def _freeze_point(self, point: Point, copied_from: SeedCNN) -> None:
-        """A new target network whose first `cut` weight layers are copied (frozen unless the arm ends in +).
-        With both conv layers frozen (BnB, AnB at cut 2 and 3) they run once over the target images and the rest
-        trains on their output, as the shots study's transfer arm does: not once a step."""
-        torch.manual_seed(self._point_seed(point))
-        model = self._network(len(self.b.class_names))
-        for name in WEIGHT_LAYERS[:point.cut]:
-            layer = model.get_submodule(name)
-            layer.load_state_dict(copied_from.get_submodule(name).state_dict())
-            if not point.arm.endswith("+"):
-                freeze(layer)
-        # The conv layers and their pool (split_frozen: up to the dropout) are deterministic once frozen; the
-        # dropout after them and the dense layers (dense1 frozen at cut 3) act at every step as before. At
-        # cut 1 conv2 trains: conv1's output (86 KB an MNIST image) would save little of a step.
-        prefix, tail = split_frozen(model.features)
-        cached = not point.arm.endswith("+") and point.cut >= 2 and self._fits(model.classifier.dense1.in_features)
-
-        def on_frozen_output() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-            """The frozen conv layers once over every target image (part of the point's time)."""
-            return nn.Sequential(tail, model.classifier), *self._through(prefix)
-
-        self._fit(point, model, model, self.x_train, torch.from_numpy(self.b.y_train), self.x_test,
-                  len(self.b.y_train), prepare=on_frozen_output if cached else None)
-
-    def _train(self, point: Point, split: ClassSplit, record: bool) -> SeedCNN:
-        """A whole network trained on `split` (baseA on the source classes, baseB on the target's), its
-        weights kept: the points copy from it, and a resumed study reads it again."""
-        torch.manual_seed(self._point_seed(point))
-        model = self._network(len(split.class_names))
-        self._fit(point, model, model, images_to_tensor(split.x_train), torch.from_numpy(split.y_train),
-                  images_to_tensor(split.x_test), len(split.y_train), split, True, record)
-        return model.eval()
-
-    def _fit(self, point: Point, model: nn.Module, trained: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-             x_test: torch.Tensor, n: int, split: ClassSplit | None = None, weights: bool = False,
-             record: bool = True, prepare: Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]] | None = None,
-             ) -> None:
-        """Train `trained` (the part of `model` that trains) on `x_train` and test it on `x_test`. `prepare`,
-        where given, replaces those three when the point trains (its time counts; a finished point skips it)."""
-        cfg, runtime, split = self.config.split.train, self.quiet, split or self.b
-        seed = self._point_seed(point)
-        batch = min(cfg.batch_size, n)  # no image twice in a batch: a 1-shot set is one small batch
-        # At least min_steps optimizer steps in all, spread over the epochs (see STUDY_MIN_STEPS).
-        per_epoch = -(-self.config.min_steps // cfg.epochs)
-        model.to(runtime.device)
-        optimizer = make_optimizer(trainable_parameters(model), cfg)
-        y_test = torch.from_numpy(split.y_test)
-
-        def inputs() -> PhaseInputs:
-            net, xs, x_val = prepare() if prepare is not None else (trained, x_train, x_test)
-            return PhaseInputs(net, TensorBatches(xs, y_train, batch, seed, device=runtime.device, min_steps=per_epoch),
-                               x_val, y_test)
-
-        phase = Phase(point.name, model, optimizer, inputs, cfg.epochs, cfg.lr_schedule, list(split.class_names), [],
-                      split.x_test.__getitem__, lambda: (n, len(split.y_test)), weights=weights,
-                      class_weights=choose_class_weights(cfg.class_weights, y_train.numpy(), len(split.class_names)))
-        result, finished_before = self._train_phase(phase)
-        model.eval().cpu()
-        steps = self.run.results["distributed"]["steps_per_rank"].get(point.name, [0])
-        if weights:
-            self.run.save_weights(point.name, model, list(split.class_names), self._preprocessing())
-        self.record(point.name, result.to_dict(), {
-            "arm": point.arm, "shots": point.shots, "cut": point.cut, "seed": point.seed,
-            "train_samples": n, "steps": sum(steps),
-            "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
-            "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable,
-        } if record else None, steps, finished_before)
-
-    def _train_phase(self, phase: Phase) -> tuple[PhaseResult, bool]:
-        """train_phase, and whether the training had finished before (read back). What a resumed study cannot
-        read is computed again, the finished points kept (each training draws from its own seed, so it comes
-        out the same): a finished network whose weights are missing or cut short is trained again, a
-        checkpoint cut short is deleted and its training starts over."""
-        while True:
-            finished = self.run.finished(phase.name)
-            try:
-                return train_phase(phase, self.run, self.quiet)[0], finished
-            except UnreadableWeights as e:
-                for records in (self.run.results["phases"], self.run.results["points"],
-                                self.run.results["distributed"].get("steps_per_rank", {})):
-                    records.pop(phase.name, None)
-                warnings.warn(f"{e.path}: cannot be read ({e.reason}); training {phase.name} again from its seed "
-                              "(the same network; the finished points are kept)", stacklevel=2)
-            except UnreadableCheckpoint as e:
-                e.path.unlink(missing_ok=True)
-                warnings.warn(f"{e.path}: cannot be read ({e.reason}), deleted; training {phase.name} again from "
-                              "its start (the finished points are kept)", stacklevel=2)
-
-    def _through(self, prefix: nn.Module) -> list[torch.Tensor]:
-        """The frozen `prefix`'s output of every target training and test image, computed once in eval mode."""
-        runtime = self.runtime
-        return [compute_features(prefix, x, runtime.eval_batch_size, runtime.autocast_dtype, device=runtime.device)
-                for x in (self.x_train, self.x_test)]
-
-    def _fits(self, values_per_image: int) -> bool:
-        """Whether a frozen prefix's float32 output of every target image fits in PREFIX_CACHE_BYTES."""
-        return (len(self.x_train) + len(self.x_test)) * values_per_image * 4 <= PREFIX_CACHE_BYTES
-
-    def _preprocessing(self) -> dict:
-        """What predict needs to feed a saved network: the data set's size scaled to [0, 1]."""
-        return {"kind": "scale", "channels": self.image_shape[0], "size": list(self.image_shape[1:])}
-
-    def _network(self, num_classes: int) -> SeedCNN:
-        return SeedCNN(self.config.split.model, self.image_shape[0], self.image_shape[1:], num_classes)
-
-    def _point_seed(self, point: Point) -> int:
-        """Each point seeds its own generator: the same point draws the same numbers in a resumed study."""
-        arm = (("baseA", "baseB") + ARMS[self.config.kind]).index(point.arm)
-        x = point.shots if point.shots is not None else (point.cut or 0)
-        return ((self.config.split.train.seed * 1000 + point.seed) * 16 + arm) * 100_000 + x
 
 
 class _Recorder:
@@ -693,7 +447,7 @@ def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a:
 
     run = _WorkerFolder(path, writes, results)
     runtime = Runtime(Distributed(), precision, make_console(quiet=True), should_stop, eval_batch_size)
-    trainer = _Trainer(config, image_shape, a, b, run, runtime,
+    trainer = Trainer(config, image_shape, a, b, run, runtime,
                        lambda *record: reports.put(("trained", index, *record)))
     units = _units(config)
     try:
@@ -727,16 +481,6 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def _needs_base_a(config: StudyConfig) -> bool:
     """Whether a source network is trained per seed: an arm copies from it (none with --backbone: ImageNet)."""
     return config.split.backbone is None and any(arm in ("transfer", "AnB", "AnB+") for arm in config.chosen_arms)
-
-
-def shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """`shots` training images of every class (0: all), drawn with `seed`, nested: a seed's 10-shot set holds
-    its 5-shot set, so shot counts differ by the images added and not by a new draw."""
-    if shots == 0:
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:shots] for c in np.unique(labels)]
-    return np.sort(np.concatenate(keep))
 
 
 def _units(config: StudyConfig) -> list[Unit]:

@@ -12,13 +12,12 @@ backbone's pretraining (ImageNet with --weights imagenet), so no source network 
   BnB) copied stages run once over the target images, in eval mode, and the rest of the network trains on
   their output (AfterCut), as `run`'s transfer phase trains on frozen features: not once a step.
 
-Both reuse split.py's _PretrainedBackbone for what a point's network and input transform are; study.py's
-_Trainer for how a point trains, is recorded and resumes.
+Both reuse split.py's PretrainedBackbone for what a point's network and input transform are; study.py's
+Trainer for how a point trains, is recorded and resumes.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -29,26 +28,9 @@ from ..models import BackboneClassifier
 from ..models.stages import stage_pieces
 from ..training import freeze
 from .feature_pass import frozen_features
-from .split import _PretrainedBackbone
-from .study import Point, Unit, _Trainer, shot_indices
-
-
-@functools.cache
-def backbone_stages(backbone: str) -> tuple[str, ...]:
-    """The backbone's stages in order (cut n copies the first n), e.g. stem, layer1..layer4 for a ResNet.
-    An unknown name gets BackboneClassifier's one line."""
-    with torch.random.fork_rng(devices=[]):  # building the network draws nothing from the study's generators
-        model = BackboneClassifier(backbone, 2)
-    return tuple(name for name, _, _ in stage_pieces(backbone, model.features))
-
-
-def check_backbone_study(kind: str, backbone: str, cuts: tuple[int, ...]) -> None:
-    """The options that depend on the backbone: it must be known, and a freeze study's cuts within its stages."""
-    stages = backbone_stages(backbone)
-    bad = [n for n in cuts if not 1 <= n <= len(stages)]
-    if kind == "freeze" and (bad or not cuts):
-        raise UserError(f"--cuts {bad[0] if bad else ''}: {backbone} has {len(stages)} stages "
-                        f"({', '.join(stages)}); give cuts from 1 to {len(stages)}")
+from .split import PretrainedBackbone
+from .study_plan import Point, Unit, shot_indices
+from .study_trainer import Trainer
 
 
 def refuse_seed_network_options(backbone: str, options: dict) -> None:
@@ -59,20 +41,20 @@ def refuse_seed_network_options(backbone: str, options: dict) -> None:
                             f"{option} is the seed network's option (drop it)")
 
 
-def prepare_backbone(config, image_shape: tuple[int, int, int], num_classes: int) -> _PretrainedBackbone:
+def prepare_backbone(config, image_shape: tuple[int, int, int], num_classes: int) -> PretrainedBackbone:
     """The backbone and its weights, read now: a grayscale data set or weights that do not fit fail before a
-    study folder exists (as `run --backbone`). Drawn from --seed (see _PretrainedBackbone): with --weights none
+    study folder exists (as `run --backbone`). Drawn from --seed (see PretrainedBackbone): with --weights none
     the source (A) is the same random network whatever ran before (a resumed study copies the same A)."""
-    return _PretrainedBackbone(config.split, image_shape, num_classes)
+    return PretrainedBackbone(config.split, image_shape, num_classes)
 
 
-class BackboneTrainer(_Trainer):
+class BackboneTrainer(Trainer):
     """A backbone study's points: no baseA; the shots study's transfer arm on features computed once for the
     whole study; the freeze study's copies made stage by stage."""
 
     scaled = False  # uint8 images: the backbone's InputTransform scales and normalises them per batch
 
-    def __init__(self, config, image_shape, a, b, run, runtime, record, backbone: _PretrainedBackbone):
+    def __init__(self, config, image_shape, a, b, run, runtime, record, backbone: PretrainedBackbone):
         super().__init__(config, image_shape, a, b, run, runtime, record)
         self.backbone = backbone
         self.features: list[torch.Tensor] | None = None  # the frozen backbone's, of every target image
