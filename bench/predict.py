@@ -31,7 +31,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO / ".." / "shared" / "data" / "cifar10-jpg.zip"
+# ../shared/data beside the clone, or beside the folder of worktrees a clone's worktrees sit in
+DEFAULT_DATA = next((d for d in (REPO.parent / "shared", REPO.parent.parent / "shared") if d.is_dir()),
+                    REPO.parent / "shared") / "data" / "cifar10-jpg.zip"
 CLASSES = ("cat", "dog", "horse")
 FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 

@@ -1,8 +1,8 @@
 """Predicting classes for image files with a model saved by `run` or `finetune`, or exported from one.
 
 A run folder's network runs on the feature pass's fast path (feature_pass.fast_forward: BatchNorm folded,
-channels-last, inference_mode, bf16 where the CPU has it natively), files are decoded by a thread per core
-a batch ahead of the network, and batches are bounded in pixels.
+channels-last, inference_mode, bf16 where the CPU has it natively), files are decoded a batch at a time by a
+thread per core, and batches are bounded in pixels.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -173,19 +172,17 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     return out
 
 
-def _decoded(classifier: Classifier, files: list[Path], ahead: int) -> Iterator[tuple[Path, np.ndarray | None,
+def _decoded(classifier: Classifier, files: list[Path], batch: int) -> Iterator[tuple[Path, np.ndarray | None,
                                                                                   str | None, int]]:
     """(path, image for the model or None, why not, pixels in the file) for each file in order, read and
-    decoded by a thread per core (Pillow decodes without the GIL) up to `ahead` files before the network."""
+    decoded `batch` files at a time by a thread per core (Pillow decodes without the GIL). Not while the
+    network runs: its threads wait for each other, and one held up by a decoding thread holds up all."""
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # given by predict, naming the files
-        queue: deque = deque()
-        for path in files:
-            queue.append((path, pool.submit(_decode_file, classifier, path)))
-            if len(queue) > ahead:
-                yield _result(*queue.popleft())
-        while queue:
-            yield _result(*queue.popleft())
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+            for path, result in zip(chunk, pool.map(lambda path: _decode_file(classifier, path), chunk)):
+                yield (path, *result)
 
 
 def _decode_file(classifier: Classifier, path: Path) -> tuple[np.ndarray | None, str | None, int]:
@@ -199,10 +196,6 @@ def _decode_file(classifier: Classifier, path: Path) -> tuple[np.ndarray | None,
         return classifier.decode(data), None, pixels
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
         return None, f"{type(e).__name__}: {unreadable_reason(e)}", pixels
-
-
-def _result(path: Path, future) -> tuple[Path, np.ndarray | None, str | None, int]:
-    return (path, *future.result())
 
 
 def _preparation(spec: dict) -> tuple[tuple[int, int], tuple[int, int], int]:
