@@ -15,12 +15,14 @@ from .config import (
     CLASS_WEIGHTS,
     DEFAULT_BACKBONE,
     DEFAULT_LR,
+    DEFAULT_PREDICT_ENGINE,
     DEFAULT_PREDICT_PRECISION,
     HEAD_MIN_STEPS,
     HEADS,
     LR_SCHEDULES,
     OPTIMIZERS,
     PRECISIONS,
+    PREDICT_ENGINES,
     PREDICT_PRECISIONS,
     STREAM_MODES,
     STUDY_CUTS,
@@ -503,8 +505,11 @@ def _open(path: Path) -> None:
 @click.option("--precision", type=click.Choice(PREDICT_PRECISIONS), default=DEFAULT_PREDICT_PRECISION,
               show_default=True, help="A run folder's network in fp32, or bf16 (fast on CPUs with AVX512-BF16 or "
               "AMX, slow elsewhere); auto: bf16 where the CPU has it natively, else fp32.")
+@click.option("--engine", type=click.Choice(PREDICT_ENGINES), default=DEFAULT_PREDICT_ENGINE, show_default=True,
+              help="A run folder's network in PyTorch, or in ONNX Runtime: exported once (about a minute) into "
+                   "RUN_DIR/cache/ and checked, then reused while the weights are the same (needs the export extra).")
 def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool, as_json: bool,
-                    as_csv: bool, precision: str) -> None:
+                    as_csv: bool, precision: str, engine: str) -> None:
     """Predict the classes of IMAGES (files or folders) with the model of RUN_DIR (from `run` or `finetune`), or
     with a file written by `transferkit export` (.onnx in ONNX Runtime, .torchscript.pt in TorchScript).
 
@@ -524,7 +529,8 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv print different formats; give one of them")
-    predictions = predict(run_dir, list(images), top_k=top_k, tta=tta, precision=precision)
+    predictions = predict(run_dir, list(images), top_k=top_k, tta=tta, precision=precision, engine=engine,
+                          notice=lambda text: click.echo(text, err=True))
     top_k = max([1, *(len(p.top) for p in predictions)])  # no empty columns past the model's classes
     if as_json:
         click.echo(strict_json([p.to_dict() for p in predictions], what="--json output"))

@@ -1,8 +1,8 @@
 """Predicting classes for image files with a model saved by `run` or `finetune`, or exported from one.
 
 A run folder's network runs on the feature pass's fast path (feature_pass.fast_forward: BatchNorm folded,
-channels-last, inference_mode, bf16 where the CPU has it natively), files are decoded by a thread per core
-a batch ahead of the network, and batches are bounded in pixels.
+channels-last, inference_mode, bf16 where the CPU has it natively), files are decoded a batch at a time by a
+thread per core, and batches are bounded in pixels.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import DEFAULT_PREDICT_PRECISION, PREDICT_PRECISIONS
+from ..config import DEFAULT_PREDICT_ENGINE, DEFAULT_PREDICT_PRECISION, PREDICT_ENGINES, PREDICT_PRECISIONS
 from ..data.archive import read_regular_file
 from ..data.folders import IMAGE_SUFFIXES, decode_image, probe, unreadable_reason
 from ..errors import UserError
@@ -91,16 +90,23 @@ def centre_crop(images: np.ndarray, height: int, width: int, rows: int = 0) -> n
     return np.ascontiguousarray(images[index])
 
 
-def load_classifier(source: str | Path, precision: str = "fp32") -> Classifier:
-    """The model of a run folder (in PyTorch, on the fast path at `precision`), or a file written by
-    `transferkit export` (.onnx in ONNX Runtime, .pt in TorchScript; fp32 only)."""
+def load_classifier(source: str | Path, precision: str = "fp32", engine: str = "pytorch",
+                    notice: Callable[[str], None] = print) -> Classifier:
+    """The model of a run folder (in PyTorch, on the fast path at `precision`; with `engine` onnxruntime, its
+    ONNX export cached in the run folder), or a file written by `transferkit export` (.onnx in ONNX Runtime,
+    .pt in TorchScript; fp32 only). `notice` is told when the cache is built."""
     source = Path(source)
-    if source.suffix.lower() in EXPORTED_SUFFIXES and not source.is_dir():
-        if precision == "bf16":
-            raise UserError(f"--precision bf16: for a run folder; {source} runs as it was exported (fp32)")
+    exported = source.suffix.lower() in EXPORTED_SUFFIXES and not source.is_dir()
+    if precision == "bf16" and (exported or engine == "onnxruntime"):
+        raise UserError(f"--precision bf16: for a run folder in PyTorch; {source} runs in fp32 as exported")
+    if exported:
         from ..deploy.formats import exported_classifier
 
         return exported_classifier(source)
+    if engine == "onnxruntime":
+        from ..deploy.cache import onnx_classifier_cached
+
+        return onnx_classifier_cached(source, notice)
     model, spec = load_model(model_file(source))
     from ..deploy.graph import deployable  # deploy imports this module: imported when needed
 
@@ -124,16 +130,21 @@ class Predictions(list):
 
 
 def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch_size: int = 32,
-            tta: bool = False, precision: str = DEFAULT_PREDICT_PRECISION) -> Predictions:
+            tta: bool = False, precision: str = DEFAULT_PREDICT_PRECISION, engine: str = DEFAULT_PREDICT_ENGINE,
+            notice: Callable[[str], None] = print) -> Predictions:
     """Top-k classes with probabilities for each image, with the model of a run folder or an exported .onnx
     or TorchScript file; unreadable files (and named folders without images) get an error and the rest go
     on. `tta`: the mean of the probabilities of each image and its mirror image (training/tta.py).
-    `precision` (a run folder's): fp32, bf16, or auto (bf16 where the CPU has it natively)."""
+    `precision` (a run folder's): fp32, bf16, or auto (bf16 where the CPU has it natively). `engine` (a run
+    folder's): pytorch, or onnxruntime (its ONNX export, made once and cached in the run folder; needs the
+    export extra)."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     if precision not in PREDICT_PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
-    classifier = load_classifier(run_dir, precision)
+    if engine not in PREDICT_ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(PREDICT_ENGINES)}, got {engine!r}")
+    classifier = load_classifier(run_dir, precision, engine, notice)
     names = classifier.class_names
     batch_size = max(1, min(batch_size, BATCH_PIXELS // (classifier.crop[0] * classifier.crop[1])))
     out = Predictions()
@@ -173,19 +184,17 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     return out
 
 
-def _decoded(classifier: Classifier, files: list[Path], ahead: int) -> Iterator[tuple[Path, np.ndarray | None,
+def _decoded(classifier: Classifier, files: list[Path], batch: int) -> Iterator[tuple[Path, np.ndarray | None,
                                                                                   str | None, int]]:
     """(path, image for the model or None, why not, pixels in the file) for each file in order, read and
-    decoded by a thread per core (Pillow decodes without the GIL) up to `ahead` files before the network."""
+    decoded `batch` files at a time by a thread per core (Pillow decodes without the GIL). Not while the
+    network runs: its threads wait for each other, and one held up by a decoding thread holds up all."""
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # given by predict, naming the files
-        queue: deque = deque()
-        for path in files:
-            queue.append((path, pool.submit(_decode_file, classifier, path)))
-            if len(queue) > ahead:
-                yield _result(*queue.popleft())
-        while queue:
-            yield _result(*queue.popleft())
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+            for path, result in zip(chunk, pool.map(lambda path: _decode_file(classifier, path), chunk)):
+                yield (path, *result)
 
 
 def _decode_file(classifier: Classifier, path: Path) -> tuple[np.ndarray | None, str | None, int]:
@@ -199,10 +208,6 @@ def _decode_file(classifier: Classifier, path: Path) -> tuple[np.ndarray | None,
         return classifier.decode(data), None, pixels
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
         return None, f"{type(e).__name__}: {unreadable_reason(e)}", pixels
-
-
-def _result(path: Path, future) -> tuple[Path, np.ndarray | None, str | None, int]:
-    return (path, *future.result())
 
 
 def _preparation(spec: dict) -> tuple[tuple[int, int], tuple[int, int], int]:
