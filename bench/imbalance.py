@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from transferkit import finetune
-from transferkit.experiments.predict import load_classifier
+from transferkit.inference.predict import load_classifier
 from transferkit.reporting.environment import cpu_model
 from transferkit.training import cpu_flags
 from transferkit.training.metrics import class_metrics, reliability

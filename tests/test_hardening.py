@@ -184,7 +184,7 @@ def test_the_pixel_limit_warning_names_the_file(tmp_path, monkeypatch):
     from PIL import Image as PILImage
 
     from transferkit.data import load_folder
-    from transferkit.experiments import predict
+    from transferkit.inference import predict
 
     root = _folder(tmp_path / "set", ("ant", "bee", "cat", "dog"))
     PILImage.new("RGB", (40, 40), (9, 9, 9)).save(root / "train" / "ant" / "huge.png")

@@ -11,7 +11,7 @@ from .errors import UserError  # noqa: E402
 # The library's verbs, imported on first use: torch takes seconds to load, and `transferkit --help` needs none
 # of it (PEP 562 module __getattr__; `from transferkit import run_split` works as usual).
 _LAZY = {"FinetuneResult": "experiments", "RankResult": "experiments", "SplitResult": "experiments",
-         "StudyResult": "experiments", "finetune": "experiments", "predict": "experiments", "rank": "experiments",
+         "StudyResult": "experiments", "finetune": "experiments", "predict": "inference", "rank": "experiments",
          "run_split": "experiments", "study": "experiments", "load_model": "reporting", "export": "deploy"}
 
 __all__ = ["FinetuneResult", "RankResult", "SplitResult", "StudyResult", "UserError", "__version__", "export",

@@ -524,7 +524,7 @@ def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool
     from rich.table import Table
     from rich.text import Text
 
-    from .experiments import predict
+    from .inference import predict
     from .reporting.console import make_console
 
     if as_json and as_csv:

@@ -16,9 +16,9 @@ from PIL import Image
 from transferkit import UserError, export, predict
 from transferkit.cli import main
 from transferkit.deploy.check import compare
-from transferkit.deploy.formats import torchscript_bytes, torchscript_runner
-from transferkit.deploy.graph import deployable, graph_input
-from transferkit.experiments.predict import load_classifier
+from transferkit.inference.formats import torchscript_bytes, torchscript_runner
+from transferkit.inference.graph import deployable, graph_input
+from transferkit.inference.predict import load_classifier
 from transferkit.models import BackboneClassifier
 from transferkit.reporting import load_model
 

@@ -22,8 +22,8 @@ from transferkit.data.archive import MAX_FILE_BYTES
 from transferkit.data.folders import decode_image
 from transferkit.deploy import check as check_module
 from transferkit.deploy.check import compare, given_images
-from transferkit.deploy.formats import EXTRA_FILE
-from transferkit.experiments.predict import load_classifier
+from transferkit.inference.formats import EXTRA_FILE
+from transferkit.inference.predict import load_classifier
 from transferkit.models.spec import MAX_RESIZE, MAX_SIDE
 
 SIDE, CLASSES = 8, ["ant", "bee", "cat"]

@@ -8,7 +8,7 @@ from PIL import Image
 
 from transferkit import UserError, predict
 from transferkit.cli import main
-from transferkit.deploy.cache import KEY
+from transferkit.inference.cache import KEY
 
 
 @pytest.fixture(scope="module")

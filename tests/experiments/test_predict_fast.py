@@ -12,12 +12,12 @@ from PIL import Image
 from transferkit import UserError, predict
 from transferkit.cli import main
 from transferkit.data.preprocess import InputTransform
-from transferkit.experiments.predict import load_classifier
+from transferkit.inference.predict import load_classifier
 from transferkit.models import BackboneClassifier
 from transferkit.reporting import load_model, save_model
 from transferkit.training import images_to_tensor
 
-predict_module = importlib.import_module("transferkit.experiments.predict")  # the package names the function
+predict_module = importlib.import_module("transferkit.inference.predict")  # the package names the function
 CROP, RESIZE = 64, 73
 PRE = {"kind": "normalize", "resize": RESIZE, "crop": CROP, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 

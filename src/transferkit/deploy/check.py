@@ -14,11 +14,11 @@ from ..data.archive import open_tree, read_regular_file
 from ..data.folders import find_layout, naming_the_file, unreadable_reason
 from ..data.splits import subsample
 from ..errors import UserError
-from ..experiments.predict import Classifier, image_files, no_images
-from .formats import Runner
-from .graph import graph_input
+from ..inference.classifier import Classifier
+from ..inference.formats import TOLERANCE, Runner
+from ..inference.graph import graph_input
+from ..inference.predict import image_files, no_images
 
-TOLERANCE = 1e-4  # the largest difference of a probability allowed, in fp32
 CHECK_LIMIT = 256  # validation images checked at most (drawn with a fixed seed), to keep an export quick
 CHECK_BYTES = 256 << 20  # image files read for the check at most, in all (each also within MAX_FILE_BYTES)
 BATCH = 32

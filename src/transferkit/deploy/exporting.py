@@ -10,13 +10,21 @@ import torch
 from .. import __version__
 from ..atomic import cannot_write, write_atomic_files
 from ..errors import UserError
-from ..experiments.predict import load_classifier
 from ..experiments.run_folder import model_file
+from ..inference import load_classifier
+from ..inference.formats import (
+    OPSET,
+    TOLERANCE,
+    onnx_bytes,
+    onnx_runner,
+    require_onnx,
+    torchscript_bytes,
+    torchscript_runner,
+)
+from ..inference.graph import deployable, describe, input_shape
 from ..jsonfile import strict_json
 from ..reporting import load_model, read_results, read_status
-from .check import TOLERANCE, CheckResult, compare, given_images, run_images
-from .formats import OPSET, onnx_bytes, onnx_runner, require_onnx, torchscript_bytes, torchscript_runner
-from .graph import deployable, describe, input_shape
+from .check import CheckResult, compare, given_images, run_images
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}

@@ -1,13 +1,12 @@
 """Experiments: each reads as configuration -> data -> its phases -> results. The split-class transfer
-experiment, fine-tuning a backbone, ranking backbones, studies of many split trainings, and prediction;
+experiment, fine-tuning a backbone, ranking backbones, studies of many split trainings (prediction is inference/);
 run_folder, runtime and phase are what they share."""
 
 from ..config import FinetuneConfig
 from .finetune import FinetuneResult, finetune
-from .predict import Prediction, predict
 from .rank import RankResult, rank
 from .split import PHASES, SplitResult, make_split_config, run_split
 from .study import StudyResult, study
 
-__all__ = ["FinetuneConfig", "FinetuneResult", "PHASES", "Prediction", "RankResult", "SplitResult", "StudyResult",
-           "finetune", "make_split_config", "predict", "rank", "run_split", "study"]
+__all__ = ["FinetuneConfig", "FinetuneResult", "PHASES", "RankResult", "SplitResult", "StudyResult",
+           "finetune", "make_split_config", "rank", "run_split", "study"]

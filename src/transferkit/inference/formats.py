@@ -14,8 +14,10 @@ import torch
 from ..errors import UserError, first_line
 from ..jsonfile import parse_json, read_json, strict_json
 from ..models.spec import DEPLOYED_HINT, check_deployed
+from .classifier import Classifier
 from .graph import INPUT_NAME, OUTPUT_NAME, Deployable, graph_input
 
+TOLERANCE = 1e-4  # the largest difference of a probability allowed between an export and PyTorch, in fp32
 OPSET = 20
 EXTRA_FILE = "transferkit.json"  # TorchScript: the description, read back with torch.jit.load(_extra_files=...)
 INSTALL = 'pip install "transferkit[export]" (from a clone: pip install -c constraints.txt ".[export]")'
@@ -116,8 +118,6 @@ def onnx_description(path: Path) -> dict:
 def exported_classifier(path: Path):
     """A file written by `transferkit export` as predict's Classifier, its description checked as a run's is
     (check_deployed): .onnx in ONNX Runtime, .pt in TorchScript (its description inside, or in its sidecar)."""
-    from ..experiments.predict import Classifier
-
     if not path.is_file():
         raise UserError(f"{path}: no such file; give a run folder or a file written by transferkit export "
                         "(.onnx or .torchscript.pt)")

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..experiments.predict import centre_crop
+from .classifier import centre_crop
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 

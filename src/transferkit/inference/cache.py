@@ -21,8 +21,7 @@ from ..atomic import write_atomic
 from ..errors import UserError
 from ..experiments.run_folder import model_file
 from ..reporting import load_model
-from .check import TOLERANCE
-from .formats import OPSET, exported_classifier, onnx_bytes, onnx_runner, require_onnx
+from .formats import OPSET, TOLERANCE, exported_classifier, onnx_bytes, onnx_runner, require_onnx
 from .graph import deployable, describe, input_shape
 
 KEY = "transferkit_predict_cache"  # the metadata entry that says which weights a cache was exported from

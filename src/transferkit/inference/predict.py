@@ -21,13 +21,17 @@ from PIL import Image
 
 from ..config import DEFAULT_PREDICT_ENGINE, DEFAULT_PREDICT_PRECISION, PREDICT_ENGINES, PREDICT_PRECISIONS
 from ..data.archive import read_regular_file
-from ..data.folders import IMAGE_SUFFIXES, decode_image, probe, unreadable_reason
+from ..data.folders import IMAGE_SUFFIXES, probe, unreadable_reason
 from ..errors import UserError
+from ..experiments.feature_pass import fast_forward
+from ..experiments.run_folder import model_file
 from ..reporting import load_model
 from ..training import resolve_precision
 from ..training.tta import mirrored
-from .feature_pass import fast_forward
-from .run_folder import model_file
+from .cache import onnx_classifier_cached
+from .classifier import Classifier
+from .formats import exported_classifier
+from .graph import deployable
 
 EXPORTED_SUFFIXES = (".onnx", ".pt")  # transferkit export's files: model.onnx, model.torchscript.pt
 BATCH_PIXELS = 32 * 224 * 224  # pixels in a batch at most: 32 images at 224 px, one at 2048 px
@@ -65,31 +69,6 @@ def no_images(folder: Path) -> str:
     return f"{folder}: a folder without image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
 
 
-@dataclass(frozen=True)
-class Classifier:
-    """What predict needs of a model: its class names, how files are decoded for it, and the probabilities of a
-    batch of decoded images, uint8 (N, H, W[, C]) -> (N, classes)."""
-
-    class_names: list[str]
-    size: tuple[int, int]  # (width, height) files are decoded to
-    crop: tuple[int, int]  # (height, width) of the centre kept at once: an image costs crop, not resize, pixels
-    channels: int
-    cover: bool  # keep the aspect ratio and crop the centre (backbones), or stretch (the seed network)
-    probabilities: Callable[[np.ndarray], np.ndarray]
-
-    def decode(self, data: bytes) -> np.ndarray:
-        return centre_crop(decode_image(data, self.size, self.channels, self.cover), *self.crop)
-
-
-def centre_crop(images: np.ndarray, height: int, width: int, rows: int = 0) -> np.ndarray:
-    """The centre (height, width) of an image (H, W[, C]; `rows` 0) or a batch (N, H, W[, C]; `rows` 1), with
-    torchvision's CenterCrop arithmetic, as an array of its own (the larger decode is freed)."""
-    top = int(round((images.shape[rows] - height) / 2.0))
-    left = int(round((images.shape[rows + 1] - width) / 2.0))
-    index = (slice(None),) * rows + (slice(top, top + height), slice(left, left + width))
-    return np.ascontiguousarray(images[index])
-
-
 def load_classifier(source: str | Path, precision: str = "fp32", engine: str = "pytorch",
                     notice: Callable[[str], None] = print) -> Classifier:
     """The model of a run folder (in PyTorch, on the fast path at `precision`; with `engine` onnxruntime, its
@@ -100,15 +79,10 @@ def load_classifier(source: str | Path, precision: str = "fp32", engine: str = "
     if precision == "bf16" and (exported or engine == "onnxruntime"):
         raise UserError(f"--precision bf16: for a run folder in PyTorch; {source} runs in fp32 as exported")
     if exported:
-        from ..deploy.formats import exported_classifier
-
         return exported_classifier(source)
     if engine == "onnxruntime":
-        from ..deploy.cache import onnx_classifier_cached
-
         return onnx_classifier_cached(source, notice)
     model, spec = load_model(model_file(source))
-    from ..deploy.graph import deployable  # deploy imports this module: imported when needed
 
     size, crop, channels = _preparation(spec)
     # The exported graph's own wrapper: uint8 NHWC in (channels-last as it comes), normalised and softmaxed
