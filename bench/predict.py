@@ -145,7 +145,7 @@ def main() -> None:
                        "images_per_second_after_loading": r["images"] / max(r["seconds"] - r["load"], 1e-9),
                        "ratio_after_loading": (old["seconds"] - old["load"]) / max(r["seconds"] - r["load"], 1e-9),
                        "first_call_seconds": r["warmup"], "ratio": old["seconds"] / r["seconds"],
-                       "same_top1": sum(a == b for a, b in zip(old["top1"], r["top1"]))} for name, r in best.items()]
+                       "same_top1": sum(a == b for a, b in zip(old["top1"], r["top1"], strict=True))} for name, r in best.items()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"predict-{'quick' if args.quick else 'full'}.json"

@@ -66,7 +66,7 @@ def compare_jobs(tmp: Path, repeats: int, study: list[str]) -> None:
             wall.append(timed([*study, "--jobs", str(jobs), "--out", str(out)], threads=cores))
             points[jobs] = json.loads((out / "study.json").read_text())["points"]
             print(f"  run {r + 1}: {jobs} process(es) x {cores // jobs} thread(s): {wall[-1]:.1f} s", flush=True)
-    ratios = [a / b for a, b in zip(one, many)]
+    ratios = [a / b for a, b in zip(one, many, strict=True)]
     print(f"  1 x {cores} threads: median {statistics.median(one):.1f} s; {cores} x 1 thread: median "
           f"{statistics.median(many):.1f} s; 1 process takes {statistics.median(ratios):.2f}x the {cores} processes' "
           f"time (run by run: {', '.join(f'{x:.2f}' for x in ratios)})")

@@ -19,5 +19,5 @@ def test_the_readme_links_only_to_pages_that_exist():
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     links = re.findall(r"\]\((docs/[^)#]+)", text)
-    assert links and all((ROOT / link).is_file() for link in links), [l for l in links if not (ROOT / l).is_file()]
+    assert links and all((ROOT / link).is_file() for link in links), [link for link in links if not (ROOT / link).is_file()]
     assert len(text.splitlines()) <= 220

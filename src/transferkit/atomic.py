@@ -34,7 +34,7 @@ def write_atomic_files(writes: dict[Path, Writer]) -> None:
     renamed: list[Path] = []
     current = paths[0]
     try:
-        for current, write in zip(paths, writes.values()):
+        for current, write in zip(paths, writes.values(), strict=True):
             write(temps[current])
             with open(temps[current], "rb") as f:
                 os.fsync(f.fileno())

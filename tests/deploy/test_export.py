@@ -105,7 +105,7 @@ def test_predict_on_the_onnx_file_gives_the_run_folders_top_k(exported, tuned, p
     onnx_file = exported["onnx"].path
     from_run, from_onnx = predict(tuned, [photos], top_k=3), predict(onnx_file, [photos], top_k=3)
     assert len(from_run) == len(from_onnx) == 24
-    for a, b in zip(from_run, from_onnx):
+    for a, b in zip(from_run, from_onnx, strict=True):
         assert a.path == b.path and [c for c, _ in a.top] == [c for c, _ in b.top]
         assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-5)
     main(["predict", str(onnx_file), str(photos / "red"), "--csv", "--top-k", "2"])
@@ -113,7 +113,7 @@ def test_predict_on_the_onnx_file_gives_the_run_folders_top_k(exported, tuned, p
     main(["predict", str(tuned), str(photos / "red"), "--csv", "--top-k", "2"])
     run_rows = capsys.readouterr().out.splitlines()
     assert len(onnx_rows) == len(run_rows) == 1 + 8 * 2 and onnx_rows[0] == run_rows[0]
-    for a, b in zip(onnx_rows[1:], run_rows[1:]):  # path, rank, class alike; probabilities printed to 6 digits
+    for a, b in zip(onnx_rows[1:], run_rows[1:], strict=True):  # path, rank, class alike; probabilities printed to 6 digits
         (*same_a, p_a, err_a), (*same_b, p_b, err_b) = a.split(","), b.split(",")
         assert same_a == same_b and err_a == err_b and abs(float(p_a) - float(p_b)) <= 2e-6
 

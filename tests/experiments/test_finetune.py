@@ -236,7 +236,7 @@ def test_streaming_is_the_same_computation_as_decoding_into_memory(photos, tmp_p
     assert streamed.results["confusion_matrix"] == memory.results["confusion_matrix"]
     assert streamed.results["phases"]["unfrozen"]["confusion_matrix"] == memory.results["phases"]["unfrozen"][
         "confusion_matrix"]
-    for a, b in zip(streamed.model.state_dict().values(), memory.model.state_dict().values()):
+    for a, b in zip(streamed.model.state_dict().values(), memory.model.state_dict().values(), strict=True):
         assert torch.allclose(a.float(), b.float(), atol=1e-5)
 
 

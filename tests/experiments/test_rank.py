@@ -81,7 +81,8 @@ def test_a_second_rank_reads_the_features_from_the_store(ranked, digits, cache, 
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     again = rank(digits, backbones="efficientnet_lite0", image_size=64, precision="fp32", save=False, verbose=False)
     first = json.loads((ranked / "results.json").read_text())["candidates"]
-    for row, before in zip(again.results["candidates"], first):
+    assert len(first) == 2  # the candidate and its control, each read back
+    for row, before in zip(again.results["candidates"], first, strict=True):
         assert row["feature_pass"]["from_store"] is True and row["scores"] == before["scores"]
 
 

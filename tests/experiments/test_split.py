@@ -13,7 +13,7 @@ def quick_run() -> SplitResult:
 
 def test_transfer_leaves_feature_weights_bitwise_unchanged(quick_run):
     source, transfer = quick_run.models["source"], quick_run.models["transfer"]
-    for (name, a), (_, b) in zip(source.features.state_dict().items(), transfer.features.state_dict().items()):
+    for (name, a), (_, b) in zip(source.features.state_dict().items(), transfer.features.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     # ... while the classifier did learn.
     assert not torch.equal(source.classifier.dense1.weight, transfer.classifier.dense1.weight)

@@ -267,7 +267,7 @@ def test_a_difference_whose_interval_includes_zero_is_not_a_lead():
     # The study: 2 seeds, +0.4 and +1.4 points with intervals of about +-28 and +-24.
     rows, findings, crossover = summarise(_gain_points({1: [-2.9, 3.7], 10: [-0.5, 3.3]}), "shots")
     assert crossover is None
-    for line, shots in zip(findings, ("1 image", "10 images")):
+    for line, shots in zip(findings, ("1 image", "10 images"), strict=False):
         assert line.startswith(f"With {shots} per class the difference is not established at 2 seeds: transfer")
         assert "leads" not in line and "includes zero" in line and "a t interval from 2 seeds is wide" in line
         assert "seeds would be needed for this spread to exclude zero (an estimate" in line
@@ -511,10 +511,10 @@ def test_the_work_is_cut_into_units_that_share_only_finished_networks():
     assert [(u.base, len(u.points), u.points[0].arm, u.points[0].shots) for u in units[5:]] == [
         (None, 1, "scratch", n) for n in (0, 10, 1) for _ in range(5)]
     freeze = StudyConfig("freeze", seeds=3, cuts=(1, 2))
-    for config, units in ((shots, units), (freeze, _units(freeze))):
-        points = [p for u in units for p in u.points] + [Point("baseB", u.seed) for u in units if u.base == "baseB"]
+    for config, planned in ((shots, units), (freeze, _units(freeze))):
+        points = [p for u in planned for p in u.points] + [Point("baseB", u.seed) for u in planned if u.base == "baseB"]
         assert sorted(p.name for p in points) == sorted(p.name for p in _plan(config))
-        for u in units:
+        for u in planned:
             assert all(p.seed == u.seed for p in u.points)
             assert u.base == {"transfer": "baseA", "AnB": "baseA", "AnB+": "baseA", "BnB": "baseB", "BnB+": "baseB",
                               "scratch": None}[u.points[0].arm] if u.points else u.base == "baseB"

@@ -146,7 +146,7 @@ def test_a_saved_temperature_changes_predicts_probabilities_but_not_its_classes(
     finally:
         spec_file.write_text(json.dumps(spec))
     t = spec["temperature"]
-    for c, r in zip(calibrated_predictions, raw):
+    for c, r in zip(calibrated_predictions, raw, strict=True):
         assert [name for name, _ in c.top] == [name for name, _ in r.top]
         p_raw = np.array([p for _, p in r.top])
         # softmax(z / t) from softmax(z): p ** (1 / t), renormalised over all (here: all 3) classes

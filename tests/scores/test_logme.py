@@ -161,7 +161,7 @@ def test_logme_is_finite_on_every_input(n, d, classes, kind, seed):
     values = [result.score, *result.per_class, *result.alpha, *result.beta]
     assert all(math.isfinite(v) for v in values), (kind, result)
     assert all(b in (None, "lower", "upper") for b in result.bound)
-    assert all(c == (b is None) for c, b in zip(result.converged, result.bound)) or not all(result.converged)
+    assert all(c == (b is None) for c, b in zip(result.converged, result.bound, strict=True)) or not all(result.converged)
     # The reported evidence is the evidence at the reported precisions (no value that belongs to no model).
     from transferkit.scores.logme import evidence
     if d <= 60 and kind not in ("huge", "tiny"):

@@ -258,7 +258,7 @@ def _decode_all(tree: FileTree, layout: FolderLayout, image_size: int | None, ch
             todo = [(f, lbl, d) for f, lbl, d in items if f in headers]
             results = list(pool.map(lambda it: _decode_or_reason(it[2], size, channels, cover), todo))
             x, y = [], []
-            for (f, lbl, _), (arr, reason) in zip(todo, results):
+            for (f, lbl, _), (arr, reason) in zip(todo, results, strict=True):
                 if arr is None:
                     skipped.append(f"{f}: {reason}")
                 else:

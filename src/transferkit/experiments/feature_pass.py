@@ -51,7 +51,7 @@ def frozen_features(name: str, prefix: nn.Module, images: list[torch.Tensor | It
                                           autocast_dtype, done, device=device) if isinstance(x, torch.Tensor)
                           else (compute_features(prefix, x, batch_size, autocast_dtype, done, device=device), False))
     seconds = time.perf_counter() - start
-    computed = sum(len(x) for x, (_, hit) in zip(images, passes) if not hit)
+    computed = sum(len(x) for x, (_, hit) in zip(images, passes, strict=True) if not hit)
     record = {"images": sum(len(x) for x in images), "computed": computed, "seconds": round(seconds, 3),
               "from_store": computed == 0,
               "images_per_second": round(computed / seconds, 2) if computed else None,

@@ -148,7 +148,7 @@ def _check_layout(config: RankConfig) -> None:
 
 def _check_classes(data: ImageData) -> None:
     counts = np.bincount(data.train[1], minlength=len(data.classes))
-    few = [f"{c} ({n})" for c, n in zip(data.classes, counts) if n < 2]
+    few = [f"{c} ({n})" for c, n in zip(data.classes, counts, strict=True) if n < 2]
     if few:
         raise UserError(f"{data.origin}: class(es) {', '.join(few)} have fewer than 2 training images, too few for "
                         "the probe and the kNN; add images (or lower --val-fraction)")
@@ -243,6 +243,6 @@ def _kendall(rows: list[dict], with_failed: bool = False) -> dict[str, float | N
     taus = {}
     for s in SCORES:
         pairs = [(r["scores"][s], r["verified"]["accuracy"]) for r in rows if r["scores"].get(s) is not None]
-        taus[s] = kendall_tau(*zip(*pairs)) if len(pairs) > 1 else None
+        taus[s] = kendall_tau(*zip(*pairs, strict=True)) if len(pairs) > 1 else None
     taus["ranking"] = kendall_tau([-i for i in range(len(rows))], [r["verified"]["accuracy"] for r in rows])
     return taus

@@ -105,7 +105,7 @@ class BackboneTrainer(Trainer):
         model, transform = self.backbone.model("scratch")
         name = self.config.split.backbone
         pieces, sources = stage_pieces(name, model.features), stage_pieces(name, copied_from.features)
-        for (_, piece, _), (_, source, _) in zip(pieces[:point.cut], sources[:point.cut]):
+        for (_, piece, _), (_, source, _) in zip(pieces[:point.cut], sources[:point.cut], strict=True):
             piece.load_state_dict(source.state_dict())
             if not point.arm.endswith("+"):
                 freeze(piece, eval_mode=True)

@@ -132,7 +132,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
         if tta:
             probs = (probs + classifier.probabilities(mirrored(batch, 2))) / 2
         order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(names))]
-        for (path, _), p, i in zip(pending, probs.tolist(), order.tolist()):
+        for (path, _), p, i in zip(pending, probs.tolist(), order.tolist(), strict=True):
             out.append(Prediction(path, [(names[c], p[c]) for c in i]))
         pending.clear()
 
@@ -167,7 +167,7 @@ def _decoded(classifier: Classifier, files: list[Path], batch: int) -> Iterator[
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # given by predict, naming the files
         for start in range(0, len(files), batch):
             chunk = files[start:start + batch]
-            for path, result in zip(chunk, pool.map(lambda path: _decode_file(classifier, path), chunk)):
+            for path, result in zip(chunk, pool.map(lambda path: _decode_file(classifier, path), chunk), strict=True):
                 yield (path, *result)
 
 

@@ -51,7 +51,7 @@ class PooledStages(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = []
-        for module, scored in zip(self.pieces, self.scored):
+        for module, scored in zip(self.pieces, self.scored, strict=True):
             x = module(x)
             if scored:
                 pooled.append(x.float().mean((2, 3)))
@@ -59,4 +59,4 @@ class PooledStages(nn.Module):
 
     def split(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """The columns of each stage, by name."""
-        return dict(zip(self.names, features.split(self.widths, dim=1)))
+        return dict(zip(self.names, features.split(self.widths, dim=1), strict=True))

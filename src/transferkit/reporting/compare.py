@@ -52,7 +52,7 @@ def load_runs(run_dirs: list[str | Path]) -> list[RunInfo]:
         raise UserError("compare needs at least two run folders")
     names = [Path(d).name or str(d) for d in run_dirs]
     runs = []
-    for d, name in zip(run_dirs, names):
+    for d, name in zip(run_dirs, names, strict=True):
         results = load_run(Path(d))
         dataset = results.get("dataset", {})
         status = read_status(Path(d)) or {}

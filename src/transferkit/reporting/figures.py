@@ -88,7 +88,7 @@ def time_figure(phases: dict[str, dict]) -> Figure:
     names = list(phases)
     seconds = [phases[n]["train_seconds"] for n in names]
     bars = ax.bar(names, seconds, color=[PHASE_COLORS.get(n, "gray") for n in names])
-    for bar, n in zip(bars, names):
+    for bar, n in zip(bars, names, strict=True):
         ax.annotate(f"{phases[n]['train_seconds']:.1f} s\nacc {phases[n]['test_accuracy']:.4f}",
                     (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("training time (s)")
@@ -195,7 +195,7 @@ def misclassified_figure(groups: dict[str, tuple[np.ndarray, np.ndarray, np.ndar
     heights = [max(1, -(-len(images) // cols)) for images, *_ in groups.values()] or [1]
     fig = Figure(figsize=(cols * 1.3, sum(heights) * 1.45 + 0.35 * len(heights)), layout="constrained")
     subfigs = fig.subfigures(len(heights), 1, squeeze=False, height_ratios=[h + 0.3 for h in heights])
-    for subfig, rows, (group, (images, truth, predicted, names)) in zip(subfigs[:, 0], heights, groups.items()):
+    for subfig, rows, (group, (images, truth, predicted, names)) in zip(subfigs[:, 0], heights, groups.items(), strict=True):
         axes = subfig.subplots(rows, cols, squeeze=False)
         for i, ax in enumerate(axes.flat):
             ax.axis("off")

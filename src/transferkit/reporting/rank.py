@@ -119,11 +119,11 @@ def rank_figure(table: list[RankRow]) -> Figure:
     axes = fig.subplots(1, len(metrics), sharey=True, squeeze=False)[0]
     names = [r.name for r in table]
     colors = [CONTROL_COLOR if r.control else CANDIDATE_COLOR for r in table]
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics, strict=True):
         raw = [getattr(r, metric) for r in table]
         values = [0.0 if v is None else v for v in raw]
         ax.barh(range(len(table)), values, color=colors)
-        for y, (v, given) in enumerate(zip(values, raw)):
+        for y, (v, given) in enumerate(zip(values, raw, strict=True)):
             ax.text(v, y, " absent" if given is None else f" {v:.3f}", va="center", fontsize=7)
         title_axes(ax, SCORE_NAMES[metric], fontsize=10)
         ax.grid(axis="x", alpha=0.3)

@@ -265,7 +265,7 @@ def shots_figure(results: dict) -> Figure:
         x = [everything if r["shots"] == 0 else r["shots"] for r in mine]
         color = ARM_COLORS[arm]
         ax.plot(x, [r["test_accuracy"] for r in mine], "o-", color=color, label=arm)
-        low, high = zip(*(_band(r) for r in mine))
+        low, high = zip(*(_band(r) for r in mine), strict=True)
         ax.fill_between(x, low, high, color=color, alpha=0.2)
     _accuracy_axis(ax, rows)
     ax.set_xscale("log")
@@ -298,7 +298,7 @@ def freeze_figure(results: dict) -> Figure:
             continue
         x = [r["cut"] + (i - 1.5) * 0.04 for r in mine]  # side by side, so the bars do not hide each other
         y = [r["test_accuracy"] for r in mine]
-        err = [[m - _band(r)[0] for m, r in zip(y, mine)], [_band(r)[1] - m for m, r in zip(y, mine)]]
+        err = [[m - _band(r)[0] for m, r in zip(y, mine, strict=True)], [_band(r)[1] - m for m, r in zip(y, mine, strict=True)]]
         ax.errorbar(x, y, yerr=err, fmt="o-", color=ARM_COLORS[arm], capsize=3, label=arm)
     _accuracy_axis(ax, rows)
     stages = results.get("dataset", {}).get("stages")  # a backbone's: its stages are the cuts

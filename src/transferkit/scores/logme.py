@@ -85,7 +85,7 @@ def logme(features: np.ndarray, labels: np.ndarray) -> LogME:
         t = math.exp(log_t)
         beta = float(n / _energy(t, sigma[:, 0], x2[:, c], outside[c])[0])
         rows.append((float(best) / n, t * beta, beta, bool(found.success) and bound is None, int(found.nit), bound))
-    per_class, alpha, beta, converged, iterations, bound = (list(column) for column in zip(*rows))
+    per_class, alpha, beta, converged, iterations, bound = (list(column) for column in zip(*rows, strict=True))
     return LogME(float(np.mean(per_class)), per_class, alpha, beta, converged, iterations, bound)
 
 

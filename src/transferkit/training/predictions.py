@@ -57,7 +57,7 @@ class Mistakes:
     def examples(self) -> list[dict]:
         """The examples as results.json keeps them, so a resumed run can draw a finished phase's again."""
         return [{"index": int(i), "true": int(t), "predicted": int(p)}
-                for i, t, p in zip(self.indices, self.truth, self.predicted)]
+                for i, t, p in zip(self.indices, self.truth, self.predicted, strict=True)]
 
     @classmethod
     def from_examples(cls, examples: list[dict], confusion: list[list[int]],
