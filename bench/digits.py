@@ -39,7 +39,8 @@ from transferkit.training import cpu_flags, images_to_tensor
 
 
 def write_digits(out: Path, per_class: int | None, seed: int = 0) -> tuple[Path, Path, dict]:
-    """train/ and held/ folders of 32x32 PNGs, 70/30 stratified; and the raw 8x8 arrays of both for the SVC."""
+    """train/ and held/ folders of 32x32 PNGs, 70/30 stratified (and both again as probe/train/, probe/val/, the
+    layout the probe reads as two splits); and the raw 8x8 arrays of both for the SVC."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -48,38 +49,38 @@ def write_digits(out: Path, per_class: int | None, seed: int = 0) -> tuple[Path,
     if per_class is not None:
         index = np.concatenate([np.flatnonzero(digits.target == c)[:per_class] for c in range(10)])
     train, held = train_test_split(index, test_size=0.3, stratify=digits.target[index], random_state=seed)
-    for split, chosen in (("train", train), ("held", held)):
+    for split, chosen, probe_split in (("train", train, "train"), ("held", held, "val")):
         for i in chosen:
-            folder = out / split / str(digits.target[i])
-            folder.mkdir(parents=True, exist_ok=True)
             pixels = (digits.images[i] * 255 / 16).astype(np.uint8)
-            Image.fromarray(pixels).resize((32, 32), Image.BILINEAR).save(folder / f"{i:04d}.png")
+            image = Image.fromarray(pixels).resize((32, 32), Image.Resampling.BILINEAR)
+            for folder in (out / split / str(digits.target[i]), out / "probe" / probe_split / str(digits.target[i])):
+                folder.mkdir(parents=True, exist_ok=True)
+                image.save(folder / f"{i:04d}.png")
     raw = {"train": (digits.data[train], digits.target[train]), "held": (digits.data[held], digits.target[held])}
     return out / "train", out / "held", raw
 
 
 def held_out_accuracy(predictions: list[dict]) -> float:
     """Share of held-out images whose top class is their folder's name."""
-    right = [Path(p["path"]).parent.name == p["top"][0]["class"] for p in predictions if p.get("top")]
+    right = [Path(p["path"]).parent.name == p["predictions"][0]["class"] for p in predictions if p["predictions"]]
     return sum(right) / len(right)
 
 
 @torch.no_grad()
-def probe_on_frozen_features(train: Path, held: Path, backbone: str) -> float:
-    """transferkit's linear probe on the backbone's frozen features: fit on train/, scored on held/."""
+def probe_on_frozen_features(folder: Path, backbone: str) -> float:
+    """transferkit's linear probe on the backbone's frozen features: fit on folder/train, scored on folder/val."""
     model = BackboneClassifier(backbone, 2)
     pre = load_backbone_weights(model, "imagenet")
     transform, features = InputTransform(pre.crop, pre.mean, pre.std), model.features.eval()
 
-    def encode(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
-        data = load_folder(folder, image_size=pre.resize, channels=3, cover=True)
-        x, y = data.splits["train"]
+    data = load_folder(folder, image_size=pre.resize, channels=3, cover=True)
+
+    def encode(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = data.splits[split]
         x = images_to_tensor(x, scale=False)
         return torch.cat([features(transform(x[i : i + 64])) for i in range(0, len(x), 64)]), torch.from_numpy(y)
 
-    (xt, yt), (xh, yh) = encode(train), encode(held)
-    names_t, names_h = load_folder(train).classes, load_folder(held).classes
-    assert names_t == names_h, (names_t, names_h)
+    (xt, yt), (xh, yh) = encode("train"), encode("val")
     return probe_accuracy(xt, yt.long(), xh, yh.long())
 
 
@@ -106,7 +107,7 @@ def main() -> None:
                                check=True, env=env, capture_output=True, text=True)
         predict_seconds = time.perf_counter() - start
         predictions = json.loads(shown.stdout)
-        probe = probe_on_frozen_features(train, held, DEFAULT_BACKBONE)
+        probe = probe_on_frozen_features(tmp / "digits" / "probe", DEFAULT_BACKBONE)
         from sklearn.svm import SVC
 
         start = time.perf_counter()

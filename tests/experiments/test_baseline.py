@@ -92,3 +92,16 @@ def test_the_feature_baseline_is_the_linear_probe():
     y = (x[:, 0] > 0).long()
     baseline = feature_baseline("resnet18", (x[:30], y[:30]), (x[30:], y[30:]))
     assert baseline.val_accuracy >= 0.9 and baseline.to_dict()["name"] == "logistic regression on the frozen features"
+
+
+def test_the_default_training_reaches_the_linear_probe_on_real_digits(sk_digits, tmp_path, monkeypatch):
+    # Issue 28's digits case at a small scale: finetune with no options (its training length from the data)
+    # must not underfit: the head reaches the logistic regression on the very features it trains on.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out = tmp_path / "ft"
+    main(["finetune", str(sk_digits), "--image-size", "64", "--out", str(out), "--quiet"])
+    results = json.loads((out / "results.json").read_text())
+    frozen = results["phases"]["frozen"]
+    probe = next(b for b in results["baselines"] if b["kind"] == "features")
+    assert frozen["stopping"]["reason"] != "given"  # the default rule chose the length
+    assert frozen["test_accuracy"] >= probe["val_accuracy"] - 2 / probe["val_samples"], (frozen["stopping"], probe)

@@ -26,6 +26,13 @@ class Classifier:
     def decode(self, data: bytes) -> np.ndarray:
         return centre_crop(decode_image(data, self.size, self.channels, self.cover), *self.crop)
 
+    def decode_views(self, data: bytes, mirror: bool) -> tuple[np.ndarray, ...]:
+        """The image for the model and, with `mirror`, its mirror image prepared the same way (mirrored before
+        the crop, as a mirrored file would be: a centre crop of an odd margin is not symmetric)."""
+        decoded = decode_image(data, self.size, self.channels, self.cover)
+        views = (decoded, np.flip(decoded, axis=1)) if mirror else (decoded,)
+        return tuple(centre_crop(v, *self.crop) for v in views)
+
 
 def centre_crop(images: np.ndarray, height: int, width: int, rows: int = 0) -> np.ndarray:
     """The centre (height, width) of an image (H, W[, C]; `rows` 0) or a batch (N, H, W[, C]; `rows` 1), with

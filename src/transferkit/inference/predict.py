@@ -27,7 +27,6 @@ from ..experiments.feature_pass import fast_forward
 from ..experiments.run_folder import model_file
 from ..reporting import load_model
 from ..training import resolve_precision
-from ..training.tta import mirrored
 from .cache import onnx_classifier_cached
 from .classifier import Classifier
 from .formats import exported_classifier
@@ -122,22 +121,21 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     names = classifier.class_names
     batch_size = max(1, min(batch_size, BATCH_PIXELS // (classifier.crop[0] * classifier.crop[1])))
     out = Predictions()
-    pending: list[tuple[str, np.ndarray]] = []
+    pending: list[tuple[str, tuple[np.ndarray, ...]]] = []
 
     def flush() -> None:
         if not pending:
             return
-        batch = np.stack([a for _, a in pending])
-        probs = classifier.probabilities(batch)
+        probs = classifier.probabilities(np.stack([views[0] for _, views in pending]))
         if tta:
-            probs = (probs + classifier.probabilities(mirrored(batch, 2))) / 2
+            probs = (probs + classifier.probabilities(np.stack([views[1] for _, views in pending]))) / 2
         order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(names))]
         for (path, _), p, i in zip(pending, probs.tolist(), order.tolist(), strict=True):
             out.append(Prediction(path, [(names[c], p[c]) for c in i]))
         pending.clear()
 
     start, large = time.perf_counter(), []
-    for path, image, error, pixels in _decoded(classifier, image_files(inputs), batch_size):
+    for path, image, error, pixels in _decoded(classifier, image_files(inputs), batch_size, tta):
         if pixels > Image.MAX_IMAGE_PIXELS:
             large.append((path, pixels))
         if image is None:
@@ -158,20 +156,22 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     return out
 
 
-def _decoded(classifier: Classifier, files: list[Path], batch: int) -> Iterator[tuple[Path, np.ndarray | None,
-                                                                                  str | None, int]]:
-    """(path, image for the model or None, why not, pixels in the file) for each file in order, read and
+def _decoded(classifier: Classifier, files: list[Path], batch: int,
+             mirror: bool) -> Iterator[tuple[Path, tuple[np.ndarray, ...] | None, str | None, int]]:
+    """(path, views for the model (with `mirror`, the mirror image too) or None, why not, pixels in the file) for
+    each file in order, read and
     decoded `batch` files at a time by a thread per core (Pillow decodes without the GIL). Not while the
     network runs: its threads wait for each other, and one held up by a decoding thread holds up all."""
     with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # given by predict, naming the files
         for start in range(0, len(files), batch):
             chunk = files[start:start + batch]
-            for path, result in zip(chunk, pool.map(lambda path: _decode_file(classifier, path), chunk), strict=True):
+            for path, result in zip(chunk, pool.map(lambda path: _decode_file(classifier, path, mirror), chunk), strict=True):
                 yield (path, *result)
 
 
-def _decode_file(classifier: Classifier, path: Path) -> tuple[np.ndarray | None, str | None, int]:
+def _decode_file(classifier: Classifier, path: Path,
+                 mirror: bool) -> tuple[tuple[np.ndarray, ...] | None, str | None, int]:
     if path.is_dir():
         return None, no_images(path), 0
     pixels = 0
@@ -179,7 +179,7 @@ def _decode_file(classifier: Classifier, path: Path) -> tuple[np.ndarray | None,
         data = read_regular_file(path)
         (w, h), _ = probe(data)
         pixels = w * h
-        return classifier.decode(data), None, pixels
+        return classifier.decode_views(data, mirror), None, pixels
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
         return None, f"{type(e).__name__}: {unreadable_reason(e)}", pixels
 
