@@ -53,6 +53,16 @@ class Stopping:
     epochs: int = 5
     min_steps: int = 300
     patience: int = 5
+    # ...and at least this many optimizer steps without a lower validation loss: on the full digits case (32
+    # steps an epoch) 5 epochs stopped the head at epoch 28 of 94 with 0.940 where the linear probe gives 0.952;
+    # every planned epoch gave 0.956, 15 epochs of patience 0.960. 0 when --patience is given (the user's count).
+    patience_steps: int = 500
+
+    def patience_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs without improvement after which the phase stops (0: never)."""
+        if not self.patience:
+            return 0
+        return max(self.patience, -(-self.patience_steps // max(steps_per_epoch, 1)))
 
     @property
     def given(self) -> bool:
@@ -81,7 +91,8 @@ def phase_stopping(epochs: int, min_steps: int | None, patience: int | None,
     """A phase's Stopping from its options, None taking the defaults (`default_min_steps`: HEAD_MIN_STEPS for a
     head on cached features)."""
     return Stopping(epochs, default_min_steps if min_steps is None else min_steps,
-                    Stopping.patience if patience is None else patience)
+                    Stopping.patience if patience is None else patience,
+                    Stopping.patience_steps if patience is None else 0)
 
 
 def check_stopping(min_steps: int | None, patience: int | None) -> None:

@@ -163,7 +163,8 @@ class StopPlan:
             note = "validated on the test split: last epoch kept"
         elif resumed_without:
             note = "resumed from a checkpoint made before early stopping: last epoch kept"
-        return cls(s, steps_per_epoch, s.planned_epochs(steps_per_epoch), 0 if note else s.patience, note)
+        return cls(s, steps_per_epoch, s.planned_epochs(steps_per_epoch), 0 if note else s.patience_epochs(steps_per_epoch),
+                   note)
 
     def describe_start(self, name: str) -> str:
         length = planned_length(self.epochs, self.stopping.min_steps, self.steps_per_epoch)
