@@ -43,7 +43,10 @@ FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
 TIMER = """
 import json, sys, time
 import transferkit
-from transferkit.inference.predict import image_files, load_classifier
+try:
+    from transferkit.inference.predict import image_files, load_classifier
+except ImportError:  # the baseline's layout: predict lived in experiments/
+    from transferkit.experiments.predict import image_files, load_classifier
 run, folder, kwargs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 if kwargs:  # this version's options (the baseline has none of them): its ONNX cache notice not printed
     kwargs["notice"] = lambda _: None

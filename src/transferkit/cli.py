@@ -20,6 +20,7 @@ from .config import (
     HEAD_MIN_STEPS,
     HEADS,
     LR_SCHEDULES,
+    ONNX_AUTO_IMAGES,
     OPTIMIZERS,
     PRECISIONS,
     PREDICT_ENGINES,
@@ -506,8 +507,9 @@ def _open(path: Path) -> None:
               show_default=True, help="A run folder's network in fp32, or bf16 (fast on CPUs with AVX512-BF16 or "
               "AMX, slow elsewhere); auto: bf16 where the CPU has it natively, else fp32.")
 @click.option("--engine", type=click.Choice(PREDICT_ENGINES), default=DEFAULT_PREDICT_ENGINE, show_default=True,
-              help="A run folder's network in PyTorch, or in ONNX Runtime: exported once (about a minute) into "
-                   "RUN_DIR/cache/ and checked, then reused while the weights are the same (needs the export extra).")
+              help="A run folder's network in PyTorch, or in ONNX Runtime: exported once (about 20 s) into "
+                   "RUN_DIR/cache/ and checked, then reused while the weights are the same (needs the export extra); "
+                   f"auto: ONNX Runtime when installed and {ONNX_AUTO_IMAGES} images or more are given, else PyTorch.")
 def predict_command(run_dir: str, images: tuple[str, ...], top_k: int, tta: bool, as_json: bool,
                     as_csv: bool, precision: str, engine: str) -> None:
     """Predict the classes of IMAGES (files or folders) with the model of RUN_DIR (from `run` or `finetune`), or

@@ -7,6 +7,7 @@ thread per core, and batches are bounded in pixels.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 import warnings
@@ -19,7 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..config import DEFAULT_PREDICT_ENGINE, DEFAULT_PREDICT_PRECISION, PREDICT_ENGINES, PREDICT_PRECISIONS
+from ..config import (
+    DEFAULT_PREDICT_ENGINE,
+    DEFAULT_PREDICT_PRECISION,
+    ONNX_AUTO_IMAGES,
+    PREDICT_ENGINES,
+    PREDICT_PRECISIONS,
+)
 from ..data.archive import read_regular_file
 from ..data.folders import IMAGE_SUFFIXES, probe, unreadable_reason
 from ..errors import UserError
@@ -109,15 +116,16 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     or TorchScript file; unreadable files (and named folders without images) get an error and the rest go
     on. `tta`: the mean of the probabilities of each image and its mirror image (training/tta.py).
     `precision` (a run folder's): fp32, bf16, or auto (bf16 where the CPU has it natively). `engine` (a run
-    folder's): pytorch, or onnxruntime (its ONNX export, made once and cached in the run folder; needs the
-    export extra)."""
+    folder's): pytorch, onnxruntime (its ONNX export, made once and cached in the run folder; needs the
+    export extra), or auto (onnxruntime when installed and ONNX_AUTO_IMAGES images or more are given)."""
     if top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {top_k}")
     if precision not in PREDICT_PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {precision!r}")
     if engine not in PREDICT_ENGINES:
         raise UserError(f"--engine must be one of {', '.join(PREDICT_ENGINES)}, got {engine!r}")
-    classifier = load_classifier(run_dir, precision, engine, notice)
+    files = image_files(inputs)
+    classifier = load_classifier(run_dir, precision, _engine(engine, run_dir, precision, len(files)), notice)
     names = classifier.class_names
     batch_size = max(1, min(batch_size, BATCH_PIXELS // (classifier.crop[0] * classifier.crop[1])))
     out = Predictions()
@@ -135,7 +143,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
         pending.clear()
 
     start, large = time.perf_counter(), []
-    for path, image, error, pixels in _decoded(classifier, image_files(inputs), batch_size, tta):
+    for path, image, error, pixels in _decoded(classifier, files, batch_size, tta):
         if pixels > Image.MAX_IMAGE_PIXELS:
             large.append((path, pixels))
         if image is None:
@@ -154,6 +162,17 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     done = sum(1 for p in out if not p.error)
     out.images_per_second = done / max(time.perf_counter() - start, 1e-9)
     return out
+
+
+def _engine(engine: str, source: str | Path, precision: str, images: int) -> str:
+    """The engine `auto` stands for: ONNX Runtime for a run folder's model when it is installed and enough
+    images are given to repay its one-time export (ONNX_AUTO_IMAGES), else PyTorch."""
+    if engine != "auto":
+        return engine
+    if precision == "bf16" or images < ONNX_AUTO_IMAGES or not Path(source).is_dir():
+        return "pytorch"
+    return "onnxruntime" if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript") \
+        else "pytorch"
 
 
 def _decoded(classifier: Classifier, files: list[Path], batch: int,
