@@ -131,7 +131,7 @@ def main() -> None:
             python(base / "src", "import sys, transferkit; transferkit.finetune(sys.argv[1], backbone='efficientnet_lite0', "
                    "epochs=1, out=sys.argv[2], verbose=False); print('ok')", f"{tmp}/photos", f"{tmp}/run", env=env)
             versions = {f"before ({args.baseline})": (base / "src", {}),
-                        "pytorch fast path (fp32)": (REPO / "src", {"precision": "fp32"}),
+                        "pytorch fast path (fp32)": (REPO / "src", {"precision": "fp32", "engine": "pytorch"}),
                         "--engine onnxruntime": (REPO / "src", {"engine": "onnxruntime"})}
             best: dict[str, dict] = {}
             for _ in range(args.repeat):  # the versions take turns, so a busy minute hits both
