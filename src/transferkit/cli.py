@@ -70,7 +70,8 @@ def _stopping_options(head: bool = False):
         command = click.option("--patience", type=int, default=None, help=(
             "Stop a phase once its validation loss has not improved for N epochs and keep its best epoch's weights; "
             "0: train every planned epoch and keep the last. Never on a test split (the last epoch is kept).  "
-            f"[default: {Stopping.patience}; 0 when --epochs is given]"))(command)
+            f"[default: {Stopping.patience} epochs and at least {Stopping.patience_steps} steps; given, N epochs; 0 "
+            "when --epochs is given]"))(command)
         return click.option("--min-steps", type=int, default=None, help=(
             "Raise each phase's epochs until it takes at least N optimizer steps (for its training images and "
             f"batch size).  [default: {least}; 0 when --epochs is given]"))(command)

@@ -24,7 +24,7 @@ class Classifier:
     probabilities: Callable[[np.ndarray], np.ndarray]
 
     def decode(self, data: bytes) -> np.ndarray:
-        return centre_crop(decode_image(data, self.size, self.channels, self.cover), *self.crop)
+        return self.decode_views(data, mirror=False)[0]
 
     def decode_views(self, data: bytes, mirror: bool) -> tuple[np.ndarray, ...]:
         """The image for the model and, with `mirror`, its mirror image prepared the same way (mirrored before
