@@ -530,9 +530,9 @@ def test_class_names_are_data_whatever_their_characters(tmp_path, monkeypatch):
 def test_a_cifar_batch_with_a_key_that_is_not_utf8_is_read(tmp_path):
     import pickle
 
-    from transferkit.data.cifar import _unpickle
+    from transferkit.data.cifar import unpickle_arrays
 
-    batch = _unpickle(pickle.dumps({b"\xff\xfe": b"x", b"labels": [1]}), tmp_path / "data_batch_1")
+    batch = unpickle_arrays(pickle.dumps({b"\xff\xfe": b"x", b"labels": [1]}), tmp_path / "data_batch_1")
     assert batch["labels"] == [1] and "\\xff\\xfe" in batch  # crashed with UnicodeDecodeError before
 
 

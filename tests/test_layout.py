@@ -35,6 +35,17 @@ def imports(name: str, path: Path, known: dict[str, Path]) -> tuple[set[str], li
     return edges - {name}, private
 
 
+TESTS = SRC.parents[1] / "tests"
+
+
+def test_tests_import_no_private_names():
+    """Tests use what the modules offer (a private helper a test needs is public, with a docstring)."""
+    known, private = modules(), []
+    for path in sorted(TESTS.rglob("*.py")):
+        private += imports(f"tests.{path.stem}", path, known)[1]
+    assert not private, private
+
+
 def test_no_import_circles_and_no_private_imports():
     known = modules()
     graph, private = {}, []

@@ -310,15 +310,15 @@ def test_under_torchrun_auto_decodes_into_memory_on_every_rank(photos, monkeypat
 
 
 def test_a_run_saved_before_an_option_existed_resumes_as_it_ran():
-    from transferkit.experiments.run_folder import _differences
+    from transferkit.experiments.run_folder import config_differences
 
     saved = {"epochs": 5, "train": {"lr": 0.001}}  # no lr_schedule, train_batchnorm or stream: older runs
-    assert _differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "constant"},
+    assert config_differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "constant"},
                                 "train_batchnorm": True, "stream": "never"}) == []
-    assert _differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "cosine"}}) == [
+    assert config_differences(saved, {"epochs": 5, "train": {"lr": 0.001, "lr_schedule": "cosine"}}) == [
         "train.lr_schedule was 'constant', now 'cosine' (--lr-schedule constant)"]
     # Runs from before class weights trained unweighted; the message names the option that repeats that.
-    assert _differences(saved, {"epochs": 5, "class_weights": "auto"}) == [
+    assert config_differences(saved, {"epochs": 5, "class_weights": "auto"}) == [
         "class_weights was 'none', now 'auto' (--class-weights none)"]
     # Calibration and TTA measure after training: a resumed run may choose them anew.
-    assert _differences({"calibrate": None, "tta": False}, {"calibrate": False, "tta": True}) == []
+    assert config_differences({"calibrate": None, "tta": False}, {"calibrate": False, "tta": True}) == []

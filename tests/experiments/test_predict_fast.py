@@ -110,11 +110,11 @@ def test_precision_choices(run, photos, tmp_path, capsys):
 
 def test_the_auto_engine_takes_onnx_runtime_only_where_its_export_pays(tmp_path):
     from transferkit.config import ONNX_AUTO_IMAGES
-    from transferkit.inference.predict import _engine
+    from transferkit.inference.predict import resolve_engine
 
     run = tmp_path  # a run folder (a directory); an exported file runs as exported
-    assert _engine("auto", run, "fp32", ONNX_AUTO_IMAGES - 1) == "pytorch"
-    assert _engine("auto", run, "fp32", ONNX_AUTO_IMAGES) == "onnxruntime"  # the export extra is installed here
-    assert _engine("auto", run, "bf16", ONNX_AUTO_IMAGES) == "pytorch"  # bf16 is PyTorch's
-    assert _engine("auto", tmp_path / "model.onnx", "fp32", ONNX_AUTO_IMAGES) == "pytorch"
-    assert _engine("pytorch", run, "fp32", 10**6) == "pytorch"
+    assert resolve_engine("auto", run, "fp32", ONNX_AUTO_IMAGES - 1) == "pytorch"
+    assert resolve_engine("auto", run, "fp32", ONNX_AUTO_IMAGES) == "onnxruntime"  # the export extra is installed here
+    assert resolve_engine("auto", run, "bf16", ONNX_AUTO_IMAGES) == "pytorch"  # bf16 is PyTorch's
+    assert resolve_engine("auto", tmp_path / "model.onnx", "fp32", ONNX_AUTO_IMAGES) == "pytorch"
+    assert resolve_engine("pytorch", run, "fp32", 10**6) == "pytorch"

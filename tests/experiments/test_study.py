@@ -16,7 +16,7 @@ import torch
 
 from transferkit import UserError, study
 from transferkit.cli import main
-from transferkit.experiments.study import _plan, _units, study_jobs
+from transferkit.experiments.study import study_jobs, study_points, study_units
 from transferkit.experiments.study_plan import Point, StudyConfig, shot_indices
 from transferkit.reporting.study import interval, seeds_needed, summarise
 from transferkit.training.batches import usable_cores
@@ -314,18 +314,18 @@ def test_one_seed_has_no_interval_said_so_and_drawn_without_one(tmp_path):
 
 def test_seeds_are_bounded_and_the_plan_is_built_once(monkeypatch):
     with pytest.raises(UserError, match="--seeds 1001: at most 1000"):
-        StudyConfig("shots", seeds=1001)  # before any plan: 10^9 seeds were a MemoryError in _plan
+        StudyConfig("shots", seeds=1001)  # before any plan: 10^9 seeds were a MemoryError in study_points
     module = sys.modules["transferkit.experiments.study"]
     built = []
-    real = module._plan
-    monkeypatch.setattr(module, "_plan", lambda config: built.append(1) or real(config))
+    real = module.study_points
+    monkeypatch.setattr(module, "study_points", lambda config: built.append(1) or real(config))
     config = StudyConfig("shots", seeds=40, shots=(1, 0))
     names = [p.name for p in real(config)]
     points = {name: {} for name in reversed(names)}
     results = {"phases": {}, "points": points, "distributed": {}}
-    module._in_plan_order(results, config)
+    module.in_plan_order(results, config)
     assert list(results["points"]) == names and len(built) == 1  # was once a seed: 76 s at 1000 seeds
-    assert sum(len(u.points) for u in _units(config)) == len(names) and len(built) == 2
+    assert sum(len(u.points) for u in study_units(config)) == len(names) and len(built) == 2
 
 
 def test_a_study_needs_two_seeds_from_the_api_too():
@@ -411,11 +411,11 @@ def test_a_worker_that_dies_fails_the_study_with_its_error(tmp_path):
 def test_what_a_resumed_study_cannot_read_is_computed_again_keeping_the_finished_points(tmp_path, monkeypatch):
     """A base network's weights cut short (SafetensorError, was a traceback) or missing, and a checkpoint cut
     short (was: start again): trained again from their seeds, to the uninterrupted study's numbers."""
-    from transferkit.experiments.study import _Recorder
+    from transferkit.experiments.study import StudyRecorder
 
     options = {"shots": "3", "seeds": 2, "limit": 200, "epochs": 1, "min_steps": 4, "jobs": 1, "verbose": False}
     reference = study("shots", "mnist", out=tmp_path / "ref", **options).results
-    progress = _Recorder.record
+    progress = StudyRecorder.record
 
     def stop_after_four(self, *args):
         progress(self, *args)
@@ -424,7 +424,7 @@ def test_what_a_resumed_study_cannot_read_is_computed_again_keeping_the_finished
 
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        mp.setattr(_Recorder, "record", stop_after_four)
+        mp.setattr(StudyRecorder, "record", stop_after_four)
         with pytest.raises(KeyboardInterrupt):
             study("shots", "mnist", out=out, **options)
     base = out / "weights" / "baseA-seed=0.safetensors"
@@ -462,9 +462,9 @@ def test_a_damaged_study_json_is_one_line_for_report_and_resume(tmp_path, capsys
 
 
 def test_the_resume_mismatch_names_the_command_that_gives_the_kind():
-    from transferkit.experiments.run_folder import _differences
+    from transferkit.experiments.run_folder import config_differences
 
-    assert _differences({"kind": "shots", "seeds": 2}, {"kind": "freeze", "seeds": 3}) == [
+    assert config_differences({"kind": "shots", "seeds": 2}, {"kind": "freeze", "seeds": 3}) == [
         "kind was 'shots', now 'freeze' (transferkit study shots)", "seeds was 2, now 3 (--seeds 2)"]
 
 
@@ -505,22 +505,22 @@ def test_the_work_is_cut_into_units_that_share_only_finished_networks():
     """Every point in exactly one unit; a point that copies a network is in the unit that trains it; longest
     units first (networks to train, then single points from all down), so no process ends alone on a seed."""
     shots = StudyConfig("shots", seeds=5, shots=(1, 10, 0))
-    units = _units(shots)
+    units = study_units(shots)
     assert [(u.seed, u.base, [p.arm for p in u.points]) for u in units[:5]] == [
         (s, "baseA", ["transfer"] * 3) for s in range(5)]
     assert [(u.base, len(u.points), u.points[0].arm, u.points[0].shots) for u in units[5:]] == [
         (None, 1, "scratch", n) for n in (0, 10, 1) for _ in range(5)]
     freeze = StudyConfig("freeze", seeds=3, cuts=(1, 2))
-    for config, planned in ((shots, units), (freeze, _units(freeze))):
+    for config, planned in ((shots, units), (freeze, study_units(freeze))):
         points = [p for u in planned for p in u.points] + [Point("baseB", u.seed) for u in planned if u.base == "baseB"]
-        assert sorted(p.name for p in points) == sorted(p.name for p in _plan(config))
+        assert sorted(p.name for p in points) == sorted(p.name for p in study_points(config))
         for u in planned:
             assert all(p.seed == u.seed for p in u.points)
             assert u.base == {"transfer": "baseA", "AnB": "baseA", "AnB+": "baseA", "BnB": "baseB", "BnB+": "baseB",
                               "scratch": None}[u.points[0].arm] if u.points else u.base == "baseB"
-    assert len(_units(freeze)) == 6  # A's and B's chain per seed: 3 seeds keep 2 processes busy to the end
+    assert len(study_units(freeze)) == 6  # A's and B's chain per seed: 3 seeds keep 2 processes busy to the end
     only_scratch = StudyConfig("shots", seeds=2, shots=(5,), arms=("scratch",))
-    assert [u.base for u in _units(only_scratch)] == [None, None]  # no source network where no arm copies one
+    assert [u.base for u in study_units(only_scratch)] == [None, None]  # no source network where no arm copies one
 
 
 @pytest.mark.parametrize("kind", ["shots", "freeze"])

@@ -11,7 +11,7 @@ from conftest import COLOURS
 from transferkit import UserError, study
 from transferkit.cli import main
 from transferkit.experiments import study_backbone
-from transferkit.experiments.study import _Recorder
+from transferkit.experiments.study import StudyRecorder
 from transferkit.experiments.study_backbone import BackboneTrainer
 
 SHOTS = {"target": "cyan,green", "backbone": "efficientnet_lite0", "shots": "2,all", "seeds": 2, "epochs": 2,
@@ -70,7 +70,7 @@ def test_an_interrupted_backbone_shots_study_resumes_to_the_same_study_json(shot
     reference, _, _ = shots_study
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     passes = _counting_passes(monkeypatch)
-    progress = _Recorder.record
+    progress = StudyRecorder.record
 
     def stop_after_three(self, *args):
         progress(self, *args)
@@ -79,7 +79,7 @@ def test_an_interrupted_backbone_shots_study_resumes_to_the_same_study_json(shot
 
     out = tmp_path / "run"
     with monkeypatch.context() as mp:
-        mp.setattr(_Recorder, "record", stop_after_three)
+        mp.setattr(StudyRecorder, "record", stop_after_three)
         with pytest.raises(KeyboardInterrupt):
             study("shots", str(shapes), out=out, **SHOTS)
     assert len(json.loads((out / "study.json").read_text())["points"]) == 3
@@ -110,7 +110,7 @@ def test_a_backbone_study_stopped_before_its_first_point_keeps_the_first_passs_r
 
     out, options = tmp_path / "run", {**SHOTS, "arms": "transfer"}  # the same pass; no scratch arm to wait for
     with monkeypatch.context() as mp:
-        mp.setattr(_Recorder, "record", stop_before_recording)
+        mp.setattr(StudyRecorder, "record", stop_before_recording)
         with pytest.raises(KeyboardInterrupt):
             study("shots", str(shapes), out=out, **options)
     assert json.loads((out / "study.json").read_text())["points"] == {}
@@ -233,7 +233,7 @@ def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path
     options = {"target": "cyan,green", "backbone": "resnet18", "weights": "none", "cuts": "2", "arms": "baseB,BnB,AnB",
                "seeds": 2, "epochs": 1, "min_steps": 3, "precision": "fp32", "verbose": False}
     study("freeze", str(shapes), out=tmp_path / "ref", **options)
-    progress = _Recorder.record
+    progress = StudyRecorder.record
 
     def stop_after_one(self, *args):
         progress(self, *args)
@@ -241,7 +241,7 @@ def test_an_interrupted_backbone_freeze_study_reads_baseB_again(shapes, tmp_path
             raise KeyboardInterrupt
 
     with monkeypatch.context() as mp:
-        mp.setattr(_Recorder, "record", stop_after_one)
+        mp.setattr(StudyRecorder, "record", stop_after_one)
         with pytest.raises(KeyboardInterrupt):
             study("freeze", str(shapes), out=tmp_path / "run", **options)
     torch.manual_seed(1234)  # what ran before in the process changes nothing: A (weights none) is drawn from --seed

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from transferkit.experiments.rank import _kendall
+from transferkit.experiments.rank import kendall_taus
 from transferkit.reporting.rank import RankRow, rank_table, recommendation
 from transferkit.scores import order_by_scores, score_features
 
@@ -36,10 +36,10 @@ def test_an_absent_score_ranks_last_and_never_crashes():
 
 def test_kendall_skips_absent_scores_and_failed_heads():
     rows = [row("a", 3.0, 0.9, 0.9, 0.9), row("b", 2.0, 0.8, None, 0.8), row("c", 1.0, 0.95, 0.1, 0.1, failed=True)]
-    taus = _kendall(rows)
+    taus = kendall_taus(rows)
     assert taus["logme"] == 1.0 and taus["knn"] == 1.0  # a and b only: c's head failed
     assert taus["probe"] is None  # one candidate with a probe and a trained head
-    with_failed = _kendall(rows, with_failed=True)
+    with_failed = kendall_taus(rows, with_failed=True)
     assert with_failed["logme"] == 1.0 and with_failed["knn"] == -1 / 3
     assert all(t is None or math.isfinite(t) for t in (*taus.values(), *with_failed.values()))
 

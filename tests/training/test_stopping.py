@@ -8,7 +8,7 @@ from torch import nn
 from transferkit import UserError
 from transferkit.config import HEAD_MIN_STEPS, STUDY_MIN_STEPS, Stopping, TrainConfig, phase_stopping
 from transferkit.experiments.phase import Phase, StopPlan
-from transferkit.experiments.run_folder import _differences
+from transferkit.experiments.run_folder import config_differences
 from transferkit.reporting.console import describe_stopping
 from transferkit.training import FitState, TensorBatches, evaluate, fit
 from transferkit.training.checkpoint import Checkpointer
@@ -103,10 +103,10 @@ def test_a_checkpoint_from_before_early_stopping_goes_on_as_it_started():
 
 def test_a_run_folder_from_before_the_options_is_resumed_only_as_it_ran():
     # Saved before --min-steps and --patience: it trained its epochs exactly; the refusal names both options.
-    differences = _differences({"train": {"epochs": 5}}, {"train": {"epochs": 5, "min_steps": None, "patience": None}})
+    differences = config_differences({"train": {"epochs": 5}}, {"train": {"epochs": 5, "min_steps": None, "patience": None}})
     assert differences == ["train.min_steps was 0, now None (--min-steps 0)",
                            "train.patience was 0, now None (--patience 0)"]
-    assert _differences({"train": {"epochs": 5}}, {"train": {"epochs": 5, "min_steps": 0, "patience": 0}}) == []
+    assert config_differences({"train": {"epochs": 5}}, {"train": {"epochs": 5, "min_steps": 0, "patience": 0}}) == []
 
 
 @pytest.mark.parametrize("split, reason, kept", [("val", "patience", 7), ("test", "validated on the test split", 10)])

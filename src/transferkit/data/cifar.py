@@ -45,7 +45,7 @@ def load_cifar10_python(path: Path) -> ArrayDataset:
             if not f.is_file():
                 raise UserError(f"{folder}: {name} is missing; the CIFAR-10 python folder needs data_batch_1..5, "
                                 "test_batch and batches.meta")
-            batches[name] = _unpickle(read_regular_file(f), f)
+            batches[name] = unpickle_arrays(read_regular_file(f), f)
     else:
         try:
             with tarfile.open(path) as tar:
@@ -53,7 +53,7 @@ def load_cifar10_python(path: Path) -> ArrayDataset:
                     name = m.name.rsplit("/", 1)[-1]
                     if m.isfile() and name in (*TRAIN_BATCHES, TEST_BATCH, "batches.meta"):
                         data = read_bounded(tar.extractfile(m), f"{path}: member {m.name!r}", m.size)
-                        batches[name] = _unpickle(data, path)
+                        batches[name] = unpickle_arrays(data, path)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise UserError(f"{path}: not a readable CIFAR-10 archive ({tar_error(e)}); re-download {ARCHIVE_NAME}") from None
         missing = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if n not in batches]
@@ -79,7 +79,9 @@ class _ArraysOnly(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _unpickle(data: bytes, where: Path) -> dict:
+def unpickle_arrays(data: bytes, where: Path) -> dict:
+    """A CIFAR batch's dict, unpickled allowing only numpy arrays and plain values (never code); `where` names
+    the file in the error."""
     try:
         obj = _ArraysOnly(io.BytesIO(data), encoding="bytes").load()
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:

@@ -99,9 +99,9 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
         rows = [results["candidates"][i] for i in order_by_scores(results["candidates"])]
         results["ranking"] = [r["name"] for r in rows]
         if config.verify:
-            results["kendall_tau"] = _kendall(rows)
+            results["kendall_tau"] = kendall_taus(rows)
             if any(r["verified"].get("failed") for r in rows):
-                results["kendall_tau_with_failed"] = _kendall(rows, with_failed=True)
+                results["kendall_tau_with_failed"] = kendall_taus(rows, with_failed=True)
         table = [RankRow.of(position + 1, r) for position, r in enumerate(rows)]
         results["recommendation"] = recommendation(table)
         figures = {"rank": rank_figure(table)}
@@ -236,7 +236,7 @@ def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torc
             "failed": failed, "stopping": result.stopping}
 
 
-def _kendall(rows: list[dict], with_failed: bool = False) -> dict[str, float | None]:
+def kendall_taus(rows: list[dict], with_failed: bool = False) -> dict[str, float | None]:
     """Kendall's tau-b between each score's order (and the combined ranking's) and the verified accuracies', over
     the candidates whose head trained (all of them `with_failed`) and whose score is present."""
     rows = [r for r in rows if with_failed or not r["verified"].get("failed")]

@@ -262,7 +262,7 @@ def resumable(run_dir: Path, config: dict, world_size: int = 1) -> dict:
         previous = read_results(run_dir)
     except ValueError:
         raise UserError(f"--resume {run_dir}: {results_file(run_dir).name} is damaged; start a new run") from None
-    differences = _differences(previous["config"], config)
+    differences = config_differences(previous["config"], config)
     if differences:
         raise UserError(f"--resume {run_dir}: this run was made with another configuration ({'; '.join(differences)}); "
                         "repeat its original options or start a new run")
@@ -273,14 +273,17 @@ def resumable(run_dir: Path, config: dict, world_size: int = 1) -> dict:
     return previous
 
 
-def _differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+def config_differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
+    """`key was A, now B` for each setting of `now` that differs from `saved` (nested keys dotted),
+    settings that only change the evaluation (EVALUATION_ONLY) left out; a key `saved` predates counts as the
+    value it had before the option existed (BEFORE_THE_OPTION)."""
     out = []
     for key, value in now.items():
         if key in EVALUATION_ONLY:
             continue
         old = saved.get(key, BEFORE_THE_OPTION.get(key))
         if isinstance(value, dict) and isinstance(old, dict):
-            out += _differences(old, value, f"{prefix}{key}.")
+            out += config_differences(old, value, f"{prefix}{key}.")
         elif old != value:
             out.append(f"{prefix}{key} was {old!r}, now {value!r}" + _repeat(key, old))
     return out

@@ -10,7 +10,7 @@ cut, for one seed), summarised over seeds with 95% intervals.
 One source network per seed, read again on resume; the transfer arm's frozen features computed once per
 source network and indexed by every shot count; every point written to study.json as it finishes.
 
-The work is cut into units (_units): a network the points copy from with those points (a seed's baseA and its
+The work is cut into units (study_units): a network the points copy from with those points (a seed's baseA and its
 transfer or AnB points; its baseB and BnB points), or a point that copies nothing (scratch), longest first.
 With --jobs N the units are dealt out to N worker processes, a unit at a time; the parent alone writes
 study.json, as the workers report (see _train_in_processes).
@@ -124,7 +124,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     ranks, console = start(device, verbose)
     if ranks.world_size > 1:
         raise UserError("studies train their points one after another in one process; run without torchrun")
-    jobs = study_jobs(jobs, len(_units(config)), ranks.device, config.split.backbone)
+    jobs = study_jobs(jobs, len(study_units(config)), ranks.device, config.split.backbone)
     # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
     # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS).
     threads = torch.get_num_threads() if jobs == 1 else max(1, usable_cores() // jobs)
@@ -146,7 +146,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     precision = resolve_precision(split.train.precision, device=ranks.device)
     run = run or RunFolder.create(ranks, f"study-{kind}-{Path(split.dataset).stem or 'data'}", out, force, save)
     with run.recording():  # from here on a crash says failed in status.json, never running
-        points = _plan(config)
+        points = study_points(config)
         source = source_text(split) if a is None else ", ".join(a.class_names)
         console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source {source} "
                                     f"-> target {', '.join(b.class_names)}; {len(points)} "
@@ -173,15 +173,15 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
             if kind == "freeze":
                 results["dataset"]["stages"] = list(backbone_stages(split.backbone))
         with running(ranks, console, precision, split.train.eval_batch_size) as runtime:
-            recorder = _Recorder(run, console, len(points) + config.seeds * _needs_base_a(config))
+            recorder = StudyRecorder(run, console, len(points) + config.seeds * _needs_base_a(config))
             if jobs == 1:
                 trainer = (Trainer(config, data.image_shape, a, b, run, runtime, recorder.record) if not split.backbone
                            else BackboneTrainer(config, data.image_shape, a, b, run, runtime, recorder.record, backbone))
-                for unit in _units(config):
+                for unit in study_units(config):
                     trainer.unit(unit)
             else:
                 _train_in_processes(config, data.image_shape, a, b, run, runtime, recorder, jobs, threads)
-        _in_plan_order(results, config)
+        in_plan_order(results, config)
         results["summary"], results["findings"], results["crossover"] = summarise(results["points"], kind)
         figures = {"study": (shots_figure if kind == "shots" else freeze_figure)(results)}
         run.save_results()
@@ -199,7 +199,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     return StudyResult(config, results, figures, run.path)
 
 
-class _Recorder:
+class StudyRecorder:
     """The study's record, kept by the one process that writes study.json: every training as it is reported
     (by this process or a worker), written atomically, so a killed study resumes from there; and a line a
     training with the points done of the total and the time left."""
@@ -228,7 +228,7 @@ class _Recorder:
 
 
 def study_jobs(requested: int | None, units: int, device: torch.device, backbone: str | None = None) -> int:
-    """--jobs: worker processes, capped at the usable cores (worker_count) and at the study's units (_units: a
+    """--jobs: worker processes, capped at the usable cores (worker_count) and at the study's units (study_units: a
     process trains a unit at a time); below 1 refused. Parallel processes are for the CPU: on a GPU the points
     train in one. A backbone study trains in one process: its workers would each build the backbone and read
     the study's frozen features, which the parent computes (not measured against one process; the seed
@@ -267,10 +267,10 @@ def _warn_other_threads(results: dict, threads: int) -> None:
                       stacklevel=3)
 
 
-def _in_plan_order(results: dict, config: StudyConfig) -> None:
+def in_plan_order(results: dict, config: StudyConfig) -> None:
     """Phases and points in the order one process trains them, whichever process reported first: study.json
     is the same for any --jobs and any interruption."""
-    order, by_seed = [], _by_seed(_plan(config))  # the plan built once: once a seed took 76 s at 1000 seeds
+    order, by_seed = [], _by_seed(study_points(config))  # the plan built once: once a seed took 76 s at 1000 seeds
     for s in range(config.seeds):
         order += [Point("baseA", s).name] * _needs_base_a(config) + [p.name for p in by_seed.get(s, [])]
     rank = {name: i for i, name in enumerate(order)}
@@ -284,8 +284,8 @@ def _in_plan_order(results: dict, config: StudyConfig) -> None:
 
 
 def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
-                        run: RunFolder, runtime: Runtime, recorder: _Recorder, jobs: int, threads: int) -> None:
-    """Train the study's units (_units) in `jobs` worker processes (spawned) of `threads` threads each. A
+                        run: RunFolder, runtime: Runtime, recorder: StudyRecorder, jobs: int, threads: int) -> None:
+    """Train the study's units (study_units) in `jobs` worker processes (spawned) of `threads` threads each. A
     worker takes the next unit not yet taken and trains it whole (its base network, then its points),
     reporting each training through a queue; this process alone records them in study.json.
 
@@ -351,7 +351,7 @@ def _died(worker: int, code: int, unit: int | None, config: StudyConfig, run: Ru
                                                            if -code == signal.SIGKILL else ")")
     doing = ""
     if unit is not None:
-        left = [name for name in _unit_trainings(_units(config)[unit]) if not run.finished(name)]
+        left = [name for name in _unit_trainings(study_units(config)[unit]) if not run.finished(name)]
         doing = (f" while training unit {unit} ({', '.join(left[:3])}{f' and {len(left) - 3} more' if len(left) > 3 else ''})"
                  if left else f" after unit {unit}")
     resume = (f"; the finished points are saved: continue with --resume {run.path} and the same options"
@@ -449,7 +449,7 @@ def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a:
     runtime = Runtime(Distributed(), precision, make_console(quiet=True), should_stop, eval_batch_size)
     trainer = Trainer(config, image_shape, a, b, run, runtime,
                        lambda *record: reports.put(("trained", index, *record)))
-    units = _units(config)
+    units = study_units(config)
     try:
         while not should_stop():
             with next_unit.get_lock():
@@ -483,12 +483,12 @@ def _needs_base_a(config: StudyConfig) -> bool:
     return config.split.backbone is None and any(arm in ("transfer", "AnB", "AnB+") for arm in config.chosen_arms)
 
 
-def _units(config: StudyConfig) -> list[Unit]:
+def study_units(config: StudyConfig) -> list[Unit]:
     """The study's work as units (see Unit), in the order processes take them: those with a network to train
     first, then single points by shot count, all first. Longest first, so that the last unit to finish is a
     short one and no process idles long while another trains alone (the seed as the unit left the 5th of 5
     seeds to one process). Every process computes the same list."""
-    by_seed, base_a = _by_seed(_plan(config)), "baseA" if _needs_base_a(config) else None
+    by_seed, base_a = _by_seed(study_points(config)), "baseA" if _needs_base_a(config) else None
     chains, singles = [], []
     for s in range(config.seeds):
         mine = by_seed.get(s, [])
@@ -504,7 +504,7 @@ def _units(config: StudyConfig) -> list[Unit]:
     return chains + singles
 
 
-def _plan(config: StudyConfig) -> list[Point]:
+def study_points(config: StudyConfig) -> list[Point]:
     """Every point that is recorded, seed by seed in the order they train."""
     arms, points = config.chosen_arms, []
     for s in range(config.seeds):

@@ -43,7 +43,7 @@ from .study_plan import (
 
 class Trainer:
     """Trains a unit: its base network (baseA or baseB of its seed, once), then its points. Each training is
-    handed to `record` (_Recorder.record, in this process or the parent's)."""
+    handed to `record` (StudyRecorder.record, in this process or the parent's)."""
 
     scaled = True  # the target images as floats in [0, 1], as the seed network eats them
 

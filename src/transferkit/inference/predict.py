@@ -125,7 +125,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     if engine not in PREDICT_ENGINES:
         raise UserError(f"--engine must be one of {', '.join(PREDICT_ENGINES)}, got {engine!r}")
     files = image_files(inputs)
-    classifier = load_classifier(run_dir, precision, _engine(engine, run_dir, precision, len(files)), notice)
+    classifier = load_classifier(run_dir, precision, resolve_engine(engine, run_dir, precision, len(files)), notice)
     names = classifier.class_names
     batch_size = max(1, min(batch_size, BATCH_PIXELS // (classifier.crop[0] * classifier.crop[1])))
     out = Predictions()
@@ -164,7 +164,7 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     return out
 
 
-def _engine(engine: str, source: str | Path, precision: str, images: int) -> str:
+def resolve_engine(engine: str, source: str | Path, precision: str, images: int) -> str:
     """The engine `auto` stands for: ONNX Runtime for a run folder's model when it is installed and enough
     images are given to repay its one-time export (ONNX_AUTO_IMAGES), else PyTorch."""
     if engine != "auto":
