@@ -501,14 +501,14 @@ def test_results_json_is_strict_json(tmp_path):
 def test_a_training_loss_that_becomes_nan_stops_fit_at_that_step():
     import torch
 
-    from transferkit.training import TensorBatches, fit
+    from transferkit.training import FitPlan, TensorBatches, fit
 
     model = torch.nn.Linear(4, 2)
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
     x[40] = float("nan")  # the batch holding it gives a nan loss
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(UserError, match=r"phase source: the training loss in epoch 1, step \d became nan: training diverged at learning rate 0\.1; try a smaller --lr"):
-        fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, epochs=2, phase="source")
+        fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, FitPlan(epochs=2, phase="source"))
 
 
 def test_class_names_are_data_whatever_their_characters(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ from rich.console import Console
 from torch import nn
 
 from transferkit.reporting.console import ConsoleProgress
-from transferkit.training import TensorBatches, fit
+from transferkit.training import FitHooks, FitPlan, TensorBatches, fit
 
 
 def _log(every: float) -> str:
@@ -16,8 +16,8 @@ def _log(every: float) -> str:
     torch.manual_seed(0)
     x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
     model = nn.Linear(4, 2)
-    fit(model, torch.optim.SGD(model.parameters(), lr=0.1), TensorBatches(x, y, 16, seed=0), x, y, epochs=2,
-        progress=ConsoleProgress(console, "source", every=every))
+    fit(model, torch.optim.SGD(model.parameters(), lr=0.1), TensorBatches(x, y, 16, seed=0), x, y, FitPlan(epochs=2),
+        hooks=FitHooks(progress=ConsoleProgress(console, "source", every=every)))
     return out.getvalue()
 
 

@@ -36,7 +36,7 @@ def test_fp16_loss_scale_travels_in_the_checkpoint():
     from torch import nn
 
     from transferkit.errors import Interrupted
-    from transferkit.training import FitState, TensorBatches, fit
+    from transferkit.training import FitHooks, FitPlan, FitState, TensorBatches, fit
 
     torch.manual_seed(0)
     x = torch.randn(256, 4) * 100  # large gradients: inf in fp16 at the initial scale
@@ -44,13 +44,14 @@ def test_fp16_loss_scale_travels_in_the_checkpoint():
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
     saved = []
-    fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, epochs=1, autocast_dtype=torch.float16,
-        on_checkpoint=lambda s: saved.append(json.loads(json.dumps(s.to_dict()))))  # as the checkpoint keeps it
+    fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, FitPlan(epochs=1, autocast_dtype=torch.float16),
+        hooks=FitHooks(on_checkpoint=lambda s: saved.append(json.loads(json.dumps(s.to_dict())))))  # as the checkpoint keeps it
     scale = saved[-1]["loss_scale"]["scale"]
     assert scale < 65536.0
     resumed = FitState.from_dict(saved[-1])
     again = []
     with pytest.raises(Interrupted):  # stopped after one step of the resumed fit's second epoch
-        fit(model, optimizer, TensorBatches(x, y, 16, seed=1), x, y, epochs=2, autocast_dtype=torch.float16,
-            state=resumed, on_checkpoint=lambda s: again.append(dict(s.loss_scale)), should_stop=lambda: True)
+        fit(model, optimizer, TensorBatches(x, y, 16, seed=1), x, y, FitPlan(epochs=2, autocast_dtype=torch.float16),
+            state=resumed, hooks=FitHooks(on_checkpoint=lambda s: again.append(dict(s.loss_scale)),
+                                          should_stop=lambda: True))
     assert again[-1]["scale"] == scale  # one step later: no overflow at the reached scale, none re-learned

@@ -3,7 +3,7 @@ import math
 import torch
 from torch import nn
 
-from transferkit.training import TensorBatches, fit
+from transferkit.training import FitPlan, TensorBatches, fit
 from transferkit.training.loop import set_cosine_lr
 
 
@@ -29,7 +29,7 @@ def test_fit_with_the_cosine_schedule_ends_near_zero_and_trains():
     y = (x[:, 0] > 0).long()
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    history = fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, epochs=3, lr_schedule="cosine")
+    history = fit(model, optimizer, TensorBatches(x, y, 16, seed=0), x, y, FitPlan(epochs=3, lr_schedule="cosine"))
     steps = 3 * 4
     assert optimizer.param_groups[0]["lr"] == 0.5 * 0.5 * (1 + math.cos(math.pi * (steps - 1) / steps))
     assert history[-1].val_accuracy > 0.9

@@ -10,7 +10,7 @@ from transferkit.config import HEAD_MIN_STEPS, STUDY_MIN_STEPS, Stopping, TrainC
 from transferkit.experiments.phase import Phase, StopPlan
 from transferkit.experiments.run_folder import config_differences
 from transferkit.reporting.console import describe_stopping
-from transferkit.training import FitState, TensorBatches, evaluate, fit
+from transferkit.training import FitHooks, FitPlan, FitState, TensorBatches, evaluate, fit
 from transferkit.training.checkpoint import Checkpointer
 
 
@@ -54,7 +54,7 @@ def _overfitting():
 def test_patience_stops_and_the_best_epochs_weights_are_restored():
     model, optimizer, batches, val_x, val_y = _overfitting()
     state = FitState()
-    history = fit(model, optimizer, batches, val_x, val_y, epochs=40, state=state, patience=3)
+    history = fit(model, optimizer, batches, val_x, val_y, FitPlan(epochs=40, patience=3), state=state)
     losses = [r.val_loss for r in history]
     best = losses.index(min(losses)) + 1
     assert state.stopped and len(history) == best + 3 < 40  # three epochs in a row above the best, then stop
@@ -66,7 +66,7 @@ def test_patience_stops_and_the_best_epochs_weights_are_restored():
 
 def test_without_patience_every_epoch_trains_and_the_last_is_kept():
     model, optimizer, batches, val_x, val_y = _overfitting()
-    history = fit(model, optimizer, batches, val_x, val_y, epochs=12, patience=0)
+    history = fit(model, optimizer, batches, val_x, val_y, FitPlan(epochs=12, patience=0))
     assert len(history) == 12
     assert evaluate(model, val_x, val_y)[0] == history[-1].val_loss
 
@@ -80,7 +80,7 @@ def test_the_checkpoint_keeps_the_best_weights_and_the_count(tmp_path):
             Checkpointer(tmp_path / "c.safetensors").save("p", model, optimizer, batches, state, 1.0)
             saved.update(state.to_dict())
 
-    fit(model, optimizer, batches, val_x, val_y, epochs=5, on_checkpoint=checkpoint, patience=50)
+    fit(model, optimizer, batches, val_x, val_y, FitPlan(epochs=5, patience=50), hooks=FitHooks(on_checkpoint=checkpoint))
     again, optimizer2, batches2, _, _ = _overfitting()
     state, _ = Checkpointer(tmp_path / "c.safetensors").restore("p", again, optimizer2, batches2)
     assert state.to_dict() == saved and state.tracks_best

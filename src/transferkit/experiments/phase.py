@@ -15,7 +15,7 @@ from ..config import Stopping
 from ..models import LayerRow, count_params
 from ..reporting import PhaseResult
 from ..reporting.console import ConsoleProgress, describe_stopping, planned_length
-from ..training import FitState, fit
+from ..training import FitHooks, FitPlan, FitState, fit
 from ..training.batches import ShuffledBatches
 from ..training.class_weights import ClassWeights
 from ..training.distributed import gather_everywhere, gather_to_main
@@ -96,11 +96,13 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
     plan = StopPlan.of(phase, len(inputs.batches), resumed_without=not state.tracks_best)
     if plan.stopping is not None:
         runtime.console.print(plan.describe_start(phase.name))
+    split = "test" if phase.validation_split == "test" else "val"
+    weights = phase.class_weights and phase.class_weights.tensor(runtime.device)
+    fit_plan = FitPlan(plan.epochs, runtime.eval_batch_size, runtime.autocast_dtype, phase.lr_schedule, weights,
+                       plan.patience, phase.name)
+    hooks = FitHooks(ConsoleProgress(runtime.console, phase.name, split=split), checkpoint, runtime.should_stop)
     history = fit(runtime.ranks.wrap(inputs.trained), phase.optimizer, inputs.batches, inputs.val_x, inputs.val_y,
-                  plan.epochs, runtime.eval_batch_size, runtime.autocast_dtype, ConsoleProgress(runtime.console, phase.name, split="test" if phase.validation_split == "test" else "val"),
-                  state=state, on_checkpoint=checkpoint, should_stop=runtime.should_stop, lr_schedule=phase.lr_schedule,
-                  phase=phase.name, class_weights=phase.class_weights and phase.class_weights.tensor(runtime.device),
-                  patience=plan.patience)
+                  fit_plan, state=state, hooks=hooks)
     seconds = before + time.perf_counter() - start
     stopping = plan.record(state)
     if stopping is not None:

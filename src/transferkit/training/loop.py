@@ -194,69 +194,92 @@ def evaluate(model: nn.Module, x: torch.Tensor | Iterable, y: torch.Tensor | Non
     return total_loss / n, correct / n
 
 
+@dataclass(frozen=True)
+class FitPlan:
+    """How a fit trains: `epochs` (at most: `patience` may end it sooner), the validation batch, the autocast
+    dtype, the rate's schedule, the loss's class weights, and the phase it names in its errors.
+
+    `patience` > 0: early stopping. The weights of the epoch with the lowest validation loss are kept (in the
+    FitState) and put back into the model at the end, and the fit ends once `patience` epochs in a row did not
+    improve on it (`state.stopped`). 0: every epoch trains and the last one's weights stay. `lr_schedule`:
+    constant, or cosine (the rate falls from the optimizer's to 0 over the fit's steps). `class_weights` weigh
+    the training loss.
+    """
+
+    epochs: int
+    eval_batch_size: int = 128
+    autocast_dtype: torch.dtype | None = None
+    lr_schedule: str = "constant"
+    class_weights: torch.Tensor | None = None
+    patience: int = 0
+    phase: str | None = None
+
+
+@dataclass(frozen=True)
+class FitHooks:
+    """Who a fit tells, and who may stop it: `progress` hears every step and epoch; `on_checkpoint(state)`
+    runs after every epoch and when `should_stop()` turns true between steps, after which fit raises
+    Interrupted."""
+
+    progress: ProgressListener | None = None
+    on_checkpoint: Callable[[FitState], None] | None = None
+    should_stop: Callable[[], bool] | None = None
+
+
 def fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatches,
-        val_x: torch.Tensor | Iterable, val_y: torch.Tensor | None, epochs: int, eval_batch_size: int = 128,
-        autocast_dtype: torch.dtype | None = None, progress: ProgressListener | None = None, *,
-        state: FitState | None = None, on_checkpoint: Callable[[FitState], None] | None = None,
-        should_stop: Callable[[], bool] | None = None, lr_schedule: str = "constant",
-        phase: str | None = None, class_weights: torch.Tensor | None = None, patience: int = 0) -> list[EpochRecord]:
-    """Train until `epochs`, validating after each; one EpochRecord per epoch.
+        val_x: torch.Tensor | Iterable, val_y: torch.Tensor | None, plan: FitPlan, *,
+        state: FitState | None = None, hooks: FitHooks | None = None) -> list[EpochRecord]:
+    """Train as `plan` says, validating after each epoch; one EpochRecord per epoch.
 
-    `patience` > 0: early stopping. The weights of the epoch with the lowest validation loss are kept (in
-    `state`) and put back into `model` at the end, and the fit ends once `patience` epochs in a row did not
-    improve on it (`state.stopped`). 0: every epoch trains and the last one's weights stay.
-
-    `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them.
-    `state` continues an interrupted fit. `on_checkpoint(state)` runs after every epoch and when
-    `should_stop()` turns true between steps, after which fit raises Interrupted. `model` may be wrapped in
-    DistributedDataParallel; validation runs on the module inside. `lr_schedule`: constant, or cosine (the
-    rate falls from the optimizer's to 0 over the fit's steps). A loss that becomes nan or inf ends the fit with
-    Diverged (a UserError naming `phase`, the epoch and the step). `class_weights` weigh the training loss.
+    `train`: TensorBatches or StreamBatches; `val_x` / `val_y` as `evaluate` takes them. `state` continues an
+    interrupted fit. `model` may be wrapped in DistributedDataParallel; validation runs on the module inside.
+    A loss that becomes nan or inf ends the fit with Diverged (a UserError naming the plan's phase, the epoch
+    and the step).
     """
     try:
-        return _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress,
-                    state, on_checkpoint, should_stop, lr_schedule, class_weights, patience)
+        return _fit(model, optimizer, train, val_x, val_y, plan, state if state is not None else FitState(),
+                    hooks or FitHooks())
     except Diverged as e:
-        raise Diverged(f"phase {phase}: {e}" if phase else str(e)) from None
+        raise Diverged(f"phase {plan.phase}: {e}" if plan.phase else str(e)) from None
 
 
-def _fit(model, optimizer, train, val_x, val_y, epochs, eval_batch_size, autocast_dtype, progress, state,
-         on_checkpoint, should_stop, lr_schedule, class_weights, patience) -> list[EpochRecord]:
-    progress = progress or SilentProgress()
-    state = state if state is not None else FitState()
+def _fit(model: nn.Module, optimizer: torch.optim.Optimizer, train: ShuffledBatches, val_x, val_y,
+         plan: FitPlan, state: FitState, hooks: FitHooks) -> list[EpochRecord]:
+    progress, should_stop, dtype = hooks.progress or SilentProgress(), hooks.should_stop, plan.autocast_dtype
     # fp16 needs loss scaling; the scale travels in the checkpoints with the rest of the fit's state.
-    scaler = torch.amp.GradScaler(train.device.type) if autocast_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler(train.device.type) if dtype == torch.float16 else None
     if scaler is not None and state.loss_scale is not None:
         scaler.load_state_dict(state.loss_scale)
 
     def save(fit_state: FitState) -> None:
         if scaler is not None:
             fit_state.loss_scale = scaler.state_dict()
-        if on_checkpoint is not None:
-            on_checkpoint(fit_state)
+        if hooks.on_checkpoint is not None:
+            hooks.on_checkpoint(fit_state)
 
-    total_steps = epochs * len(train)
-    set_lr = (lambda step: set_cosine_lr(optimizer, step, max(total_steps, 1))) if lr_schedule == "cosine" else None
+    epochs, total_steps = plan.epochs, plan.epochs * len(train)
+    set_lr = ((lambda step: set_cosine_lr(optimizer, step, max(total_steps, 1))) if plan.lr_schedule == "cosine"
+              else None)
     while state.epoch <= epochs and not state.stopped:
         start = time.perf_counter()
         progress.epoch_started(state.epoch, epochs, len(train))
-        loss, acc = train_one_epoch(model, train, optimizer, autocast_dtype, progress, state, should_stop, scaler,
-                                    set_lr, class_weights)
+        loss, acc = train_one_epoch(model, train, optimizer, dtype, progress, state, should_stop, scaler,
+                                    set_lr, plan.class_weights)
         if should_stop is not None and should_stop():
             state.epoch_seconds += time.perf_counter() - start
             save(state)
             raise Interrupted(f"stopped in epoch {state.epoch} after {train.position} of {len(train)} steps")
-        val_loss, val_acc = evaluate(unwrap(model), val_x, val_y, eval_batch_size, autocast_dtype, train.device)
+        val_loss, val_acc = evaluate(unwrap(model), val_x, val_y, plan.eval_batch_size, dtype, train.device)
         check_finite_loss(val_loss, f"validation loss after epoch {state.epoch}", optimizer)
         record = EpochRecord(state.epoch, loss, acc, val_loss, val_acc,
                              state.epoch_seconds + time.perf_counter() - start)
         state.history.append(record)
         progress.epoch_done(record, epochs)
-        if patience:
-            track_best(state, unwrap(model), val_loss, patience)
+        if plan.patience:
+            track_best(state, unwrap(model), val_loss, plan.patience)
         state.epoch, state.loss_sum, state.correct, state.seen, state.epoch_seconds = state.epoch + 1, 0.0, 0, 0, 0.0
         save(state)
-    if patience and state.best_weights is not None:
+    if plan.patience and state.best_weights is not None:
         unwrap(model).load_state_dict(state.best_weights)
     return state.history
 
