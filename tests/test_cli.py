@@ -66,8 +66,11 @@ def test_weights_load_again_and_reproduce_the_metric(run_dir, phase, classes):
     model, spec = load_model(run_dir / "weights" / f"{phase}.safetensors")
     assert spec["class_names"] == [str(c) for c in classes]
     split = split_by_class(load_mnist(), list(classes), limit=400)
-    _, accuracy = evaluate(model, images_to_tensor(split.x_test), torch.from_numpy(split.y_test))
     results = json.loads((run_dir / "results.json").read_text())
+    # at the precision it was measured at (auto is bf16 on CPUs that have it natively)
+    dtype = {"fp32": None, "bf16": torch.bfloat16}[results["environment"]["precision"]]
+    _, accuracy = evaluate(model, images_to_tensor(split.x_test), torch.from_numpy(split.y_test),
+                           autocast_dtype=dtype)
     assert accuracy == pytest.approx(results["phases"][phase]["test_accuracy"], abs=1e-9)
 
 

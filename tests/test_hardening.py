@@ -86,6 +86,7 @@ def test_a_damaged_status_json_reads_as_damaged_never_as_a_status(tmp_path):
 
 
 def test_a_running_status_whose_process_is_gone_reads_as_stale(tmp_path):
+    import os
     import socket
     import subprocess
     import sys
@@ -100,6 +101,7 @@ def test_a_running_status_whose_process_is_gone_reads_as_stale(tmp_path):
             {"status": "running", "phase": "source", "host": socket.gethostname(), "pid": child.pid}))
         assert read_status(tmp_path)["status"] == "running"
         child.kill()  # a zombie until reaped: already gone for the reader
+        os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)  # until it is one (not reaped): no race
         assert read_status(tmp_path)["status"] == "stale"
         child.wait()
         status = read_status(tmp_path)

@@ -103,14 +103,16 @@ print("ok")
 
 def test_predict_on_the_onnx_file_gives_the_run_folders_top_k(exported, tuned, photos, capsys):
     onnx_file = exported["onnx"].path
-    from_run, from_onnx = predict(tuned, [photos], top_k=3), predict(onnx_file, [photos], top_k=3)
+    # fp32 on both sides: a run folder's default (auto) is bf16 on CPUs with native bf16 (AMX, AVX512-BF16)
+    from_run = predict(tuned, [photos], top_k=3, precision="fp32")
+    from_onnx = predict(onnx_file, [photos], top_k=3)
     assert len(from_run) == len(from_onnx) == 24
     for a, b in zip(from_run, from_onnx, strict=True):
         assert a.path == b.path and [c for c, _ in a.top] == [c for c, _ in b.top]
         assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-5)
     main(["predict", str(onnx_file), str(photos / "red"), "--csv", "--top-k", "2"])
     onnx_rows = capsys.readouterr().out.splitlines()
-    main(["predict", str(tuned), str(photos / "red"), "--csv", "--top-k", "2"])
+    main(["predict", str(tuned), str(photos / "red"), "--csv", "--top-k", "2", "--precision", "fp32"])
     run_rows = capsys.readouterr().out.splitlines()
     assert len(onnx_rows) == len(run_rows) == 1 + 8 * 2 and onnx_rows[0] == run_rows[0]
     for a, b in zip(onnx_rows[1:], run_rows[1:], strict=True):  # path, rank, class alike; probabilities printed to 6 digits
@@ -185,7 +187,7 @@ def test_the_readme_snippet_gives_predicts_probabilities(tuned, photos, tmp_path
     done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = {name: float(p) for name, p in (line.split() for line in done.stdout.splitlines())}
-    [expected] = predict(tuned, [photos / "green" / "3.jpg"], top_k=3)
+    [expected] = predict(tuned, [photos / "green" / "3.jpg"], top_k=3, precision="fp32")  # the snippet's, fp32
     assert list(printed) == [c for c, _ in expected.top]
     assert np.allclose(list(printed.values()), [p for _, p in expected.top], atol=1e-6)
 

@@ -46,8 +46,9 @@ from .baseline import feature_baseline, pixel_baseline
 from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import RunFolder, weights_entry, weights_source
-from .runtime import Runtime, running, start
+from .run_folder import weights_entry, weights_source
+from .run_options import RunOptions
+from .runtime import Runtime, running
 
 
 @dataclass
@@ -65,26 +66,24 @@ class FinetuneResult:
                 f"{last.test_accuracy:.4f} after {', '.join(f'{p.epochs} {n}' for n, p in self.phases.items())} epochs")
 
 
-def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | Path | None = None,
-             force: bool = False, save: bool = True, verbose: bool = True, head_units: int = 256,
-             head_dropout: float = 0.5, device: str = "auto", workers: int | None = None,
+def finetune(data: str | Path, *, head_units: int = 256, head_dropout: float = 0.5, workers: int | None = None,
              **options: object) -> FinetuneResult:
     """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
 
     `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`).
-    `resume` continues an interrupted run folder from its last checkpoint (same options). `device`: auto, cpu,
-    cuda or cuda:N. Started by torchrun, each process trains on its shard and rank 0 alone prints and writes.
+    RunOptions (`out`, `resume`, `force`, `save`, `verbose`, `device`) as for run_split. Started by torchrun, each process trains on its shard and rank 0 alone prints and writes.
     `workers`: DataLoader processes that decode streamed images (default: one per core; 0 decodes in this
     process, for debugging).
     """
+    life = RunOptions.take(options)
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **Stopping.given_epochs(options))
     workers = worker_count(workers)
-    ranks, console = start(device, verbose)
+    ranks, console = life.start()
     torch.manual_seed(config.seed)  # the frozen phase's seed: its head is drawn from it
     model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
     pre = load_backbone_weights(model, weights_source(config.weights)).at_size(config.image_size)
-    run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
+    run = life.resumed(config.to_dict(), ranks)
     data = read_image_data(config.data, config.val_fraction, config.seed, config.limit, config.stream, pre.resize,
                            ranks.world_size, run.results if run else None, workers)
     classes = data.classes
@@ -93,7 +92,7 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     precision = resolve_precision(config.precision, device=ranks.device)
     calibration, why_not = _calibration_split(config, data)  # refused here, before a folder exists
     weights = choose_class_weights(config.class_weights, data.train[1], len(classes))
-    run = run or RunFolder.create(ranks, f"finetune-{Path(config.data).stem}", out, force, save)
+    run = run or life.created(ranks, f"finetune-{Path(config.data).stem}")
     with run.recording():  # from here on a crash says failed in status.json, never running
         n_train, n_val = len(data.train[1]), len(data.val[1])
         console.print(Text.assemble(("transferkit finetune", "bold"), f" {config.backbone} ({config.weights} weights) on "

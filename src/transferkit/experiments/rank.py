@@ -31,7 +31,8 @@ from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import RunFolder, weights_source
-from .runtime import Runtime, running, start
+from .run_options import RunOptions
+from .runtime import Runtime, running
 
 
 @dataclass
@@ -48,27 +49,27 @@ class RankResult:
 
 
 def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | None = None,
-         out: str | Path | None = None, resume: str | Path | None = None, force: bool = False, save: bool = True,
-         verbose: bool = True, device: str = "auto", **options: object) -> RankResult:
+         **options: object) -> RankResult:
     """Score pretrained backbones on the image folder data set `data` and return the table, best first.
 
     `backbones`: names (a list, or one string separated by commas), each optionally `name:weights` (imagenet,
     none, a file); default: every backbone whose weights are here. `options` are RankConfig fields
-    (`layers=True`, `verify=True`, `epochs=5`, `limit=500`, `control=False`).
+    (`layers=True`, `verify=True`, `epochs=5`, `limit=500`, `control=False`), and RunOptions (`out`,
+    `resume`, `force`, `save`, `verbose`, `device`) as for run_split.
     """
+    life = RunOptions.take(options)
     if isinstance(backbones, str):
         backbones = [b.strip() for b in backbones.split(",") if b.strip()]
     config = RankConfig(data=str(data), backbones=None if backbones is None else tuple(backbones),
                         **Stopping.given_epochs(options))
-    ranks, console = start(device, verbose)
+    ranks, console = life.start()
     if ranks.world_size > 1:
         raise UserError("transferkit rank runs in one process; start it without torchrun")
     candidates, skipped = plan_candidates(config)
-    if resume is None:  # the data's layout is read before the folder exists, so a data error leaves no folder
+    if life.resume is None:  # the data's layout is read before the folder exists, so a data error leaves no folder
         _check_layout(config)
     precision = resolve_precision(config.precision, device=ranks.device)
-    run = (RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None
-           else RunFolder.create(ranks, f"rank-{Path(config.data).stem}", out, force, save))
+    run = life.resumed(config.to_dict(), ranks) or life.created(ranks, f"rank-{Path(config.data).stem}")
     with run.recording():  # from here on a crash says failed in status.json, never running
         results = run.begin({
             "experiment": "rank", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

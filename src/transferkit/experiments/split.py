@@ -47,8 +47,9 @@ from ..training.class_weights import choose_class_weights
 from ..training.predictions import Mistakes
 from .feature_pass import backbone_identity, frozen_features
 from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import RunFolder, weights_entry, weights_source
-from .runtime import Runtime, running, start
+from .run_folder import weights_entry, weights_source
+from .run_options import RunOptions
+from .runtime import Runtime, running
 
 PHASES = ("source", "transfer", "scratch")
 
@@ -94,21 +95,21 @@ def _spec(classes: object) -> str | None:
     return classes if classes is None or isinstance(classes, str) else ",".join(str(c) for c in classes)
 
 
-def run_split(dataset: str = "mnist", source: object = None, target: object = None, *,
-              out: str | Path | None = None, resume: str | Path | None = None, force: bool = False,
-              save: bool = True, verbose: bool = True, device: str = "auto", **options: object) -> SplitResult:
+def run_split(dataset: str = "mnist", source: object = None, target: object = None, **options: object
+              ) -> SplitResult:
     """Run the split experiment (source, transfer, scratch) and return its SplitResult.
 
     `source` / `target`: class names or indices (`"0-4"`, `range(5)`, `"dog,frog"`); by default the first and
     the second half of the classes. `options` are any field of SplitConfig, ModelConfig or TrainConfig
-    (`epochs=5`, `limit=1000`, `head="reset"`). With `save`, a run folder (default runs/<UTC time>-<dataset>)
-    receives results.json, history.csv, weights/, figures and a checkpoint after every epoch; `resume` continues
-    such a folder from its last checkpoint with the same configuration. `device`: auto, cpu, cuda or cuda:N.
-    Started by torchrun, each process trains on its shard of the data and rank 0 alone prints and writes.
+    (`epochs=5`, `limit=1000`, `head="reset"`), or of RunOptions (`out`, `resume`, `force`, `save`, `verbose`,
+    `device`). A run folder (default runs/<UTC time>-<dataset>) receives results.json, history.csv, weights/,
+    figures and a checkpoint after every epoch. Started by torchrun, each process trains on its shard of the
+    data and rank 0 alone prints and writes.
     """
+    life = RunOptions.take(options)
     config = make_split_config(dataset, source, target, **options)
-    ranks, console = start(device, verbose)
-    run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
+    ranks, console = life.start()
+    run = life.resumed(config.to_dict(), ranks)
     data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction, seed=config.train.seed,
                         image_size=config.image_size)
     src, tgt = resolve_split(config.source, config.target, data.class_names, source_trained=not config.backbone)
@@ -120,7 +121,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     target = fewer_training_images(split_by_class(data, tgt, config.limit), config.shots, config.train_fraction,
                                    config.train.seed)
     splits = {"target": target} if backbone else {"source": split_by_class(data, src, config.limit), "target": target}
-    run = run or RunFolder.create(ranks, Path(config.dataset).stem or "data", out, force, save)
+    run = run or life.created(ranks, Path(config.dataset).stem or "data")
     with run.recording():  # from here on a crash says failed in status.json, never running
         if backbone:
             source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"

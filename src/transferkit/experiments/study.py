@@ -60,7 +60,8 @@ from ..training.checkpoint import Checkpointer
 from ..training.distributed import Distributed
 from ..training.runtime import keep_freed_memory
 from .run_folder import RunFolder, worker_checkpoints
-from .runtime import STOP_SIGNALS, Runtime, running, start
+from .run_options import RunOptions
+from .runtime import STOP_SIGNALS, Runtime, running
 from .split import make_split_config
 from .study_backbone import (
     BackboneTrainer,
@@ -99,17 +100,17 @@ class StudyResult:
 
 def study(kind: str, dataset: str = "mnist", source: object = None, target: object = None, *, seeds: int | None = None,
           shots: object = None, cuts: object = None, arms: object = None, min_steps: int = STUDY_MIN_STEPS,
-          out: str | Path | None = None, resume: str | Path | None = None, force: bool = False, save: bool = True,
-          verbose: bool = True, device: str = "auto", jobs: int | None = None, **options: object) -> StudyResult:
+          jobs: int | None = None, **options: object) -> StudyResult:
     """Run a study (`kind` shots or freeze) of the split experiment on `dataset` and return its StudyResult.
 
     `shots`: images per target class (`"1,5,10,all"` or a list; 0 or "all" for all); `cuts`: the freeze study's
     cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
-    `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). `out`, `resume`, `force`, `save`,
-    `verbose`, `device` as for run_split: a study folder is a run folder, resumed point by point. `jobs`: worker
+    `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). RunOptions (`out`, `resume`,
+    `force`, `save`, `verbose`, `device`) as for run_split: a study folder is a run folder, resumed point by point. `jobs`: worker
     processes training the study's units (see Unit) side by side on the CPU (default: one per usable core),
     capped at the usable cores, each with cores // jobs threads; 1 trains every point in this process.
     """
+    life = RunOptions.take(options)
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     cuts = _numbers(cuts, "--cuts")
     if options.get("backbone") is not None:  # a backbone study (study_backbone.py): cuts are its stages
@@ -121,14 +122,14 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
                          **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=cuts,
                                   arms=_names(arms)), min_steps=min_steps)
-    ranks, console = start(device, verbose)
+    ranks, console = life.start()
     if ranks.world_size > 1:
         raise UserError("studies train their points one after another in one process; run without torchrun")
     jobs = study_jobs(jobs, len(study_units(config)), ranks.device, config.split.backbone)
     # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
     # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS).
     threads = torch.get_num_threads() if jobs == 1 else max(1, usable_cores() // jobs)
-    run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
+    run = life.resumed(config.to_dict(), ranks)
     if run is not None:  # points of the wrong shape: one line now, not a TypeError after training
         check_study(run.path / STUDY_FILE, run.results)
     split = config.split
@@ -144,7 +145,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     if not split.backbone:
         SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
     precision = resolve_precision(split.train.precision, device=ranks.device)
-    run = run or RunFolder.create(ranks, f"study-{kind}-{Path(split.dataset).stem or 'data'}", out, force, save)
+    run = run or life.created(ranks, f"study-{kind}-{Path(split.dataset).stem or 'data'}")
     with run.recording():  # from here on a crash says failed in status.json, never running
         points = study_points(config)
         source = source_text(split) if a is None else ", ".join(a.class_names)
@@ -296,9 +297,10 @@ def _train_in_processes(config: StudyConfig, image_shape: tuple[int, int, int], 
     """
     context = multiprocessing.get_context("spawn")
     reports, stop, next_unit = context.Queue(), context.Event(), context.Value("i", 0)
-    workers = [context.Process(target=_work, name=f"{WORKER_NAME}{i}", daemon=True, args=(
-        i, config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision, runtime.eval_batch_size,
-        threads, next_unit, stop, reports)) for i in range(jobs)]
+    job = _WorkerJob(config, image_shape, a, b, run.path, run.writes, run.results, runtime.precision,
+                     runtime.eval_batch_size, threads)
+    workers = [context.Process(target=_work, name=f"{WORKER_NAME}{i}", daemon=True,
+                               args=(i, job, next_unit, stop, reports)) for i in range(jobs)]
     run.status("running", phase=f"points in {jobs} processes")
     busy, failure, unit_of = set(range(jobs)), None, {}  # unit_of: the unit each worker took last
     try:
@@ -432,11 +434,26 @@ class _WorkerFolder(RunFolder):
         pass
 
 
-def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a: ClassSplit, b: ClassSplit,
-          path: Path | None, writes: bool, results: dict, precision, eval_batch_size: int, threads: int,
-          next_unit, stop, reports) -> None:
+@dataclass(frozen=True)
+class _WorkerJob:
+    """What a worker process needs to train any of the study's units (pickled to it at spawn)."""
+
+    config: StudyConfig
+    image_shape: tuple[int, int, int]
+    a: ClassSplit
+    b: ClassSplit
+    path: Path | None  # the study's folder (None: not saved)
+    writes: bool
+    results: dict
+    precision: object
+    eval_batch_size: int
+    threads: int
+
+
+def _work(index: int, job: _WorkerJob, next_unit, stop, reports) -> None:
     """A worker process: units in turn, each trained whole, every training reported as ("trained", ...). It
     ignores Ctrl-C and SIGTERM (set so before it started): the parent passes a stop on through `stop`."""
+    config, threads = job.config, job.threads
     torch.set_num_threads(threads)
     keep_freed_memory()
     warnings.showwarning = _one_line_warning  # as the CLI shows the parent's
@@ -445,9 +462,9 @@ def _work(index: int, config: StudyConfig, image_shape: tuple[int, int, int], a:
     def should_stop() -> bool:  # asked, or orphaned (the parent was killed): stop after this step
         return stop.is_set() or os.getppid() != parent
 
-    run = _WorkerFolder(path, writes, results)
-    runtime = Runtime(Distributed(), precision, make_console(quiet=True), should_stop, eval_batch_size)
-    trainer = Trainer(config, image_shape, a, b, run, runtime,
+    run = _WorkerFolder(job.path, job.writes, job.results)
+    runtime = Runtime(Distributed(), job.precision, make_console(quiet=True), should_stop, job.eval_batch_size)
+    trainer = Trainer(config, job.image_shape, job.a, job.b, run, runtime,
                        lambda *record: reports.put(("trained", index, *record)))
     units = study_units(config)
     try:

@@ -96,7 +96,7 @@ class BackboneTrainer(Trainer):
             trained, x_train, x_test = model.classifier, self.features[0][keep], self.features[1]
         else:
             trained, x_train, x_test = nn.Sequential(transform.to(self.runtime.device), model), self.x_train[keep], self.x_test
-        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test, len(keep))
+        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test)
 
     def _freeze_point(self, point: Point, copied_from: BackboneClassifier) -> None:
         """A new backbone whose first `cut` stages are copied (frozen, BatchNorm statistics included, unless
@@ -119,7 +119,7 @@ class BackboneTrainer(Trainer):
 
         cached = not point.arm.endswith("+") and self._prefix_fits(prefix)
         self._fit(point, model, nn.Sequential(transform, model), self.x_train, torch.from_numpy(self.b.y_train),
-                  self.x_test, len(self.b.y_train), prepare=on_frozen_output if cached else None)
+                  self.x_test, prepare=on_frozen_output if cached else None)
 
     def _prefix_fits(self, prefix: nn.Module) -> bool:
         """Whether the frozen stages' output of every target image fits in PREFIX_CACHE_BYTES (and caching
@@ -136,7 +136,7 @@ class BackboneTrainer(Trainer):
         torch.manual_seed(self._point_seed(point))
         model, transform = self.backbone.model("scratch")
         self._fit(point, model, nn.Sequential(transform.to(self.runtime.device), model), self.x_train,
-                  torch.from_numpy(split.y_train), self.x_test, len(split.y_train), split, True, record)
+                  torch.from_numpy(split.y_train), self.x_test, split, True, record)
         return model.eval()
 
     def _preprocessing(self) -> dict:

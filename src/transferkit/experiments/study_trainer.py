@@ -84,7 +84,7 @@ class Trainer:
         else:
             model = trained = self._network(k)
             x_train, x_test = self.x_train[keep], self.x_test
-        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test, len(keep))
+        self._fit(point, model, trained, x_train, torch.from_numpy(self.b.y_train[keep]), x_test)
 
     def _freeze_point(self, point: Point, copied_from: SeedCNN) -> None:
         """A new target network whose first `cut` weight layers are copied (frozen unless the arm ends in +).
@@ -108,7 +108,7 @@ class Trainer:
             return nn.Sequential(tail, model.classifier), *self._through(prefix)
 
         self._fit(point, model, model, self.x_train, torch.from_numpy(self.b.y_train), self.x_test,
-                  len(self.b.y_train), prepare=on_frozen_output if cached else None)
+                  prepare=on_frozen_output if cached else None)
 
     def _train(self, point: Point, split: ClassSplit, record: bool) -> SeedCNN:
         """A whole network trained on `split` (baseA on the source classes, baseB on the target's), its
@@ -116,16 +116,16 @@ class Trainer:
         torch.manual_seed(self._point_seed(point))
         model = self._network(len(split.class_names))
         self._fit(point, model, model, images_to_tensor(split.x_train), torch.from_numpy(split.y_train),
-                  images_to_tensor(split.x_test), len(split.y_train), split, True, record)
+                  images_to_tensor(split.x_test), split, True, record)
         return model.eval()
 
     def _fit(self, point: Point, model: nn.Module, trained: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-             x_test: torch.Tensor, n: int, split: ClassSplit | None = None, weights: bool = False,
+             x_test: torch.Tensor, split: ClassSplit | None = None, weights: bool = False,
              record: bool = True, prepare: Callable[[], tuple[nn.Module, torch.Tensor, torch.Tensor]] | None = None,
              ) -> None:
         """Train `trained` (the part of `model` that trains) on `x_train` and test it on `x_test`. `prepare`,
         where given, replaces those three when the point trains (its time counts; a finished point skips it)."""
-        cfg, runtime, split = self.config.split.train, self.quiet, split or self.b
+        cfg, runtime, split, n = self.config.split.train, self.quiet, split or self.b, len(y_train)
         seed = self._point_seed(point)
         batch = min(cfg.batch_size, n)  # no image twice in a batch: a 1-shot set is one small batch
         # At least min_steps optimizer steps in all, spread over the epochs (see STUDY_MIN_STEPS).
