@@ -1,8 +1,14 @@
-"""Small data made by the tests themselves: MNIST-shaped arrays, npz files and IDX folders."""
+"""Small data made by the tests themselves (MNIST-shaped arrays, npz files, IDX and image folders), and runs
+interrupted in process at a chosen step (signalled_at)."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import itertools
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +93,30 @@ def sk_digits(tmp_path_factory) -> Path:
 def digits_folder(tmp_path_factory) -> Path:
     """4 digits x 30 real images, 32 px PNG class folders (no val/: finetune holds out --val-fraction)."""
     return write_sklearn_digits(tmp_path_factory.mktemp("digits") / "digits", per_class=30, size=32, classes=4)
+
+
+@contextlib.contextmanager
+def signalled_at(check: int, sig: int = signal.SIGINT) -> Iterator[None]:
+    """Runs started inside get a real `sig` (Ctrl-C's SIGINT, or SIGTERM) sent to this process at their
+    `check`-th stop check (one after every training step, one at the end of every epoch): an interruption at
+    a chosen step, in process, without a subprocess's start-up or a race against its clock. What only a real
+    kill -9 shows (nothing written at the end) keeps one subprocess test per lifecycle."""
+    from transferkit.experiments import runtime
+
+    real = runtime.stop_on_interrupt
+
+    @contextlib.contextmanager
+    def counted() -> Iterator:
+        with real() as should_stop:
+            calls = itertools.count(1)
+
+            def stop_check() -> bool:
+                if next(calls) == check:
+                    os.kill(os.getpid(), sig)  # handled (by the run's own handler) before the next line runs
+                return should_stop()
+
+            yield stop_check
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "stop_on_interrupt", counted)
+        yield

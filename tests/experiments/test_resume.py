@@ -1,4 +1,7 @@
-"""Kill a run (SIGKILL, Ctrl-C, SIGTERM) mid-phase, resume it, and get what an uninterrupted run gets, to the bit."""
+"""Kill a run (SIGKILL, Ctrl-C, SIGTERM) mid-phase, resume it, and get what an uninterrupted run gets, to the bit.
+
+One real kill -9 of a real process (nothing written at the end: status.json still says running); the other
+interruptions are real signals sent in process at a chosen step (conftest.signalled_at), resumed in process."""
 
 import json
 import os
@@ -9,23 +12,33 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import signalled_at
 from safetensors.torch import load_file
 
 from transferkit import UserError
+from transferkit.cli import main
 from transferkit.reporting.status import read_status
 from transferkit.training import CHECKPOINT_FILE, load_checkpoint
 
 # Small enough to be quick, with epochs long enough (13 steps) that a kill lands inside a phase.
 ARGS = ["run", "mnist", "--limit", "800", "--epochs", "3", "--batch-size", "64"]
+# Stopped at a chosen step in process, a run can be smaller still (7 steps an epoch).
+SMALL = ["run", "mnist", "--limit", "300", "--epochs", "2", "--batch-size", "32"]
 
 
-def _start(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "transferkit", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+def _cli(*args: str) -> tuple[int, str]:
+    """transferkit's exit status and stderr, in this process (as `transferkit ARGS` gives them)."""
+    import contextlib
+    import io
 
-
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "transferkit", *args], capture_output=True, text=True, timeout=300)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return code, err.getvalue()
 
 
 def _wait_for_checkpoint(run_dir: Path, phase: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -42,15 +55,6 @@ def _wait_for_checkpoint(run_dir: Path, phase: str, proc: subprocess.Popen, time
                 return
         time.sleep(0.01)
     raise AssertionError("no checkpoint in time")
-
-
-def _killed_in(phase: str, out: Path) -> Path:
-    """A run started, then killed with SIGKILL once it has checkpointed inside `phase`."""
-    proc = _start(*ARGS, "--out", str(out))
-    _wait_for_checkpoint(out, phase, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return out
 
 
 def _metrics(run_dir: Path) -> dict:
@@ -71,46 +75,71 @@ def _assert_same_run(a: Path, b: Path) -> None:
             assert (wa[k] == wb[k]).all(), f"{phase} {k}"
 
 
+def _checkpoint_phase(run_dir: Path) -> tuple[str, int]:
+    _, meta = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    return meta["phase"], meta["fit"]["epoch"]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
+    """The reference, in a process of its own: the interrupted runs, resumed in this one, must equal it."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    done = _run(*ARGS, "--out", str(out))
+    done = subprocess.run([sys.executable, "-m", "transferkit", *ARGS, "--out", str(out)], capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return out
 
 
-@pytest.mark.parametrize("phase", ["source", "transfer"])
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted, phase):
-    out = _killed_in(phase, tmp_path / "run")
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *ARGS, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(out, "source", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
     assert json.loads((out / "status.json").read_text())["status"] == "running"  # died without a word
     assert read_status(out)["status"] == "stale"  # ...which its readers (report, export, compare) are told
-    done = _run(*ARGS, "--resume", str(out))
-    assert done.returncode == 0, done.stderr
+    code, err = _cli(*ARGS, "--resume", str(out))
+    assert code == 0, err
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
     _assert_same_run(out, uninterrupted)
 
 
-# SIGTERM is what timeout, docker stop, systemd, Slurm and Kubernetes send: handled as Ctrl-C is.
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_ctrl_c_or_sigterm_checkpoints_mid_epoch_and_resumes(tmp_path, uninterrupted, sig, code):
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> tuple[Path, int]:
+    """The SMALL run uninterrupted, in this process, and its stop checks an epoch: one after each step, and one
+    as the epoch ends."""
+    out = tmp_path_factory.mktemp("small") / "run"
+    assert _cli(*SMALL, "--out", str(out)) == (0, "")
+    results = json.loads((out / "results.json").read_text())
+    steps = results["distributed"]["steps_per_rank"]["source"][0] // results["phases"]["source"]["epochs"]
+    return out, steps + 1
+
+
+# SIGTERM is what timeout, docker stop, systemd, Slurm and Kubernetes send: handled as Ctrl-C is. The source
+# phase stopped in its second epoch, the transfer phase in its first (the source phase then read back).
+@pytest.mark.parametrize("sig, code, phase", [(signal.SIGINT, 130, "source"), (signal.SIGTERM, 143, "transfer")])
+def test_ctrl_c_or_sigterm_checkpoints_mid_epoch_and_resumes(tmp_path, small, sig, code, phase):
+    reference, checks = small
     out = tmp_path / "run"
-    proc = _start(*ARGS, "--out", str(out))
-    _wait_for_checkpoint(out, "source", proc)
-    time.sleep(0.3)  # into the next epoch
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code
+    with signalled_at(checks + 3 if phase == "source" else 2 * checks + 3, sig):
+        exit_code, err = _cli(*SMALL, "--out", str(out))
+    assert exit_code == code
     assert f"--resume {out}" in err and "Traceback" not in err
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
-    done = _run(*ARGS, "--resume", str(out))
-    assert done.returncode == 0, done.stderr
-    _assert_same_run(out, uninterrupted)
+    assert _checkpoint_phase(out) == (phase, 2 if phase == "source" else 1)  # mid-epoch, where it was asked
+    exit_code, err = _cli(*SMALL, "--resume", str(out))
+    assert exit_code == 0, err
+    _assert_same_run(out, reference)
 
 
 @pytest.fixture(scope="module")
-def killed_in_source(tmp_path_factory) -> Path:
-    """One run killed in the source phase, copied by the tests that only try to resume it."""
-    return _killed_in("source", tmp_path_factory.mktemp("killed") / "run")
+def stopped_in_source(tmp_path_factory) -> Path:
+    """One run stopped in the source phase, copied by the tests that only try to resume it."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    with signalled_at(3):
+        assert _cli(*SMALL, "--out", str(out))[0] == 130
+    return out
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
@@ -119,17 +148,17 @@ def _copy(run_dir: Path, tmp_path: Path) -> Path:
     return shutil.copytree(run_dir, tmp_path / "run")
 
 
-def test_resume_refuses_another_configuration(uninterrupted, killed_in_source, tmp_path):
-    out = _copy(killed_in_source, tmp_path)
-    done = _run(*ARGS[:-2], "--batch-size", "32", "--resume", str(out))
-    assert done.returncode == 2
-    assert "train.batch_size was 64, now 32" in done.stderr and "Traceback" not in done.stderr
-    assert "complete" in _run(*ARGS, "--resume", str(uninterrupted)).stderr
+def test_resume_refuses_another_configuration(small, stopped_in_source, tmp_path):
+    out = _copy(stopped_in_source, tmp_path)
+    code, err = _cli(*SMALL[:-2], "--batch-size", "16", "--resume", str(out))
+    assert code == 2
+    assert "train.batch_size was 32, now 16" in err and "Traceback" not in err
+    assert "complete" in _cli(*SMALL, "--resume", str(small[0]))[1]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "cut-tensors", "pickle"])
-def test_damaged_checkpoint_is_refused(killed_in_source, tmp_path, damage):
-    out = _copy(killed_in_source, tmp_path)
+def test_damaged_checkpoint_is_refused(stopped_in_source, tmp_path, damage):
+    out = _copy(stopped_in_source, tmp_path)
     ckpt = out / CHECKPOINT_FILE
     if damage == "truncate":
         ckpt.write_bytes(ckpt.read_bytes()[:1000])
@@ -143,6 +172,6 @@ def test_damaged_checkpoint_is_refused(killed_in_source, tmp_path, damage):
                 return (os.system, ("touch " + str(tmp_path / "pwned"),))
 
         ckpt.write_bytes(pickle.dumps({"model": Evil()}))
-    done = _run(*ARGS, "--resume", str(out))
-    assert done.returncode == 2 and "not a readable transferkit checkpoint" in done.stderr
+    code, err = _cli(*SMALL, "--resume", str(out))
+    assert code == 2 and "not a readable transferkit checkpoint" in err
     assert not (tmp_path / "pwned").exists()
