@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,24 +167,33 @@ def test_predict_with_a_split_run(tmp_path):
     assert sum(prob for _, prob in p.top) == pytest.approx(1, abs=1e-5)
 
 
-@pytest.mark.parametrize("options, says", [
-    (["--image-size", "64", "--batch-size", "2", "--epochs", "2", "--unfreeze-epochs", "3"], ""),
-    (["--image-size", "32", "--batch-size", "3", "--epochs", "1", "--unfreeze-epochs", "2", "--stream", "always",
-      "--workers", "1"], "streaming 18 images from disk with 1 DataLoader worker: as when the run started"),
-], ids=["in-memory", "streamed"])
-def test_finetune_killed_in_the_unfrozen_stage_and_resumed_equals_uninterrupted(photos, tmp_path, options, says):
+def _assert_same_finetune(out: Path, ref: Path) -> None:
+    from safetensors.torch import load_file
+
+    a, b = (json.loads((d / "results.json").read_text()) for d in (out, ref))
+    for phase in ("frozen", "unfrozen"):
+        strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["phases"][phase]["history"]]
+        assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["phases"][phase]["history"]]
+        assert a["phases"][phase]["misclassified"] == b["phases"][phase]["misclassified"]
+    # The frozen stage finished before the stop: the figure shows its examples again, as the reference drew them.
+    assert (out / "misclassified.png").read_bytes() == (ref / "misclassified.png").read_bytes()
+    wa, wb = (load_file(d / "weights" / "model.safetensors") for d in (out, ref))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_a_streamed_finetune_killed_in_the_unfrozen_stage_and_resumed_equals_uninterrupted(photos, tmp_path):
+    """kill -9 of a real process, its DataLoader worker orphaned (it ends when it finds its parent gone)."""
     import os
     import signal
     import subprocess
     import sys
     import time
 
-    from safetensors.torch import load_file
-
     from transferkit.training import CHECKPOINT_FILE, load_checkpoint
 
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    args = ["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", *options]
+    args = ["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
+            "--batch-size", "3", "--epochs", "1", "--unfreeze-epochs", "2", "--stream", "always", "--workers", "1"]
 
     def cli(*extra):
         return subprocess.run([sys.executable, "-m", "transferkit", *args, *extra], env=env, capture_output=True,
@@ -199,21 +209,34 @@ def test_finetune_killed_in_the_unfrozen_stage_and_resumed_equals_uninterrupted(
         if (out / CHECKPOINT_FILE).is_file() and load_checkpoint(out / CHECKPOINT_FILE)[1]["phase"] == "unfrozen":
             break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)  # a DataLoader worker, orphaned, ends when it finds its parent gone
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = cli("--resume", str(out))
     assert done.returncode == 0, done.stderr
-    assert says in done.stdout
-    a, b = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
-    for phase in ("frozen", "unfrozen"):
-        strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["phases"][phase]["history"]]
-        assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["phases"][phase]["history"]]
-    for phase in ("frozen", "unfrozen"):
-        assert a["phases"][phase]["misclassified"] == b["phases"][phase]["misclassified"]
-    # The frozen stage finished before the kill: the figure shows its examples again, as the reference drew them.
-    assert (out / "misclassified.png").read_bytes() == (tmp_path / "ref" / "misclassified.png").read_bytes()
-    wa, wb = (load_file(d / "weights" / "model.safetensors") for d in (out, tmp_path / "ref"))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert "streaming 18 images from disk with 1 DataLoader worker: as when the run started" in done.stdout
+    _assert_same_finetune(out, tmp_path / "ref")
+
+
+def test_finetune_stopped_in_the_unfrozen_stage_resumes_to_the_uninterrupted_run(photos, tmp_path, monkeypatch):
+    """In memory, stopped in process (a real Ctrl-C at a chosen step) two steps into the unfrozen stage."""
+    from conftest import signalled_at
+
+    from transferkit.training import CHECKPOINT_FILE, load_checkpoint
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    args = ["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "64",
+            "--batch-size", "2", "--epochs", "2", "--unfreeze-epochs", "3", "--quiet"]
+    main([*args, "--out", str(tmp_path / "ref")])
+    ref = json.loads((tmp_path / "ref" / "results.json").read_text())
+    frozen_checks = sum(ref["distributed"]["steps_per_rank"]["frozen"]) + ref["phases"]["frozen"]["epochs"]
+    out = tmp_path / "run"
+    with signalled_at(frozen_checks + 2), pytest.raises(SystemExit) as stopped:
+        main([*args, "--out", str(out)])
+    assert stopped.value.code == 130
+    meta = load_checkpoint(out / CHECKPOINT_FILE)[1]
+    assert (meta["phase"], meta["fit"]["epoch"], meta["fit"]["steps"]) == ("unfrozen", 1, 2)
+    main([*args, "--resume", str(out)])
+    _assert_same_finetune(out, tmp_path / "ref")
 
 
 def _history(result, phase):
