@@ -25,8 +25,8 @@ def test_training_on_cache_equals_training_through_frozen_layers():
     # Dropout off, so both paths see identical inputs; only float summation order may differ.
     options = dict(limit=256, epochs=2, batch_size=64, feature_dropout=0.0, classifier_dropout=0.0,
                    save=False, verbose=False)
-    cached = run_split("mnist", feature_cache=True, **options)
-    direct = run_split("mnist", feature_cache=False, **options)
+    cached = run_split("mnist", feature_cache=True, scratch=False, **options)  # the transfer phase is the one
+    direct = run_split("mnist", feature_cache=False, scratch=False, **options)
     a, b = cached.models["transfer"].state_dict(), direct.models["transfer"].state_dict()
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
