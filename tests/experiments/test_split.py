@@ -58,3 +58,14 @@ def test_different_class_counts_reuse_dense_layers():
 def test_bad_options_fail_before_training(options, message):
     with pytest.raises(UserError, match=message):
         run_split("mnist", **{**QUICK, **options})
+
+
+def test_every_seed_is_derived_from_named_parts_without_collisions():
+    from transferkit.experiments.seeds import derive_seed
+
+    assert derive_seed(7) == 7 and derive_seed(7, phase=2) == 7002
+    points = {derive_seed(s, repeat=r, arm=a, size=x) for s in (0, 1) for r in (0, 999) for a in (0, 15)
+              for x in (0, 99_999)}
+    assert len(points) == 2 * 2 * 2 * 2
+    with pytest.raises(ValueError, match="arm=16"):
+        derive_seed(0, repeat=0, arm=16)

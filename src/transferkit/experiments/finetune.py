@@ -49,6 +49,7 @@ from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import weights_entry, weights_source
 from .run_options import RunOptions
 from .runtime import Runtime, running
+from .seeds import derive_seed
 
 
 @dataclass
@@ -303,7 +304,7 @@ def _unfrozen_phase(config: FinetuneConfig, model: BackboneClassifier, pre: Prep
                     runtime: Runtime) -> Phase:
     """Everything trains; the backbone at a smaller rate, as fastai's fine_tune does, and its BatchNorm
     statistics kept (unless --train-batchnorm), as the Keras transfer-learning guide does."""
-    seed = config.seed + 1
+    seed = derive_seed(config.seed, phase=1)  # the frozen phase's is the run's seed itself
     # A seed per phase, as the split experiment's: the phase trains alike after the frozen one ran here or was
     # read again from its weights by a resumed run.
     torch.manual_seed(seed)

@@ -50,6 +50,7 @@ from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import weights_entry, weights_source
 from .run_options import RunOptions
 from .runtime import Runtime, running
+from .seeds import derive_seed
 
 PHASES = ("source", "transfer", "scratch")
 
@@ -203,7 +204,7 @@ class _Phases:
 
     def phase(self, name: str, split: ClassSplit, source_model: nn.Module | None) -> Phase:
         cfg, runtime = self.config.train, self.runtime
-        seed = cfg.seed * 1000 + PHASES.index(name)
+        seed = derive_seed(cfg.seed, phase=PHASES.index(name))
         # A seed per phase: each phase is reproducible on its own, whatever ran before it.
         torch.manual_seed(seed)
         transform = None  # the pretrained backbones' resizing and normalisation, in front of the model

@@ -28,6 +28,7 @@ from ..models import BackboneClassifier
 from ..models.stages import stage_pieces
 from ..training import freeze
 from .feature_pass import frozen_features
+from .seeds import derive_seed
 from .split import PretrainedBackbone
 from .study_plan import Point, Unit, shot_indices
 from .study_trainer import Trainer
@@ -89,7 +90,7 @@ class BackboneTrainer(Trainer):
             self.run.save_results()
 
     def _shots_point(self, point: Point, source: object) -> None:
-        keep = shot_indices(self.b.y_train, point.shots, self.config.split.train.seed * 1000 + point.seed)
+        keep = shot_indices(self.b.y_train, point.shots, derive_seed(self.config.split.train.seed, repeat=point.seed))
         torch.manual_seed(self._point_seed(point))
         model, transform = self.backbone.model(point.arm)  # run --backbone's transfer phase or scratch control
         if point.arm == "transfer":

@@ -15,6 +15,7 @@ from ..config import STUDY_CUTS, STUDY_MAX_SEEDS, STUDY_MIN_STEPS, STUDY_SHOTS, 
 from ..errors import UserError
 from ..models import BackboneClassifier
 from ..models.stages import stage_pieces
+from .seeds import RADIX
 
 STUDY_KINDS = ("shots", "freeze")
 ARMS = {"shots": ("transfer", "scratch"), "freeze": ("baseB", "BnB", "BnB+", "AnB", "AnB+")}
@@ -75,6 +76,8 @@ class StudyConfig:
                             f"{', '.join(ARMS[self.kind])}")
         if self.kind == "shots" and (not self.shots or any(n < 0 for n in self.shots)):
             raise UserError("--shots: give images per class as positive numbers or all, e.g. 1,5,10,all")
+        if any(n >= RADIX["size"] for n in self.shots):  # a point's seed holds its shot count as one digit
+            raise UserError(f"--shots: at most {RADIX['size'] - 1} images per class; give all for every image")
         if self.split.backbone is not None:  # its stages are the cuts
             check_backbone_study(self.kind, self.split.backbone, self.cuts)
         bad = [n for n in self.cuts if not 1 <= n <= len(WEIGHT_LAYERS)]

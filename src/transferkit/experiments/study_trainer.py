@@ -29,6 +29,7 @@ from ..training.class_weights import choose_class_weights
 from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import RunFolder, UnreadableWeights
 from .runtime import Runtime
+from .seeds import derive_seed
 from .split import transfer_model
 from .study_plan import (
     ARMS,
@@ -74,7 +75,7 @@ class Trainer:
             self._freeze_point(point, base)
 
     def _shots_point(self, point: Point, source: SeedCNN) -> None:
-        keep = shot_indices(self.b.y_train, point.shots, self.config.split.train.seed * 1000 + point.seed)
+        keep = shot_indices(self.b.y_train, point.shots, derive_seed(self.config.split.train.seed, repeat=point.seed))
         k = len(self.b.class_names)
         torch.manual_seed(self._point_seed(point))
         if point.arm == "transfer":
@@ -195,4 +196,4 @@ class Trainer:
         """Each point seeds its own generator: the same point draws the same numbers in a resumed study."""
         arm = (("baseA", "baseB") + ARMS[self.config.kind]).index(point.arm)
         x = point.shots if point.shots is not None else (point.cut or 0)
-        return ((self.config.split.train.seed * 1000 + point.seed) * 16 + arm) * 100_000 + x
+        return derive_seed(self.config.split.train.seed, repeat=point.seed, arm=arm, size=x)
