@@ -6,26 +6,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from rich.console import Console
 from rich.text import Text
 from torch import nn
 
-from ..config import HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, Stopping, phase_stopping
+from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, Stopping, phase_stopping
 from ..data.folders import warn_skipped
 from ..data.preprocess import InputTransform
 from ..data.streaming import collate_readable
 from ..errors import UserError
 from ..models import BackboneClassifier, Preprocessing, layer_rows, load_backbone_weights
-from ..reporting import PhaseResult, describe_environment
+from ..reporting import PhaseResult
 from ..reporting.console import print_closing
 from ..reporting.figures import confusion_figure, curves_figure, misclassified_figure, samples_figure
 from ..reporting.results import baseline_verdicts
 from ..training import (
+    Precision,
     StreamBatches,
     StreamLoader,
     StreamPass,
@@ -33,12 +34,12 @@ from ..training import (
     freeze,
     images_to_tensor,
     make_optimizer,
-    resolve_precision,
     trainable_parameters,
     unfreeze,
 )
 from ..training.batches import worker_count
 from ..training.class_weights import choose_class_weights
+from ..training.distributed import Distributed
 from ..training.metrics import MIN_CALIBRATION_IMAGES
 from ..training.predictions import Mistakes
 from ..training.tta import tta_record
@@ -46,10 +47,11 @@ from .baseline import feature_baseline, pixel_baseline
 from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import weights_entry, weights_source
+from .run_folder import RunFolder, weights_entry, weights_source
 from .run_options import RunOptions
-from .runtime import Runtime, running
+from .runtime import Runtime
 from .seeds import derive_seed
+from .spine import run_experiment
 
 
 @dataclass
@@ -71,89 +73,110 @@ def finetune(data: str | Path, *, head_units: int = 256, head_dropout: float = 0
              **options: object) -> FinetuneResult:
     """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
 
-    `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`).
-    RunOptions (`out`, `resume`, `force`, `save`, `verbose`, `device`) as for run_split. Started by torchrun, each process trains on its shard and rank 0 alone prints and writes.
-    `workers`: DataLoader processes that decode streamed images (default: one per core; 0 decodes in this
-    process, for debugging).
+    `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`),
+    and RunOptions (`out`, `resume`, `force`, `save`, `verbose`, `device`) as for run_split. Started by
+    torchrun, each process trains on its shard and rank 0 alone prints and writes. `workers`: DataLoader
+    processes that decode streamed images (default: one per core; 0 decodes in this process, for debugging).
     """
     life = RunOptions.take(options)
     config = FinetuneConfig(data=str(data), head=HeadConfig(head_units, head_dropout),
                             **Stopping.given_epochs(options))
-    workers = worker_count(workers)
-    ranks, console = life.start()
-    torch.manual_seed(config.seed)  # the frozen phase's seed: its head is drawn from it
-    model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
-    pre = load_backbone_weights(model, weights_source(config.weights)).at_size(config.image_size)
-    run = life.resumed(config.to_dict(), ranks)
-    data = read_image_data(config.data, config.val_fraction, config.seed, config.limit, config.stream, pre.resize,
-                           ranks.world_size, run.results if run else None, workers)
-    classes = data.classes
-    model.classifier[-1] = nn.Linear(config.head.units, len(classes))
-    model.to(ranks.device)
-    precision = resolve_precision(config.precision, device=ranks.device)
-    calibration, why_not = _calibration_split(config, data)  # refused here, before a folder exists
-    weights = choose_class_weights(config.class_weights, data.train[1], len(classes))
-    run = run or life.created(ranks, f"finetune-{Path(config.data).stem}")
-    with run.recording():  # from here on a crash says failed in status.json, never running
+    return run_experiment(FinetuneExperiment(config, worker_count(workers)), life)
+
+
+class FinetuneExperiment:
+    """finetune on the spine (spine.py): the frozen phase (a new head on the pretrained features), then the
+    unfrozen one (everything, the backbone at a smaller rate)."""
+
+    eval_batch_size = EVAL_BATCH_SIZE
+
+    def __init__(self, config: FinetuneConfig, workers: int):
+        self.config, self.workers, self.precision = config, workers, config.precision
+        self.folder_name = f"finetune-{Path(config.data).stem}"
+
+    def prepare(self, ranks: Distributed, resumed: RunFolder | None) -> None:
+        config = self.config
+        torch.manual_seed(config.seed)  # the frozen phase's seed: its head is drawn from it
+        self.model = model = BackboneClassifier(config.backbone, 2, config.head)  # classes: once the data is read
+        self.pre = load_backbone_weights(model, weights_source(config.weights)).at_size(config.image_size)
+        self.data = data = read_image_data(config.data, config.val_fraction, config.seed, config.limit,
+                                           config.stream, self.pre.resize, ranks.world_size,
+                                           resumed.results if resumed else None, self.workers)
+        self.classes = data.classes
+        model.classifier[-1] = nn.Linear(config.head.units, len(self.classes))
+        model.to(ranks.device)
+        self.calibration, self.why_not = _calibration_split(config, data)  # refused here, before a folder exists
+        self.weights = choose_class_weights(config.class_weights, data.train[1], len(self.classes))
+
+    def header(self, console: Console, precision: Precision) -> None:
+        config, data = self.config, self.data
         n_train, n_val = len(data.train[1]), len(data.val[1])
         console.print(Text.assemble(("transferkit finetune", "bold"), f" {config.backbone} ({config.weights} weights) on "
-                                    f"{data.origin}: {len(classes)} classes, {n_train} train / {n_val} validation images, "
-                                    f"input {pre.crop}px, precision {precision.name}"))
+                                    f"{data.origin}: {len(self.classes)} classes, {n_train} train / {n_val} validation "
+                                    f"images, input {self.pre.crop}px, precision {precision.name}"))
         console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
         console.print("calibration: " + (f"a temperature fitted on the {n_val} validation images after each phase"
-                                         if calibration else f"off ({why_not})"))
-        results = run.begin({
-            "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
-                        "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict()},
-            "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
-            "environment": describe_environment(precision, ranks.device), "phases": {}, "model": weights_entry("model"),
-            "calibration": {"split": calibration, "reason": why_not},
-        }, ranks.describe(config.batch_size, config.lr))
-        figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
+                                         if self.calibration else f"off ({self.why_not})"))
+
+    def record(self, precision: Precision, ranks: Distributed) -> tuple[dict, dict]:
+        config, data, classes = self.config, self.data, self.classes
+        return {
+            "experiment": "finetune",
+            "dataset": {"origin": data.origin, "class_names": classes, "train_samples": len(data.train[1]),
+                        "val_samples": len(data.val[1]), "skipped": data.skipped, "loading": data.loading.to_dict()},
+            "classes": classes, "config": config.to_dict(), "preprocessing": self.pre.to_dict(),
+            "phases": {}, "model": weights_entry("model"),
+            "calibration": {"split": self.calibration, "reason": self.why_not},
+        }, ranks.describe(config.batch_size, config.lr)
+
+    def train(self, run: RunFolder, runtime: Runtime, results: dict) -> None:
+        config, data, model, pre, classes = self.config, self.data, self.model, self.pre, self.classes
+        self.figures = figures = {"samples": samples_figure({"train": (*data.samples(16), classes)})}
         run.save_figures(figures)  # once: each phase below saves only the figures it redraws
-        phases: dict[str, PhaseResult] = {}
+        self.phases: dict[str, PhaseResult] = {}
         mistakes: dict[str, Mistakes] = {}
-        names = ["frozen", "unfrozen"] if config.unfreeze_epochs else ["frozen"]
-        with running(ranks, console, precision) as runtime:
-            inputs = _Inputs.of(config, data, pre, runtime)
-            for name in names:
-                phase = (_frozen_phase if name == "frozen" else _unfrozen_phase)(config, model, pre, inputs, runtime)
-                phase = replace(phase, class_weights=weights, calibration=calibration,
-                                validation_split=data.validation_split)
-                phases[name], found = train_phase(phase, run, runtime)
-                if found is not None:
-                    mistakes[name] = found
-                inputs.report_skipped(results)
-                results["phases"][name] = phases[name].to_dict()
-                if name == "frozen" and "baselines" not in results:  # the backbone as pretrained, before unfreezing
-                    results["baselines"] = _baselines(config, model, pre, inputs, runtime)
-                redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
-                figures.update(redrawn)
-                run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=name == names[-1])
-            temperature = run.temperature(names[-1])
-            if config.tta:
-                results["tta"] = tta_record(nn.Sequential(inputs.transform, model), inputs.val_x, inputs.val_y,
-                                            len(classes), temperature, runtime.eval_batch_size,
-                                            runtime.autocast_dtype, runtime.device)
-                console.print(_describe_tta(results["tta"]))
-        data.close()
-        model.eval().cpu()  # the model returned and saved lives on the CPU, wherever it trained
+        self.names = names = ["frozen", "unfrozen"] if config.unfreeze_epochs else ["frozen"]
+        inputs = _Inputs.of(config, data, pre, runtime)
+        for name in names:
+            phase = (_frozen_phase if name == "frozen" else _unfrozen_phase)(config, model, pre, inputs, runtime)
+            phase = replace(phase, class_weights=self.weights, calibration=self.calibration,
+                            validation_split=data.validation_split)
+            self.phases[name], found = train_phase(phase, run, runtime)
+            if found is not None:
+                mistakes[name] = found
+            inputs.report_skipped(results)
+            results["phases"][name] = self.phases[name].to_dict()
+            if name == "frozen" and "baselines" not in results:  # the backbone as pretrained, before unfreezing
+                results["baselines"] = _baselines(config, model, pre, inputs, runtime)
+            redrawn = {"misclassified": misclassified_figure({n: m.figure_group() for n, m in mistakes.items()})}
+            figures.update(redrawn)
+            run.save_phase(name, model, classes, pre.to_dict(), redrawn, last=name == names[-1])
+        self.temperature = run.temperature(names[-1])
+        if config.tta:
+            results["tta"] = tta_record(nn.Sequential(inputs.transform, model), inputs.val_x, inputs.val_y,
+                                        len(classes), self.temperature, runtime.eval_batch_size,
+                                        runtime.autocast_dtype, runtime.device)
+            runtime.console.print(_describe_tta(results["tta"]))
+
+    def finish(self, run: RunFolder, results: dict) -> None:
+        self.data.close()
+        self.model.eval().cpu()  # the model returned and saved lives on the CPU, wherever it trained
         # The final model's, as its last phase measured it after training (no second pass over the images).
-        results["confusion_matrix"] = results["phases"][names[-1]]["confusion_matrix"]
+        results["confusion_matrix"] = results["phases"][self.names[-1]]["confusion_matrix"]
         redrawn = {"curves": curves_figure(results["phases"]),
-                   "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), classes)}
-        figures.update(redrawn)
-        run.save_weights("model", model, classes, pre.to_dict(), temperature)  # what `transferkit predict` uses
+                   "confusion_matrix": confusion_figure(np.asarray(results["confusion_matrix"]), self.classes)}
+        self.figures.update(redrawn)
+        run.save_weights("model", self.model, self.classes, self.pre.to_dict(), self.temperature)  # predict's
         run.save_results()
         run.save_figures(redrawn)
-        run.complete()
-    result = FinetuneResult(config, results, phases, model, figures, run.path)
-    print_closing(console, results["phases"], result.summary(), run.path,
-                  then=f"predict with: transferkit predict {run.path} IMAGES...")
-    for sentence in baseline_verdicts(results):
-        console.print(sentence, soft_wrap=True)
-    return result
+
+    def closing(self, console: Console, run: RunFolder, results: dict) -> FinetuneResult:
+        result = FinetuneResult(self.config, results, self.phases, self.model, self.figures, run.path)
+        print_closing(console, results["phases"], result.summary(), run.path,
+                      then=f"predict with: transferkit predict {run.path} IMAGES...")
+        for sentence in baseline_verdicts(results):
+            console.print(sentence, soft_wrap=True)
+        return result
 
 
 def _calibration_split(config: FinetuneConfig, data: ImageData) -> tuple[str | None, str | None]:

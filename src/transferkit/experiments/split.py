@@ -6,12 +6,12 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from rich.console import Console
 from rich.text import Text
 from torch import nn
 
@@ -29,7 +29,7 @@ from ..models import (
     layer_rows,
     load_backbone_weights,
 )
-from ..reporting import PhaseResult, describe_environment
+from ..reporting import PhaseResult
 from ..reporting.console import print_closing, print_summary, transfer_verdict
 from ..reporting.figures import curves_figure, misclassified_figure, samples_figure, time_figure
 from ..training import (
@@ -39,18 +39,19 @@ from ..training import (
     freeze,
     images_to_tensor,
     make_optimizer,
-    resolve_precision,
     split_frozen,
     trainable_parameters,
 )
 from ..training.class_weights import choose_class_weights
+from ..training.distributed import Distributed
 from ..training.predictions import Mistakes
 from .feature_pass import backbone_identity, frozen_features
 from .phase import Phase, PhaseInputs, train_phase
-from .run_folder import weights_entry, weights_source
+from .run_folder import RunFolder, weights_entry, weights_source
 from .run_options import RunOptions
-from .runtime import Runtime, running
+from .runtime import Runtime
 from .seeds import derive_seed
+from .spine import run_experiment
 
 PHASES = ("source", "transfer", "scratch")
 
@@ -108,71 +109,91 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     data and rank 0 alone prints and writes.
     """
     life = RunOptions.take(options)
-    config = make_split_config(dataset, source, target, **options)
-    ranks, console = life.start()
-    run = life.resumed(config.to_dict(), ranks)
-    data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction, seed=config.train.seed,
-                        image_size=config.image_size)
-    src, tgt = resolve_split(config.source, config.target, data.class_names, source_trained=not config.backbone)
-    precision = resolve_precision(config.train.precision, device=ranks.device)
-    # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
-    backbone = PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
-    if backbone is None:
-        SeedCNN(config.model, data.image_shape[0], data.image_shape[1:], len(src))
-    target = fewer_training_images(split_by_class(data, tgt, config.limit), config.shots, config.train_fraction,
-                                   config.train.seed)
-    splits = {"target": target} if backbone else {"source": split_by_class(data, src, config.limit), "target": target}
-    run = run or life.created(ranks, Path(config.dataset).stem or "data")
-    with run.recording():  # from here on a crash says failed in status.json, never running
-        if backbone:
-            source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"
-                           else f"{config.backbone} with weights {config.weights}")
+    return run_experiment(SplitExperiment(make_split_config(dataset, source, target, **options)), life)
+
+
+class SplitExperiment:
+    """The split experiment on the spine (spine.py): source classes, then the target classes by transfer and
+    from scratch; with a pretrained backbone, its ImageNet training is the source and only the target trains."""
+
+    def __init__(self, config: SplitConfig):
+        self.config, self.precision = config, config.train.precision
+        self.folder_name = Path(config.dataset).stem or "data"
+        self.eval_batch_size = config.train.eval_batch_size
+
+    def prepare(self, ranks: Distributed, resumed: RunFolder | None) -> None:
+        config = self.config
+        self.data = data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction,
+                                        seed=config.train.seed, image_size=config.image_size)
+        src, tgt = resolve_split(config.source, config.target, data.class_names, source_trained=not config.backbone)
+        # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
+        self.backbone = PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
+        if self.backbone is None:
+            SeedCNN(config.model, data.image_shape[0], data.image_shape[1:], len(src))
+        self.target = fewer_training_images(split_by_class(data, tgt, config.limit), config.shots,
+                                            config.train_fraction, config.train.seed)
+        self.splits = ({"target": self.target} if self.backbone else
+                       {"source": split_by_class(data, src, config.limit), "target": self.target})
+        self.ranks = ranks
+
+    def header(self, console: Console, precision: Precision) -> None:
+        config, target = self.config, self.target
+        if self.backbone:
+            self.source_text = (f"{config.backbone} with ImageNet weights" if config.weights == "imagenet"
+                                else f"{config.backbone} with weights {config.weights}")
         else:
-            source_text = f"classes {', '.join(splits['source'].class_names)}"
-        console.print(Text.assemble(("transferkit", "bold"), f" split experiment on {data.name} ({data.origin})"))
-        console.print(f"source {source_text} -> target classes {', '.join(target.class_names)} "
+            self.source_text = f"classes {', '.join(self.splits['source'].class_names)}"
+        console.print(Text.assemble(("transferkit", "bold"), f" split experiment on {self.data.name} "
+                                    f"({self.data.origin})"))
+        console.print(f"source {self.source_text} -> target classes {', '.join(target.class_names)} "
                       f"({len(target.y_train)} training images); precision {precision.name} ({precision.reason})")
-        results = run.begin({
+
+    def record(self, precision: Precision, ranks: Distributed) -> tuple[dict, dict]:
+        config, data, splits = self.config, self.data, self.splits
+        return {
             "experiment": "split",
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
                         "class_names": list(data.class_names), "train_samples": len(data.y_train),
                         "test_samples": len(data.y_test), "skipped": list(data.skipped)},
             "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
                        "source_classes": list(splits["source"].class_names) if "source" in splits else [],
-                       "target_classes": list(target.class_names)},
-            "source": source_text,
-            "environment": describe_environment(precision, ranks.device),
+                       "target_classes": list(self.target.class_names)},
+            "source": self.source_text,
             "phases": {},
             "model": weights_entry("transfer"),  # what `transferkit predict` uses: the target classifier
-        }, ranks.describe(config.train.batch_size, config.train.learning_rate))
+        }, ranks.describe(config.train.batch_size, config.train.learning_rate)
+
+    def train(self, run: RunFolder, runtime: Runtime, results: dict) -> None:
+        config, splits = self.config, self.splits
         shown = {g: subsample(np.arange(len(s.y_train)), 16) for g, s in splits.items()}  # every class, not the first
-        figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]], list(s.class_names))
-                                              for g, s in splits.items()})}
+        self.figures = figures = {"samples": samples_figure({g: (s.x_train[shown[g]], s.y_train[shown[g]],
+                                                                 list(s.class_names)) for g, s in splits.items()})}
         run.save_figures(figures)  # once: each phase below saves only the figures it redraws
-        result = SplitResult(config, results, {}, run_dir=run.path)
-        names = [p for p in PHASES if (p != "source" or not backbone) and (p != "scratch" or config.scratch)]
+        self.result = result = SplitResult(config, results, {}, run_dir=run.path)
+        names = [p for p in PHASES if (p != "source" or not self.backbone) and (p != "scratch" or config.scratch)]
         mistakes: dict[str, Mistakes] = {}
-        with running(ranks, console, precision, config.train.eval_batch_size) as runtime:
-            phases = _Phases(config, data.image_shape, runtime, backbone, data.validation_split)
-            for name in names:
-                split = splits["source" if name == "source" else "target"]
-                phase = phases.phase(name, split, result.models.get("source"))
-                result.phases[name], found = train_phase(phase, run, runtime)
-                if found is not None:
-                    mistakes[name] = found
-                results["phases"][name] = result.phases[name].to_dict()
-                result.models[name] = phase.model.eval().cpu()  # on the CPU: saved, summarised, copied by the next
-                redrawn = {"curves": curves_figure(results["phases"]), "training_time": time_figure(results["phases"])}
-                if mistakes:
-                    redrawn["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in mistakes.items()})
-                figures.update(redrawn)
-                run.save_phase(name, phase.model, split.class_names, phases.preprocessing(name), redrawn,
-                               last=name == names[-1])
-        run.complete()
-    result.figures = figures
-    print_closing(console, results["phases"], result.summary(), run.path, model="transfer")  # predict's model
-    return result
+        phases = _Phases(config, self.data.image_shape, runtime, self.backbone, self.data.validation_split)
+        for name in names:
+            split = splits["source" if name == "source" else "target"]
+            phase = phases.phase(name, split, result.models.get("source"))
+            result.phases[name], found = train_phase(phase, run, runtime)
+            if found is not None:
+                mistakes[name] = found
+            results["phases"][name] = result.phases[name].to_dict()
+            result.models[name] = phase.model.eval().cpu()  # on the CPU: saved, summarised, copied by the next
+            redrawn = {"curves": curves_figure(results["phases"]), "training_time": time_figure(results["phases"])}
+            if mistakes:
+                redrawn["misclassified"] = misclassified_figure({p: m.figure_group() for p, m in mistakes.items()})
+            figures.update(redrawn)
+            run.save_phase(name, phase.model, split.class_names, phases.preprocessing(name), redrawn,
+                           last=name == names[-1])
+
+    def finish(self, run: RunFolder, results: dict) -> None:
+        self.result.figures = self.figures
+
+    def closing(self, console: Console, run: RunFolder, results: dict) -> SplitResult:
+        print_closing(console, results["phases"], self.result.summary(), run.path, model="transfer")  # predict's
+        return self.result
 
 
 def transfer_model(source_model: SeedCNN, num_classes: int, head: str) -> SeedCNN:
