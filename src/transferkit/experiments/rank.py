@@ -6,33 +6,34 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from rich.console import Console
 from rich.text import Text
 from torch import nn
 
-from ..config import HEAD_MIN_STEPS, RankConfig, Stopping
+from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, RankConfig, Stopping
 from ..data.archive import open_tree
 from ..data.folders import find_layout
 from ..data.preprocess import InputTransform
 from ..errors import UserError
 from ..models import BackboneClassifier, count_params, layer_rows, load_backbone_weights, new_head
 from ..models.stages import PooledStages
-from ..reporting import describe_environment
 from ..reporting.rank import RankRow, rank_figure, rank_table, recommendation
 from ..scores import SCORES, kendall_tau, order_by_scores, score_features
-from ..training import TensorBatches, freeze, images_to_tensor, make_optimizer, resolve_precision
+from ..training import Precision, TensorBatches, freeze, images_to_tensor, make_optimizer
+from ..training.distributed import Distributed
 from .candidates import Candidate, plan_candidates
 from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import RunFolder, weights_source
 from .run_options import RunOptions
-from .runtime import Runtime, running
+from .runtime import Runtime
+from .spine import run_experiment
 
 
 @dataclass
@@ -62,59 +63,76 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
         backbones = [b.strip() for b in backbones.split(",") if b.strip()]
     config = RankConfig(data=str(data), backbones=None if backbones is None else tuple(backbones),
                         **Stopping.given_epochs(options))
-    ranks, console = life.start()
-    if ranks.world_size > 1:
-        raise UserError("transferkit rank runs in one process; start it without torchrun")
-    candidates, skipped = plan_candidates(config)
-    if life.resume is None:  # the data's layout is read before the folder exists, so a data error leaves no folder
-        _check_layout(config)
-    precision = resolve_precision(config.precision, device=ranks.device)
-    run = life.resumed(config.to_dict(), ranks) or life.created(ranks, f"rank-{Path(config.data).stem}")
-    with run.recording():  # from here on a crash says failed in status.json, never running
-        results = run.begin({
-            "experiment": "rank", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "dataset": {"origin": config.data}, "config": config.to_dict(),
-            "environment": describe_environment(precision, ranks.device), "skipped": skipped, "candidates": [],
-            "done": [], "phases": {},
-        }, ranks.describe(config.batch_size, config.lr))
-        console.print(Text.assemble(("transferkit rank", "bold"), f" {len(candidates)} candidate(s) on {config.data}"
-                                    f"{' by stage' if config.layers else ''}, precision {precision.name}"))
-        for s in skipped:
+    return run_experiment(RankExperiment(config), life)
+
+
+class RankExperiment:
+    """rank on the spine (spine.py): each candidate backbone's frozen features scored (and, with verify, a
+    head trained on them), one candidate at a time, so a resumed rank scores only the ones left."""
+
+    eval_batch_size = EVAL_BATCH_SIZE
+
+    def __init__(self, config: RankConfig):
+        self.config, self.precision = config, config.precision
+        self.folder_name = f"rank-{Path(config.data).stem}"
+
+    def prepare(self, ranks: Distributed, resumed: RunFolder | None) -> None:
+        if ranks.world_size > 1:
+            raise UserError("transferkit rank runs in one process; start it without torchrun")
+        self.candidates, self.skipped = plan_candidates(self.config)
+        if resumed is None:  # the data's layout is read before the folder exists, so a data error leaves no folder
+            _check_layout(self.config)
+
+    def header(self, console: Console, precision: Precision) -> None:
+        config = self.config
+        console.print(Text.assemble(("transferkit rank", "bold"), f" {len(self.candidates)} candidate(s) on "
+                                    f"{config.data}{' by stage' if config.layers else ''}, precision {precision.name}"))
+        for s in self.skipped:
             console.print(f"skipped {s['backbone']}: {s['reason']}")
-        images = _Images(config)
-        with running(ranks, console, precision) as runtime:
-            for candidate in candidates:
-                if candidate.label in results["done"]:
-                    console.print(f"{candidate.label}: scored before")
-                    continue
-                if candidate.control and not any(not r["control"] for r in results["candidates"]):
-                    break  # the control is the floor of the others: with none scored it is not worth its pass
-                rows = _score_candidate(candidate, config, images, results, run, runtime)
-                if rows is None:
-                    continue
-                results["candidates"] += rows
-                results["done"].append(candidate.label)
-                run.save_results()
+
+    def record(self, precision: Precision, ranks: Distributed) -> tuple[dict, dict]:
+        config = self.config
+        return {"experiment": "rank", "dataset": {"origin": config.data}, "config": config.to_dict(),
+                "skipped": self.skipped, "candidates": [], "done": [], "phases": {},
+                }, ranks.describe(config.batch_size, config.lr)
+
+    def train(self, run: RunFolder, runtime: Runtime, results: dict) -> None:
+        images = _Images(self.config)
+        for candidate in self.candidates:
+            if candidate.label in results["done"]:
+                runtime.console.print(f"{candidate.label}: scored before")
+                continue
+            if candidate.control and not any(not r["control"] for r in results["candidates"]):
+                break  # the control is the floor of the others: with none scored it is not worth its pass
+            rows = _score_candidate(candidate, self.config, images, results, run, runtime)
+            if rows is None:
+                continue
+            results["candidates"] += rows
+            results["done"].append(candidate.label)
+            run.save_results()
+
+    def finish(self, run: RunFolder, results: dict) -> None:
         if not any(not r["control"] for r in results["candidates"]):
             raise UserError("no candidate's weights could be loaded: " + "; ".join(s["reason"] for s in results["skipped"]))
         rows = [results["candidates"][i] for i in order_by_scores(results["candidates"])]
         results["ranking"] = [r["name"] for r in rows]
-        if config.verify:
+        if self.config.verify:
             results["kendall_tau"] = kendall_taus(rows)
             if any(r["verified"].get("failed") for r in rows):
                 results["kendall_tau_with_failed"] = kendall_taus(rows, with_failed=True)
-        table = [RankRow.of(position + 1, r) for position, r in enumerate(rows)]
+        self.table = table = [RankRow.of(position + 1, r) for position, r in enumerate(rows)]
         results["recommendation"] = recommendation(table)
-        figures = {"rank": rank_figure(table)}
+        self.figures = {"rank": rank_figure(table)}
         run.save_results()
         run.save_rank([row.to_dict() for row in table])
-        run.save_figures(figures)
-        run.complete()
-    console.print(rank_table(table, results.get("kendall_tau"), results.get("kendall_tau_with_failed")))
-    console.print(results["recommendation"])
-    if run.path is not None:
-        console.print(f"run folder: {run.path} (report.html)")
-    return RankResult(config, results, table, results["recommendation"], figures, run.path)
+        run.save_figures(self.figures)
+
+    def closing(self, console: Console, run: RunFolder, results: dict) -> RankResult:
+        console.print(rank_table(self.table, results.get("kendall_tau"), results.get("kendall_tau_with_failed")))
+        console.print(results["recommendation"])
+        if run.path is not None:
+            console.print(f"run folder: {run.path} (report.html)")
+        return RankResult(self.config, results, self.table, results["recommendation"], self.figures, run.path)
 
 
 class _Images:

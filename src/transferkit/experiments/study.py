@@ -29,19 +29,18 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from rich.console import Console
 from rich.text import Text
 
 from ..config import STUDY_MIN_STEPS, STUDY_SEEDS
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..errors import Interrupted, UserError, first_line
 from ..models import SeedCNN
-from ..reporting import describe_environment
 from ..reporting.console import make_console
 from ..reporting.results import STUDY_FILE
 from ..reporting.study import (
@@ -52,16 +51,15 @@ from ..reporting.study import (
     summarise,
     write_study_csv,
 )
-from ..training import (
-    resolve_precision,
-)
+from ..training import Precision
 from ..training.batches import usable_cores, worker_count
 from ..training.checkpoint import Checkpointer
 from ..training.distributed import Distributed
 from ..training.runtime import keep_freed_memory
 from .run_folder import RunFolder, worker_checkpoints
 from .run_options import RunOptions
-from .runtime import STOP_SIGNALS, Runtime, running
+from .runtime import STOP_SIGNALS, Runtime
+from .spine import run_experiment
 from .split import make_split_config
 from .study_backbone import (
     BackboneTrainer,
@@ -105,8 +103,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
 
     `shots`: images per target class (`"1,5,10,all"` or a list; 0 or "all" for all); `cuts`: the freeze study's
     cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
-    `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`). RunOptions (`out`, `resume`,
-    `force`, `save`, `verbose`, `device`) as for run_split: a study folder is a run folder, resumed point by point. `jobs`: worker
+    `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`), RunOptions (`out`, `resume`, `force`,
+    `save`, `verbose`, `device`) too: a study folder is a run folder, resumed point by point. `jobs`: worker
     processes training the study's units (see Unit) side by side on the CPU (default: one per usable core),
     capped at the usable cores, each with cores // jobs threads; 1 trains every point in this process.
     """
@@ -122,82 +120,102 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
                          **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=cuts,
                                   arms=_names(arms)), min_steps=min_steps)
-    ranks, console = life.start()
-    if ranks.world_size > 1:
-        raise UserError("studies train their points one after another in one process; run without torchrun")
-    jobs = study_jobs(jobs, len(study_units(config)), ranks.device, config.split.backbone)
-    # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
-    # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS).
-    threads = torch.get_num_threads() if jobs == 1 else max(1, usable_cores() // jobs)
-    run = life.resumed(config.to_dict(), ranks)
-    if run is not None:  # points of the wrong shape: one line now, not a TypeError after training
-        check_study(run.path / STUDY_FILE, run.results)
-    split = config.split
-    data = load_dataset(split.dataset, split.data, val_fraction=split.val_fraction, seed=split.train.seed,
-                        image_size=split.image_size)
-    src, tgt = resolve_split(split.source, split.target, data.class_names, source_trained=not split.backbone)
-    # With --backbone the source is its pretraining (ImageNet): no source classes, no baseA.
-    a = split_by_class(data, src, split.limit) if not split.backbone else None
-    b = split_by_class(data, tgt, split.limit)
-    if split.backbone:  # the backbone and its weights, read now: grayscale data or weights that do not fit
-        backbone = prepare_backbone(config, data.image_shape, len(tgt))
-    _check_shots(config, b)
-    if not split.backbone:
-        SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
-    precision = resolve_precision(split.train.precision, device=ranks.device)
-    run = run or life.created(ranks, f"study-{kind}-{Path(split.dataset).stem or 'data'}")
-    with run.recording():  # from here on a crash says failed in status.json, never running
-        points = study_points(config)
-        source = source_text(split) if a is None else ", ".join(a.class_names)
-        console.print(Text.assemble(("transferkit study", "bold"), f" {kind} on {data.name}: source {source} "
-                                    f"-> target {', '.join(b.class_names)}; {len(points)} "
+    return run_experiment(StudyExperiment(config, jobs), life)
+
+
+class StudyExperiment:
+    """A study on the spine (spine.py): its points trained unit by unit (see Unit), in this process or in
+    `jobs` worker processes, each recorded in study.json as it finishes."""
+
+    def __init__(self, config: StudyConfig, jobs: int | None):
+        self.config, self.jobs, self.precision = config, jobs, config.split.train.precision
+        self.folder_name = f"study-{config.kind}-{Path(config.split.dataset).stem or 'data'}"
+        self.eval_batch_size = config.split.train.eval_batch_size
+
+    def prepare(self, ranks: Distributed, resumed: RunFolder | None) -> None:
+        config, split = self.config, self.config.split
+        if ranks.world_size > 1:
+            raise UserError("studies train their points one after another in one process; run without torchrun")
+        self.jobs = study_jobs(self.jobs, len(study_units(config)), ranks.device, split.backbone)
+        # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
+        # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS).
+        self.threads = torch.get_num_threads() if self.jobs == 1 else max(1, usable_cores() // self.jobs)
+        if resumed is not None:  # points of the wrong shape: one line now, not a TypeError after training
+            check_study(resumed.path / STUDY_FILE, resumed.results)
+        self.data = data = load_dataset(split.dataset, split.data, val_fraction=split.val_fraction,
+                                        seed=split.train.seed, image_size=split.image_size)
+        src, tgt = resolve_split(split.source, split.target, data.class_names, source_trained=not split.backbone)
+        # With --backbone the source is its pretraining (ImageNet): no source classes, no baseA.
+        self.a = split_by_class(data, src, split.limit) if not split.backbone else None
+        self.b = split_by_class(data, tgt, split.limit)
+        self.backbone = None
+        if split.backbone:  # the backbone and its weights, read now: grayscale data or weights that do not fit
+            self.backbone = prepare_backbone(config, data.image_shape, len(tgt))
+        _check_shots(config, self.b)
+        if not split.backbone:
+            SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
+        self.points = study_points(config)
+
+    def header(self, console: Console, precision: Precision) -> None:
+        config, a, b, jobs, threads = self.config, self.a, self.b, self.jobs, self.threads
+        source = source_text(config.split) if a is None else ", ".join(a.class_names)
+        console.print(Text.assemble(("transferkit study", "bold"), f" {config.kind} on {self.data.name}: source "
+                                    f"{source} -> target {', '.join(b.class_names)}; {len(self.points)} "
                                     f"points ({', '.join(config.chosen_arms)} x {config.seeds} seeds); precision "
                                     f"{precision.name}; {jobs} process{'es' if jobs > 1 else ''} x {threads} "
                                     f"thread{'s' if threads > 1 else ''}"))
-        results = run.begin({
-            "experiment": "study", "kind": kind,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+
+    def record(self, precision: Precision, ranks: Distributed) -> tuple[dict, dict]:
+        config, split, data, a, b = self.config, self.config.split, self.data, self.a, self.b
+        record = {
+            "experiment": "study", "kind": config.kind,
             "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
                         "source_classes": list(a.class_names) if a is not None else [],
                         "target_classes": list(b.class_names),
                         "source_train_samples": len(a.y_train) if a is not None else 0,
                         "target_train_samples": len(b.y_train),
                         "target_test_samples": len(b.y_test),
-                        "target_class_sizes": np.bincount(b.y_train, minlength=len(tgt)).tolist()},
-            "config": config.to_dict(), "environment": describe_environment(precision, ranks.device),
-            "phases": {}, "points": {},
-        }, {**ranks.describe(split.train.batch_size, split.train.learning_rate), "jobs": jobs,
-            "threads_per_job": threads})
-        _warn_other_threads(results, threads)
+                        "target_class_sizes": np.bincount(b.y_train, minlength=len(b.class_names)).tolist()},
+            "config": config.to_dict(), "phases": {}, "points": {},
+        }
         if split.backbone:  # what the source is, and the stages a freeze study's cuts count
-            results["dataset"]["source"] = source_text(split)
-            if kind == "freeze":
-                results["dataset"]["stages"] = list(backbone_stages(split.backbone))
-        with running(ranks, console, precision, split.train.eval_batch_size) as runtime:
-            recorder = StudyRecorder(run, console, len(points) + config.seeds * _needs_base_a(config))
-            if jobs == 1:
-                trainer = (Trainer(config, data.image_shape, a, b, run, runtime, recorder.record) if not split.backbone
-                           else BackboneTrainer(config, data.image_shape, a, b, run, runtime, recorder.record, backbone))
-                for unit in study_units(config):
-                    trainer.unit(unit)
-            else:
-                _train_in_processes(config, data.image_shape, a, b, run, runtime, recorder, jobs, threads)
-        in_plan_order(results, config)
+            record["dataset"]["source"] = source_text(split)
+            if config.kind == "freeze":
+                record["dataset"]["stages"] = list(backbone_stages(split.backbone))
+        return record, {**ranks.describe(split.train.batch_size, split.train.learning_rate), "jobs": self.jobs,
+                        "threads_per_job": self.threads}
+
+    def train(self, run: RunFolder, runtime: Runtime, results: dict) -> None:
+        config, a, b, shape = self.config, self.a, self.b, self.data.image_shape
+        _warn_other_threads(results, self.threads)
+        recorder = StudyRecorder(run, runtime.console, len(self.points) + config.seeds * _needs_base_a(config))
+        if self.jobs == 1:
+            trainer = (Trainer(config, shape, a, b, run, runtime, recorder.record) if self.backbone is None
+                       else BackboneTrainer(config, shape, a, b, run, runtime, recorder.record, self.backbone))
+            for unit in study_units(config):
+                trainer.unit(unit)
+        else:
+            _train_in_processes(config, shape, a, b, run, runtime, recorder, self.jobs, self.threads)
+
+    def finish(self, run: RunFolder, results: dict) -> None:
+        kind = self.config.kind
+        in_plan_order(results, self.config)
         results["summary"], results["findings"], results["crossover"] = summarise(results["points"], kind)
-        figures = {"study": (shots_figure if kind == "shots" else freeze_figure)(results)}
+        self.figures = {"study": (shots_figure if kind == "shots" else freeze_figure)(results)}
         run.save_results()
-        run.save_figures(figures)
+        run.save_figures(self.figures)
         if run.writes:
             write_study_csv(run.path / STUDY_CSV, results["points"])
-        run.complete()
+
+    def closing(self, console: Console, run: RunFolder, results: dict) -> StudyResult:
         if run.writes:
             for leftover in worker_checkpoints(run.path):  # a unit's checkpoint from a start with other --jobs
                 leftover.unlink(missing_ok=True)
-    for line in results["findings"]:
-        console.print(line)
-    if run.path is not None:
-        console.print(f"study folder: {run.path}\nreport: {run.path / 'report.html'}")
-    return StudyResult(config, results, figures, run.path)
+        for line in results["findings"]:
+            console.print(line)
+        if run.path is not None:
+            console.print(f"study folder: {run.path}\nreport: {run.path / 'report.html'}")
+        return StudyResult(self.config, results, self.figures, run.path)
 
 
 class StudyRecorder:
