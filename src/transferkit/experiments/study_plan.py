@@ -9,12 +9,10 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..config import STUDY_CUTS, STUDY_MAX_SEEDS, STUDY_MIN_STEPS, STUDY_SHOTS, SplitConfig
 from ..errors import UserError
-from ..models import BackboneClassifier
-from ..models.stages import stage_pieces
+from ..models.registry import architecture
 from .seeds import RADIX
 
 STUDY_KINDS = ("shots", "freeze")
@@ -31,11 +29,9 @@ PREFIX_CACHE_BYTES = 2 << 30
 
 @functools.cache
 def backbone_stages(backbone: str) -> tuple[str, ...]:
-    """The backbone's stages in order (cut n copies the first n), e.g. stem, layer1..layer4 for a ResNet.
-    An unknown name gets BackboneClassifier's one line."""
-    with torch.random.fork_rng(devices=[]):  # building the network draws nothing from the study's generators
-        model = BackboneClassifier(backbone, 2)
-    return tuple(name for name, _, _ in stage_pieces(backbone, model.features))
+    """The backbone's stages in order (cut n copies the first n), e.g. stem, layer1..layer4 for a ResNet, from
+    its record (no network built); an unknown name is one line."""
+    return architecture(backbone).stages
 
 
 def check_backbone_study(kind: str, backbone: str, cuts: tuple[int, ...]) -> None:

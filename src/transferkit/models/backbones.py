@@ -3,7 +3,7 @@ new `classifier` head."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -11,41 +11,15 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..config import BACKBONES, LITE_BACKBONES, HeadConfig
+from ..config import BACKBONES, HeadConfig
 from ..download import download
 from ..errors import UserError
 from ..paths import cache_dir
-from .efficientnet_lite import (
-    LITE_MEAN,
-    LITE_STD,
-    LITE_WEIGHTS,
-    build_lite,
-    lite_checkpoint,
-    lite_imagenet_state,
-    map_reference_state,
-)
+from .efficientnet_lite import build_lite, lite_checkpoint, lite_imagenet_state, map_reference_state
+from .registry import Preprocessing, architecture
 
-assert tuple(LITE_WEIGHTS) == LITE_BACKBONES  # one record per Lite backbone, named in config
 # The safetensors metadata key under which transferkit saves a network's spec (reporting/artifacts.py).
 SPEC_KEY = "transferkit_spec"
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the weights expect: resize to `resize` (square), centre-crop `crop`, scale to [0, 1], normalise."""
-
-    resize: int
-    crop: int
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-
-    def to_dict(self) -> dict:
-        return {"kind": "normalize", **asdict(self)}
-
-    def at_size(self, size: int | None) -> Preprocessing:
-        """Crops of `size` px (--image-size), resized first in the weights' resize/crop ratio; None: as is."""
-        return self if size is None else replace(self, resize=round(size * self.resize / self.crop), crop=size)
 
 
 class BackboneClassifier(nn.Module):
@@ -53,10 +27,9 @@ class BackboneClassifier(nn.Module):
 
     def __init__(self, backbone: str, num_classes: int, head: HeadConfig = HeadConfig()):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise UserError(f"--backbone {backbone}: unknown; choose one of {', '.join(BACKBONES)}")
+        arch = architecture(backbone)
         self.backbone, self.head_config = backbone, head
-        model = build_lite(backbone) if backbone in LITE_WEIGHTS else _torchvision_models().get_model(backbone)
+        model = build_lite(backbone) if arch.family == "lite" else _torchvision_models().get_model(backbone)
         qualified, last = _last_linear(model)
         parent_name, _, name = qualified.rpartition(".")
         setattr(model.get_submodule(parent_name), name, nn.Identity())  # what remains gives pooled features
@@ -89,7 +62,7 @@ def new_head(in_features: int, num_classes: int, head: HeadConfig = HeadConfig()
 def weights_missing(backbone: str) -> str | None:
     """Why `backbone`'s ImageNet weights cannot be loaded here without a download, with the fix; None when they
     can (EfficientNet-Lite: its weights package is installed; torchvision's: the file is in TORCH_HOME)."""
-    if backbone in LITE_WEIGHTS:
+    if architecture(backbone).weights_from_package:
         try:
             lite_checkpoint(backbone)
         except UserError as e:
@@ -129,10 +102,7 @@ def imagenet_weights_file(backbone: str) -> tuple[Path, object]:
 def default_preprocessing(backbone: str) -> Preprocessing:
     """The backbone's usual input: 224 px crops of 256 px images, ImageNet statistics (EfficientNet-Lite: its
     own size and (pixel - 127) / 128, as its weights were trained)."""
-    if backbone in LITE_WEIGHTS:
-        size = LITE_WEIGHTS[backbone].size
-        return Preprocessing(resize=round(size / 0.875), crop=size, mean=LITE_MEAN, std=LITE_STD)
-    return Preprocessing(resize=256, crop=224)
+    return architecture(backbone).preprocessing
 
 
 def load_backbone_weights(model: BackboneClassifier, weights: str, timeout: float = 10.0) -> Preprocessing:
@@ -147,8 +117,9 @@ def _load_backbone_weights(model: BackboneClassifier, weights: str, timeout: flo
     default = default_preprocessing(model.backbone)
     if weights == "none":
         return default
-    if weights == "imagenet" and model.backbone in LITE_WEIGHTS:  # from the weights package, no download
-        path = Path(LITE_WEIGHTS[model.backbone].package)  # named in errors
+    arch = architecture(model.backbone)
+    if weights == "imagenet" and arch.weights_from_package:  # from the weights package, no download
+        path = Path(arch.lite.package)  # named in errors
         try:
             state = lite_imagenet_state(model.backbone, cache_dir() / "weights")
         except UserError as e:  # its weights package is not installed (or damaged)
@@ -173,7 +144,7 @@ def _load_backbone_weights(model: BackboneClassifier, weights: str, timeout: flo
         if not path.is_file():
             raise UserError(f"--weights {weights}: not imagenet, none, a weights file or a finetune run folder")
         state = _read_state(path)
-        if model.backbone in LITE_WEIGHTS and "_conv_stem.weight" in state:  # the reference implementation's names
+        if arch.family == "lite" and "_conv_stem.weight" in state:  # the reference implementation's names
             state = map_reference_state(state, build_lite(model.backbone), str(path))
         preprocessing = default
     if _saved_by_transferkit(path):  # a finetune run's model: its features are this backbone

@@ -6,24 +6,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import UserError
+from .registry import architecture
 
 
 def stage_pieces(backbone: str, features: nn.Module) -> list[tuple[str, nn.Module, bool]]:
     """(name, module, scored) in order: running them one after another gives the backbone's last feature map;
-    a scored piece's output is a stage. timm's EfficientNet-Lite: the stem, blocks.0-6, the 1x1 head conv;
-    torchvision's ResNets: the stem, layer1-4; torchvision's other models: each child of `features`."""
-    if hasattr(features, "blocks") and hasattr(features, "conv_head"):  # timm EfficientNet(-Lite)
+    a scored piece's output is a stage; the names are the backbone's record's stages (registry.py). timm's
+    EfficientNet-Lite: the stem, blocks.0-6, the 1x1 head conv; torchvision's ResNets: the stem, layer1-4;
+    torchvision's other models: each child of `features`."""
+    family = architecture(backbone).family
+    if family == "lite":
         return ([("stem", nn.Sequential(features.conv_stem, features.bn1), False)]
                 + [(f"blocks.{i}", block, True) for i, block in enumerate(features.blocks)]
                 + [("head", nn.Sequential(features.conv_head, features.bn2), True)])
-    if hasattr(features, "layer4"):  # torchvision ResNet
+    if family == "resnet":
         stem = nn.Sequential(features.conv1, features.bn1, features.relu, features.maxpool)
         return [("stem", stem, False)] + [(f"layer{i}", getattr(features, f"layer{i}"), True) for i in range(1, 5)]
-    if isinstance(getattr(features, "features", None), nn.Sequential):  # MobileNetV3, EfficientNet-B0, ConvNeXt
-        return [(f"features.{name}", child, True) for name, child in features.features.named_children()]
-    raise UserError(f"--layers: the stages of {backbone} are not known; use an EfficientNet-Lite, a ResNet, "
-                    "a MobileNetV3, EfficientNet-B0 or ConvNeXt")
+    # "sequential": MobileNetV3, EfficientNet-B0, ConvNeXt
+    return [(f"features.{name}", child, True) for name, child in features.features.named_children()]
 
 
 class PooledStages(nn.Module):
