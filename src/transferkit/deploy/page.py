@@ -17,10 +17,10 @@ PAGE = """<!doctype html>
   body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 46rem; padding: 1rem; color: #1b1b1b; }
   h1 { font-size: 1.3rem; margin: 0 0 .2rem; }
   #model { color: #555; margin: 0 0 1rem; font-size: .9rem; }
-  #drop { border: 2px dashed #8a8a8a; border-radius: .5rem; padding: 1.5rem; text-align: center; cursor: pointer; }
+  #drop { display: block; border: 2px dashed #8a8a8a; border-radius: .5rem; padding: 1.5rem; text-align: center; cursor: pointer; }
   #drop.over { border-color: #1f6feb; background: #eef4ff; }
   #view { display: flex; gap: 1rem; margin-top: 1rem; flex-wrap: wrap; align-items: flex-start; }
-  #preview { max-width: 16rem; max-height: 16rem; border-radius: .3rem; }
+  #preview { width: 14rem; max-height: 16rem; object-fit: contain; border-radius: .3rem; }
   #preview[hidden] { display: none; }
   table { border-collapse: collapse; flex: 1; min-width: 14rem; }
   td { padding: .25rem .4rem; border-bottom: 1px solid #e3e3e3; }
