@@ -601,6 +601,9 @@ def export_command(run_dir: str, fmt: str, out: str | None, force: bool, check: 
               help="Images in one forward pass at most, from any number of requests; 1: no batching.")
 @click.option("--max-wait-ms", type=float, default=ServeConfig.max_wait_ms, show_default=True,
               help="How long the first image of a batch waits for more to fill it.")
+@click.option("--parallel", type=int, default=ServeConfig.parallel, show_default=True,
+              help="Batches in the model at once, each in a thread (ONNX Runtime and PyTorch inference are "
+                   "thread-safe): the next batch fills and runs while one is in the model.")
 @click.option("--max-body-mb", type=float, default=ServeConfig.max_body_mb, show_default=True,
               help="A request's body at most (413 beyond).")
 @click.option("--max-images", type=int, default=ServeConfig.max_images, show_default=True,

@@ -448,6 +448,7 @@ class ServeConfig:
     port: int = 8000
     max_batch: int = 32  # images in one forward pass at most (1: no batching)
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for others to fill it
+    parallel: int = 2  # batches in the model at once (threads): the next fills and runs while one is in the model
     max_body_mb: float = 16.0  # a request's body; a phone's photo is 2 to 8 MB
     max_images: int = 32  # images in one request
     max_pixels: int = 40_000_000  # an image's width x height, read from its header before decoding
@@ -463,7 +464,7 @@ class ServeConfig:
         check_floats_finite(self)
         if not 0 <= self.port <= 65535:
             raise UserError(f"--port must be between 0 and 65535 (0: any free port), got {self.port}")
-        for name, least in (("max_batch", 1), ("max_images", 1), ("max_queue", 1), ("max_concurrent", 1),
+        for name, least in (("max_batch", 1), ("parallel", 1), ("max_images", 1), ("max_queue", 1), ("max_concurrent", 1),
                             ("top_k", 1)):
             if getattr(self, name) < least:
                 raise UserError(f"{option_name(name)} must be at least {least}, got {getattr(self, name)}")

@@ -58,7 +58,7 @@ def create_app(served: Served):
     config, classifier = served.config, served.classifier
     decoding = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="transferkit-decode")
     batcher = Batcher(lambda views: batch_probabilities(classifier, views, config.tta), served.max_batch,
-                      config.max_wait_ms / 1000, config.max_queue)
+                      config.max_wait_ms / 1000, config.max_queue, config.parallel)
     state = {"in_flight": 0, "started": time.time()}
 
     @asynccontextmanager
@@ -111,8 +111,9 @@ def create_app(served: Served):
     async def metadata():
         limits = {k: getattr(config, k) for k in ("max_body_mb", "max_images", "max_pixels", "max_queue",
                                                   "max_concurrent", "timeout_s")}
-        return {**served.metadata, "batching": {"max_batch": served.max_batch, "max_wait_ms": config.max_wait_ms},
-                "tta": config.tta, "limits": limits}
+        return {**served.metadata, "tta": config.tta, "batching": {
+            "max_batch": served.max_batch, "max_wait_ms": config.max_wait_ms, "parallel": config.parallel},
+                "limits": limits}
 
     @app.post("/predict", summary="Classify one or several images", openapi_extra=_PREDICT_BODY,
               responses={413: {"description": "a body, image count or image too large"},

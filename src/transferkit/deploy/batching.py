@@ -4,7 +4,9 @@ batch (at most `max_batch` images, the first of them waiting at most `max_wait_s
 A CNN on a CPU or GPU classifies many images in one pass for little more than the cost of one, so under load
 a batcher answers more requests per second than a forward pass per request. The queue is bounded in images
 (`max_queue`): what does not fit is refused at once (the caller answers 503), so memory stays bounded whatever
-the load. The model runs in one thread of its own, off the event loop, one batch at a time.
+the load. The model runs off the event loop, in `parallel` threads of its own: with 2, the next batch fills
+and runs while one is in the model (on a 2-core CPU two ONNX Runtime runs at once do 1.5x the images of one,
+bench/serve.py).
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ class Batcher:
     """Batches of items (decoded images) for `run`, which takes a list of them and returns one result per item,
     in order. Use inside a running event loop: `start()`, `submit()` from request handlers, `close()`."""
 
-    def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_batch: int, max_wait_s: float, max_queue: int):
+    def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_batch: int, max_wait_s: float, max_queue: int,
+                 parallel: int = 1):
         self._run, self.max_batch, self.max_wait_s, self.max_queue = run, max_batch, max_wait_s, max_queue
+        self.parallel = parallel
+        self._running: set[asyncio.Task] = set()
         self._waiting: deque[_Waiting] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._model = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-model")
+        self._model = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="transferkit-model")
         self.batches = 0  # batches run so far, and the images in them (for /health)
         self.images = 0
 
@@ -57,7 +62,7 @@ class Batcher:
 
     async def close(self) -> None:
         """Finish what is queued, then stop (the model's thread too)."""
-        while self._waiting and self._task is not None and not self._task.done():
+        while (self._waiting or self._running) and self._task is not None and not self._task.done():
             await asyncio.sleep(0.005)
         if self._task is not None:
             self._task.cancel()
@@ -84,22 +89,28 @@ class Batcher:
         return futures
 
     async def _serve(self) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.parallel)
         while True:
+            await free.acquire()  # a model thread is free: the next batch forms now, while others run
             batch = await self._next_batch()
-            try:
-                results = await loop.run_in_executor(self._model, self._run, [w.item for w in batch])
-                if len(results) != len(batch):
-                    raise RuntimeError(f"the model gave {len(results)} results for {len(batch)} images")
-            except Exception as e:  # noqa: BLE001 - each waiting request answers for itself; the batcher goes on
-                for w in batch:
-                    if not w.future.done():
-                        w.future.set_exception(e)
-                continue
-            self.batches, self.images = self.batches + 1, self.images + len(batch)
-            for w, result in zip(batch, results, strict=True):
-                if not w.future.done():  # a request that timed out has cancelled its futures
-                    w.future.set_result(result)
+            task = asyncio.get_running_loop().create_task(self._forward(batch))
+            self._running.add(task)
+            task.add_done_callback(lambda t: (self._running.discard(t), free.release()))
+
+    async def _forward(self, batch: list[_Waiting]) -> None:
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self._model, self._run, [w.item for w in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"the model gave {len(results)} results for {len(batch)} images")
+        except Exception as e:  # noqa: BLE001 - each waiting request answers for itself; the batcher goes on
+            for w in batch:
+                if not w.future.done():
+                    w.future.set_exception(e)
+            return
+        self.batches, self.images = self.batches + 1, self.images + len(batch)
+        for w, result in zip(batch, results, strict=True):
+            if not w.future.done():  # a request that timed out has cancelled its futures
+                w.future.set_result(result)
 
     async def _next_batch(self) -> list[_Waiting]:
         """Up to max_batch waiting items, once the batch is full or its first item has waited max_wait_s."""

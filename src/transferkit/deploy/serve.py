@@ -7,6 +7,8 @@ import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from ..config import ServeConfig
 from ..errors import UserError
 from ..inference import load_classifier
@@ -47,6 +49,10 @@ def load_served(source: str | Path, config: ServeConfig | None = None,
                         "transferkit export (.onnx or .torchscript.pt)")
     engine = serve_engine(source, config)
     classifier = load_classifier(source, config.precision, engine if source.is_dir() else "pytorch", notice)
+    # One forward pass now, in this thread: the PyTorch fast path folds its BatchNorm on its first batch, which
+    # must not happen in two model threads at once, and the first request should not pay for the kernels.
+    shape = (1, *classifier.crop) + ((classifier.channels,) if classifier.channels > 1 else ())
+    classifier.probabilities(np.zeros(shape, dtype=np.uint8))
     metadata = {**model_metadata(source), "engine": engine,
                 "precision": config.precision if engine == "pytorch" else "fp32"}
     return Served(source, classifier, metadata, config, engine)
