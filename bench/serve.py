@@ -190,6 +190,16 @@ async def load(url: str, bodies: list[tuple[str, bytes]], want: dict[str, str], 
             "hostile": {str(k): v for k, v in sorted(hostile_status.items(), key=str)}}
 
 
+def _per_batch(url: str) -> float | None:
+    """The mean images per forward pass a transferkit server ran (its /health); None for the plain one."""
+    import httpx
+
+    health = httpx.get(f"{url}/health", timeout=10)
+    if health.status_code != 200:
+        return None
+    return round(health.json()["images"] / max(1, health.json()["batches"]), 2)
+
+
 def run_in_turns(servers: dict, bodies, want, args) -> list[dict]:
     """Every server up at once (idle ones cost no CPU); the load sent to each in turn, --rounds times, so that
     a change in the machine's load falls on all of them. A server's figures are its best round's; wrong and
@@ -206,7 +216,7 @@ def run_in_turns(servers: dict, bodies, want, args) -> list[dict]:
                 rounds[name].append(asyncio.run(load(url, bodies, want, args.requests // args.rounds, args.clients,
                                                      servers[name][1])))
         rows = []
-        for name, (process, _) in started.items():
+        for name, (process, url) in started.items():
             best = max(rounds[name], key=lambda r: r["requests_per_second"])
             hostile: dict[str, int] = {}
             for r in rounds[name]:
@@ -217,7 +227,7 @@ def run_in_turns(servers: dict, bodies, want, args) -> list[dict]:
                          "good": sum(r["good"] for r in rounds[name]), "wrong": sum(r["wrong"] for r in rounds[name]),
                          "refused": sum(r["refused"] for r in rounds[name]), "hostile": hostile,
                          "rss_before_mb": round(before[name], 1), "rss_after_mb": round(rss_mb(process.pid), 1),
-                         "alive": process.poll() is None})
+                         "alive": process.poll() is None, "images_per_batch": _per_batch(url)})
             print(f"{name}: {json.dumps(rows[-1])}", flush=True)
         return rows
     finally:
@@ -232,7 +242,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA.resolve()), help="CIFAR-10 as class folders (zip)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per server (default 2000)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
-    parser.add_argument("--rounds", type=int, default=4, help="turns per server, the requests split over them")
+    parser.add_argument("--rounds", type=int, default=8, help="turns per server, the requests split over them")
     parser.add_argument("--model", default=None, help="an exported .onnx to serve instead of a fresh run's")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 requests from 8 clients")
     parser.add_argument("--out", default="bench/out", help="folder for the JSON record (default bench/out)")
@@ -266,11 +276,12 @@ def main() -> None:
     base = next(r for r in rows if r["server"].startswith("plain"))["requests_per_second"]
     print(f"\n{args.requests} requests ({args.rounds} rounds, servers in turns) from {args.clients} concurrent clients, "
           f"one 256 px JPEG each, EfficientNet-Lite0 (ONNX Runtime, fp32), on {info['cpu']} ({info['cores']} cores)")
-    print("| server | requests/s (best round) | vs plain | p50 ms | p99 ms | wrong | refused | memory before -> after (MB) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| server | requests/s (best round) | vs plain | p50 ms | p99 ms | images per batch | wrong | refused | "
+          "memory before -> after (MB) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['server']} | {r['requests_per_second']:.1f} | {r['requests_per_second'] / base:.2f}x | "
-              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['wrong']} | {r['refused']} | "
+              f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['images_per_batch'] or '-'} | {r['wrong']} | {r['refused']} | "
               f"{r['rss_before_mb']:.0f} -> {r['rss_after_mb']:.0f} |")
     hostile = rows[-1]
     print(f"hostile requests' answers: {hostile['hostile']}; good ones wrong: {hostile['wrong']}, refused: "
