@@ -11,8 +11,9 @@ epoch on 3 CIFAR-10 classes of ../shared/data/cifar10-jpg.zip, 40 training image
 every server serves that model.onnx (ONNX Runtime, fp32), each in a process of its own on 127.0.0.1 and a free
 port:
 
-- `transferkit serve model.onnx` with its defaults (--max-batch 32, --max-wait-ms 5, --parallel 2: two batches
-  in the model at once), with --parallel 1 (one batch at a time), and with --max-batch 1 (batching off);
+- `transferkit serve model.onnx` with its defaults (--max-batch 32, --max-wait-ms 5, --parallel 1: one batch in
+  the model at a time), with --parallel 2 (the next batch runs while one is in the model), and with --max-batch
+  1 (batching off);
 - plain: FastAPI's `def predict(file: UploadFile)`, decoding the upload and running the model on it alone, in
   FastAPI's thread pool (uvicorn's defaults), as the tutorials write it;
 - hostile: the defaults, with 5% of the requests hostile (a body past --max-body-mb, not an image, a PNG whose
@@ -261,8 +262,8 @@ def main() -> None:
                                                     strict=True)}
         bodies = [(f.name, f.read_bytes()) for f in files]
         serve = [sys.executable, "-m", "transferkit", "serve", str(model), "--port", "0"]
-        servers = {"transferkit serve (defaults: --max-batch 32, --max-wait-ms 5, --parallel 2)": (serve, 0),
-                   "transferkit serve --parallel 1": (serve + ["--parallel", "1"], 0),
+        servers = {"transferkit serve (defaults: --max-batch 32, --max-wait-ms 5, --parallel 1)": (serve, 0),
+                   "transferkit serve --parallel 2": (serve + ["--parallel", "2"], 0),
                    "transferkit serve --max-batch 1 (batching off)": (serve + ["--max-batch", "1"], 0),
                    "plain handler (one request, one forward)": ([sys.executable, "-c", PLAIN_SERVER, str(model)], 0),
                    "transferkit serve (defaults), 5% hostile requests": (serve, 20)}

@@ -448,7 +448,9 @@ class ServeConfig:
     port: int = 8000
     max_batch: int = 32  # images in one forward pass at most (1: no batching)
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for others to fill it
-    parallel: int = 2  # batches in the model at once (threads): the next fills and runs while one is in the model
+    # batches in the model at once (threads); 2 gained nothing on 2 cores (bench/serve.py), where ONNX Runtime
+    # already keeps both busy with one
+    parallel: int = 1
     max_body_mb: float = 16.0  # a request's body; a phone's photo is 2 to 8 MB
     max_images: int = 32  # images in one request
     max_pixels: int = 40_000_000  # an image's width x height, read from its header before decoding

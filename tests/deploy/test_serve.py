@@ -398,3 +398,15 @@ def test_the_page_classifies_an_upload_in_chromium(tuned, files, tmp_path):
     assert shown == expected(tuned, [files[5]], engine="pytorch")[0]["predictions"][0]["class"]
     assert len(rows) == 3 and "3 classes" in model and "validation accuracy" in model
     assert errors == [] and all(r.startswith(url) for r in resources)
+
+
+def test_without_the_extra_the_command_names_the_pip_line(tuned, monkeypatch, capsys):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", str(tuned), "--port", "0"])
+    assert stop.value.code == 2
+    assert 'needs the optional package uvicorn, which is not installed: pip install "transferkit[serve]"' in \
+        capsys.readouterr().err

@@ -56,19 +56,20 @@ def create_app(served: Served):
     from starlette.exceptions import HTTPException
 
     config, classifier = served.config, served.classifier
-    decoding = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="transferkit-decode")
-    batcher = Batcher(lambda views: batch_probabilities(classifier, views, config.tta), served.max_batch,
-                      config.max_wait_ms / 1000, config.max_queue, config.parallel)
     state = {"in_flight": 0, "started": time.time()}
+    live: dict = {}  # the batcher and the decoding threads of the server's life (each start makes its own)
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher.start()
+        live["decoding"] = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="transferkit-decode")
+        live["batcher"] = Batcher(lambda views: batch_probabilities(classifier, views, config.tta), served.max_batch,
+                                  config.max_wait_ms / 1000, config.max_queue, config.parallel)
+        live["batcher"].start()
         try:
             yield
         finally:  # the server has drained its requests (uvicorn waits for them) before this runs
-            await batcher.close()
-            decoding.shutdown(wait=True)
+            await live["batcher"].close()
+            live["decoding"].shutdown(wait=True)
 
     # /docs and /redoc load Swagger's scripts from a CDN, which an offline machine cannot reach: the OpenAPI
     # description itself is served at /openapi.json.
@@ -103,6 +104,7 @@ def create_app(served: Served):
 
     @app.get("/health", summary="Whether the server is up, and its queue")
     async def health():
+        batcher = live["batcher"]
         return {"status": "ok", "queued_images": batcher.queued, "requests_in_flight": state["in_flight"],
                 "batches": batcher.batches, "images": batcher.images,
                 "uptime_s": round(time.time() - state["started"], 3)}
@@ -145,10 +147,10 @@ def create_app(served: Served):
         request.state.images = len(images)
         loop = asyncio.get_running_loop()
         views = await asyncio.gather(*(loop.run_in_executor(
-            decoding, decode_request_image, classifier, data, name, config.max_pixels, config.tta)
+            live["decoding"], decode_request_image, classifier, data, name, config.max_pixels, config.tta)
             for name, data in images))
         try:
-            futures = batcher.submit(list(views))
+            futures = live["batcher"].submit(list(views))
         except QueueFull as e:
             raise Refused(503, f"{e}; retry later", {"Retry-After": str(RETRY_AFTER_S)}) from None
         try:

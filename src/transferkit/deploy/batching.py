@@ -4,9 +4,8 @@ batch (at most `max_batch` images, the first of them waiting at most `max_wait_s
 A CNN on a CPU or GPU classifies many images in one pass for little more than the cost of one, so under load
 a batcher answers more requests per second than a forward pass per request. The queue is bounded in images
 (`max_queue`): what does not fit is refused at once (the caller answers 503), so memory stays bounded whatever
-the load. The model runs off the event loop, in `parallel` threads of its own: with 2, the next batch fills
-and runs while one is in the model (on a 2-core CPU two ONNX Runtime runs at once do 1.5x the images of one,
-bench/serve.py).
+the load. The model runs off the event loop, in `parallel` threads of its own: with 2 or more, the next batch
+fills and runs while one is in the model.
 """
 
 from __future__ import annotations
