@@ -151,8 +151,8 @@ def test_batching_runs_concurrent_requests_together_with_the_same_answers(tuned,
 
     answers, health = asyncio.run(go())
     assert health["images"] == 8 and health["batches"] < 4  # 8 requests, in one or two batches
-    for f, answer in zip(files[:8], answers, strict=True):
-        (got,), (want,) = answer.json(), expected(tuned, [f], engine="pytorch", precision="fp32")
+    for answer, want in zip(answers, expected(tuned, files[:8], engine="pytorch", precision="fp32"), strict=True):
+        (got,) = answer.json()
         assert [p["class"] for p in got["predictions"]] == [p["class"] for p in want["predictions"]]
         assert np.allclose([p["probability"] for p in got["predictions"]],
                            [p["probability"] for p in want["predictions"]], atol=1e-5)
@@ -245,6 +245,25 @@ def test_a_request_past_its_timeout_is_503_and_leaves_the_queue(tuned, files):
     assert health["queued_images"] == 0 and health["requests_in_flight"] == 0
 
 
+def test_a_slow_upload_is_cut_off_at_the_timeout(tuned):
+    """A client that announces a body and sends it slowly (or never) holds no slot past --timeout."""
+    import socket
+
+    with running(app_for(tuned, timeout_s=0.5)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + b"\xff" * 100)
+            started, answer = time.monotonic(), b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        assert time.monotonic() - started < 5
+    assert answer.startswith(b"HTTP/1.1 503") and b"--timeout 0.5 s" in answer
+
+
 def test_each_request_is_one_log_line(tuned, files, caplog):
     with caplog.at_level("INFO", logger="transferkit.serve"):
         call(app_for(tuned), ("POST", "/predict", multipart(files[:2])), ("POST", "/predict", {"content": b"x"}))
@@ -323,7 +342,8 @@ def _start(tuned, *options):
     raise AssertionError(f"the server did not start: {''.join(seen)}")
 
 
-def test_sigterm_answers_the_requests_in_flight_then_stops(tuned, files):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_ctrl_c_answer_the_requests_in_flight_then_stop(tuned, files, stop):
     process, url, lines, seen = _start(tuned, "--max-wait-ms", "1500", "--max-batch", "64")
     try:
         answers: list = []
@@ -335,7 +355,7 @@ def test_sigterm_answers_the_requests_in_flight_then_stops(tuned, files):
         for t in senders:
             t.start()
         time.sleep(0.6)  # the four wait in the batcher (1.5 s for the batch to fill)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(stop)
         for t in senders:
             t.join(timeout=30)
         assert process.wait(timeout=30) == 0
@@ -348,7 +368,7 @@ def test_sigterm_answers_the_requests_in_flight_then_stops(tuned, files):
     while not lines.empty():
         seen.append(lines.get())
     text = "".join(seen)
-    assert "loopback only" in text and "SIGTERM: finishing the requests in flight" in text
+    assert "loopback only" in text and f"{stop.name}: finishing the requests in flight" in text
     assert text.rstrip().endswith("stopped") and "Traceback" not in text
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
