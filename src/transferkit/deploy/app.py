@@ -113,9 +113,8 @@ def create_app(served: Served):
     async def metadata():
         limits = {k: getattr(config, k) for k in ("max_body_mb", "max_images", "max_pixels", "max_queue",
                                                   "max_concurrent", "timeout_s")}
-        return {**served.metadata, "tta": config.tta, "batching": {
-            "max_batch": served.max_batch, "max_wait_ms": config.max_wait_ms, "parallel": config.parallel},
-                "limits": limits}
+        batching = {"max_batch": served.max_batch, "max_wait_ms": config.max_wait_ms, "parallel": config.parallel}
+        return {**served.metadata, "tta": config.tta, "batching": batching, "limits": limits}
 
     @app.post("/predict", summary="Classify one or several images", openapi_extra=_PREDICT_BODY,
               responses={413: {"description": "a body, image count or image too large"},
