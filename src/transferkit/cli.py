@@ -31,6 +31,7 @@ from .config import (
     STUDY_MIN_STEPS,
     STUDY_SEEDS,
     STUDY_SHOTS,
+    ServeConfig,
     Stopping,
 )
 from .errors import Interrupted, UserError
@@ -588,6 +589,65 @@ def export_command(run_dir: str, fmt: str, out: str | None, force: bool, check: 
     result = export(run_dir, fmt, out=out, force=force, check=list(check) or None)
     click.echo(f"checked on {result.check.summary()}")
     click.echo(f"exported: {result.path} ({result.format}); description and check: {result.sidecar}")
+
+
+@cli.command("serve")
+@click.argument("source", metavar="RUN_DIR | MODEL.onnx | MODEL.torchscript.pt", type=click.Path())
+@click.option("--host", default=ServeConfig.host, show_default=True,
+              help="The address to listen on: loopback, so only this machine can reach it; 0.0.0.0 for every "
+                   "interface (no authentication: anyone who reaches it can send images).")
+@click.option("--port", type=int, default=ServeConfig.port, show_default=True, help="0: any free port (printed).")
+@click.option("--max-batch", type=int, default=ServeConfig.max_batch, show_default=True,
+              help="Images in one forward pass at most, from any number of requests; 1: no batching.")
+@click.option("--max-wait-ms", type=float, default=ServeConfig.max_wait_ms, show_default=True,
+              help="How long the first image of a batch waits for more to fill it.")
+@click.option("--parallel", type=int, default=ServeConfig.parallel, show_default=True,
+              help="Batches in the model at once, each in a thread (ONNX Runtime and PyTorch inference are "
+                   "thread-safe): the next batch fills and runs while one is in the model.")
+@click.option("--max-body-mb", type=float, default=ServeConfig.max_body_mb, show_default=True,
+              help="A request's body at most (413 beyond).")
+@click.option("--max-images", type=int, default=ServeConfig.max_images, show_default=True,
+              help="Images in one request at most (413 beyond).")
+@click.option("--max-pixels", type=int, default=ServeConfig.max_pixels, show_default=True,
+              help="An image's width x height at most, read from its header before decoding (413 beyond).")
+@click.option("--max-queue", type=int, default=ServeConfig.max_queue, show_default=True,
+              help="Decoded images waiting for the model at most; a request that would pass it is answered 503 "
+                   "with Retry-After.")
+@click.option("--max-concurrent", type=int, default=ServeConfig.max_concurrent, show_default=True,
+              help="Requests being read, decoded or waiting at once (503 with Retry-After beyond).")
+@click.option("--timeout", "timeout_s", type=float, default=ServeConfig.timeout_s, show_default=True,
+              help="Seconds a request may take, upload included (503 with Retry-After beyond).")
+@click.option("--top-k", type=int, default=ServeConfig.top_k, show_default=True,
+              help="Classes per image when a request does not say (?top_k=N).")
+@click.option("--tta", is_flag=True, help="Test-time augmentation, as predict --tta.")
+@click.option("--precision", type=click.Choice(PREDICT_PRECISIONS), default=ServeConfig.precision,
+              show_default=True, help="A run folder's network in PyTorch: as predict --precision.")
+@click.option("--engine", type=click.Choice(PREDICT_ENGINES), default=ServeConfig.engine, show_default=True,
+              help="A run folder's network in PyTorch or ONNX Runtime (exported once into RUN_DIR/cache/, as "
+                   "predict --engine onnxruntime); auto: ONNX Runtime when the export extra is installed.")
+def serve_command(source: str, **options: object) -> None:
+    """Serve the model of RUN_DIR (from `run` or `finetune`), or a file written by `transferkit export`, over
+    HTTP: a page at / to try it in a browser, POST /predict (predict --json's answer), GET /health and
+    GET /metadata. Requests that arrive together run as one batch. Ctrl-C or SIGTERM finish the requests in
+    flight, then stop. Needs the serve extra: pip install "transferkit[serve]".
+
+    \b
+    Examples:
+      transferkit serve runs/my-finetune
+      curl -F file=@photo.jpg http://127.0.0.1:8000/predict
+      transferkit serve runs/my-finetune/export/model.onnx --port 8080 --max-batch 64
+    """
+    import logging
+
+    from .deploy.serve import serve
+
+    config = ServeConfig(**options)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log = logging.getLogger("transferkit.serve")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    serve(source, config, notice=lambda text: click.echo(text, err=True))
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -431,3 +431,62 @@ class RankConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "backbones": None if self.backbones is None else list(self.backbones)}
 
+
+
+# `transferkit serve`: its limits, each a flag. Pillow's own bomb limit (Image.MAX_IMAGE_PIXELS, 89,478,485
+# pixels) is the most --max-pixels may be: above it Pillow warns and then refuses on its own.
+SERVE_MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`transferkit serve`'s options: where it listens, how it batches, and the limits that keep its memory
+    bounded whatever the load (a body at most max_body_mb for each of max_concurrent requests, at most
+    max_queue decoded images waiting for the model)."""
+
+    host: str = "127.0.0.1"  # loopback: only this machine can reach the server unless told otherwise
+    port: int = 8000
+    max_batch: int = 32  # images in one forward pass at most (1: no batching)
+    max_wait_ms: float = 5.0  # how long the first image of a batch waits for others to fill it
+    # batches in the model at once (threads); 2 gained nothing on 2 cores (bench/serve.py), where ONNX Runtime
+    # already keeps both busy with one
+    parallel: int = 1
+    max_body_mb: float = 16.0  # a request's body; a phone's photo is 2 to 8 MB
+    max_images: int = 32  # images in one request
+    max_pixels: int = 40_000_000  # an image's width x height, read from its header before decoding
+    max_queue: int = 256  # decoded images waiting for the model; more are answered 503 with Retry-After
+    max_concurrent: int = 64  # requests being read, decoded or waiting at once; more are answered 503
+    timeout_s: float = 30.0  # a request's whole life: upload, decoding, the model
+    top_k: int = 3  # classes per image when a request does not say (predict's default)
+    tta: bool = False
+    precision: str = DEFAULT_PREDICT_PRECISION
+    engine: str = DEFAULT_PREDICT_ENGINE  # auto: ONNX Runtime when installed (a server repays the export), else PyTorch
+
+    def __post_init__(self) -> None:
+        check_floats_finite(self)
+        if not 0 <= self.port <= 65535:
+            raise UserError(f"--port must be between 0 and 65535 (0: any free port), got {self.port}")
+        for name, least in (("max_batch", 1), ("parallel", 1), ("max_images", 1), ("max_queue", 1), ("max_concurrent", 1),
+                            ("top_k", 1)):
+            if getattr(self, name) < least:
+                raise UserError(f"{option_name(name)} must be at least {least}, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            raise UserError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}")
+        if not self.max_body_mb > 0:
+            raise UserError(f"--max-body-mb must be more than 0, got {self.max_body_mb}")
+        if not 1 <= self.max_pixels <= SERVE_MAX_PIXELS:
+            raise UserError(f"--max-pixels must be between 1 and {SERVE_MAX_PIXELS} (Pillow's bomb limit), "
+                            f"got {self.max_pixels}")
+        if self.max_images > self.max_queue:
+            raise UserError(f"--max-images {self.max_images} is more than --max-queue {self.max_queue}: such a "
+                            "request could never be queued; lower --max-images or raise --max-queue")
+        if not self.timeout_s > 0:
+            raise UserError(f"--timeout must be more than 0 seconds, got {self.timeout_s}")
+        if self.precision not in PREDICT_PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PREDICT_PRECISIONS)}, got {self.precision!r}")
+        if self.engine not in PREDICT_ENGINES:
+            raise UserError(f"--engine must be one of {', '.join(PREDICT_ENGINES)}, got {self.engine!r}")
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)

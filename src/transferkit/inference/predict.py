@@ -134,12 +134,9 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     def flush() -> None:
         if not pending:
             return
-        probs = classifier.probabilities(np.stack([views[0] for _, views in pending]))
-        if tta:
-            probs = (probs + classifier.probabilities(np.stack([views[1] for _, views in pending]))) / 2
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(names))]
-        for (path, _), p, i in zip(pending, probs.tolist(), order.tolist(), strict=True):
-            out.append(Prediction(path, [(names[c], p[c]) for c in i]))
+        probs = batch_probabilities(classifier, [views for _, views in pending], tta)
+        for (path, _), top in zip(pending, top_classes(probs, names, top_k), strict=True):
+            out.append(Prediction(path, top))
         pending.clear()
 
     start, large = time.perf_counter(), []
@@ -162,6 +159,22 @@ def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch
     done = sum(1 for p in out if not p.error)
     out.images_per_second = done / max(time.perf_counter() - start, 1e-9)
     return out
+
+
+def batch_probabilities(classifier: Classifier, views: list[tuple[np.ndarray, ...]], tta: bool) -> np.ndarray:
+    """The probabilities of a batch of decoded images (each image's views from Classifier.decode_views): with
+    `tta`, the mean over each image and its mirror image. predict's and serve's one path to the model."""
+    probs = classifier.probabilities(np.stack([v[0] for v in views]))
+    if tta:
+        probs = (probs + classifier.probabilities(np.stack([v[1] for v in views]))) / 2
+    return probs
+
+
+def top_classes(probs: np.ndarray, names: list[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """The top_k (class, probability) pairs of each row of probabilities, most probable first (ties in class
+    order)."""
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :min(top_k, len(names))]
+    return [[(names[c], p[c]) for c in i] for p, i in zip(probs.tolist(), order.tolist(), strict=True)]
 
 
 def resolve_engine(engine: str, source: str | Path, precision: str, images: int) -> str:
