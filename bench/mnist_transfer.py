@@ -41,7 +41,7 @@ from transferkit.training import (  # noqa: E402
     resolve_precision,
     train_one_epoch,
 )
-from transferkit.training.runtime import keep_freed_memory  # noqa: E402
+from transferkit.training.memory import keep_freed_memory  # noqa: E402
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 

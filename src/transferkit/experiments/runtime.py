@@ -16,7 +16,7 @@ from ..errors import Interrupted
 from ..reporting.console import make_console
 from ..training import Precision
 from ..training.distributed import Distributed, any_rank, init_distributed
-from ..training.runtime import keep_freed_memory
+from ..training.memory import keep_freed_memory
 
 
 @dataclass(frozen=True)

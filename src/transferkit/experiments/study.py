@@ -55,7 +55,7 @@ from ..training import Precision
 from ..training.batches import usable_cores, worker_count
 from ..training.checkpoint import Checkpointer
 from ..training.distributed import Distributed
-from ..training.runtime import keep_freed_memory
+from ..training.memory import keep_freed_memory
 from .run_folder import RunFolder, worker_checkpoints
 from .run_options import RunOptions
 from .runtime import STOP_SIGNALS, Runtime

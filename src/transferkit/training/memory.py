@@ -1,4 +1,4 @@
-"""Process settings that make CPU training faster."""
+"""Memory settings of the process that make CPU training faster."""
 
 from __future__ import annotations
 
