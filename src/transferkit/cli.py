@@ -62,6 +62,29 @@ def _output_options(command):
     return click.option("--quiet", "-q", is_flag=True, help="Print only the final results table.")(command)
 
 
+def _run_options(folder: str, resumes: str = "from its last checkpoint (same options as the original run)"):
+    """--out, --force, --resume and --device, every command's run-life options (experiments.RunOptions, whose
+    defaults these are): `folder` names the default folder's tail, `resumes` what --resume continues."""
+    from .config import RunOptions  # torch-free: --help loads no torch
+
+    defaults = RunOptions()
+
+    def decorate(command):
+        for option in reversed([
+            click.option("--out", type=click.Path(), default=defaults.out,
+                         help=f"Run folder (new or empty). Default: runs/<UTC time>-{folder}."),
+            click.option("--force", is_flag=True, default=defaults.force,
+                         help="Write into an --out folder that exists and is not empty."),
+            click.option("--resume", type=click.Path(), default=defaults.resume,
+                         help=f"Continue an interrupted run folder {resumes}."),
+            click.option("--device", default=defaults.device, show_default=True, help=DEVICE_HELP),
+        ]):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def _stopping_options(head: bool = False):
     """--min-steps and --patience (run, finetune, rank): how long each phase trains (config.Stopping)."""
     least = (f"{HEAD_MIN_STEPS} for a head on cached features (finetune's frozen phase, rank --verify), else "
@@ -140,12 +163,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
               "held out for validation.  [default: 0.2]")
 @click.option("--image-size", type=int, help="Folder data sets: resize images to this square size "
               "[default: the most common size]")
-@click.option("--out", type=click.Path(), default=None,
-              help="Run folder (must be new or empty). Default: runs/<UTC time>-<dataset>.")
-@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
-@click.option("--resume", type=click.Path(), default=None,
-              help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_run_options("<dataset>")
 @_output_options
 def run_command(dataset: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
                 **options: object) -> None:
@@ -255,11 +273,7 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--tta", is_flag=True,
               help="Also measure validation accuracy with test-time augmentation (the mean of the softmax over the "
                    "image and its mirror image), as predict --tta predicts.")
-@click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-finetune-<data>.")
-@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
-@click.option("--resume", type=click.Path(), default=None,
-              help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_run_options("finetune-<data>")
 @_output_options
 def finetune_command(data: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
                      **options: object) -> None:
@@ -323,12 +337,6 @@ def _study_options(command):
         click.option("--precision", type=click.Choice(PRECISIONS), help=PRECISION_HELP + "  [default: auto]"),
         click.option("--class-weights", type=click.Choice(CLASS_WEIGHTS), help=CLASS_WEIGHTS_HELP + " Per point, "
                      "on its training images.  [default: auto]"),
-        click.option("--out", type=click.Path(), default=None,
-                     help="Study folder (new or empty). Default: runs/<UTC time>-study-<kind>-<dataset>."),
-        click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty."),
-        click.option("--resume", type=click.Path(), default=None,
-                     help="Continue an interrupted study from the points it finished (same options)."),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
         click.option("--jobs", type=int, default=None,
                      help="Worker processes training the study's units side by side on the CPU (a seed's source "
                           "network with the points that copy it, or a scratch point), each with cores / N threads "
@@ -340,7 +348,7 @@ def _study_options(command):
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return _run_options("study-<kind>-<dataset>", "from the points it finished (same options)")(command)
 
 
 @study_group.command("shots")
@@ -417,11 +425,7 @@ def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | 
 @click.option("--limit", type=int, default=None, help=LIMIT_HELP)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
-@click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-rank-<data>.")
-@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
-@click.option("--resume", type=click.Path(), default=None,
-              help="Continue an interrupted rank (same options): candidates scored before are kept.")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_run_options("rank-<data>", "(same options): candidates scored before are kept")
 @_output_options
 def rank_command(data: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
                  **options: object) -> None:

@@ -490,3 +490,24 @@ class ServeConfig:
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every experiment's life takes, the same for run, finetune, rank and study (the spine's,
+    experiments/spine.py): `out`: the new run folder (default runs/<UTC time>-<name>); `resume`: an interrupted
+    run folder to continue from its last checkpoint, with the same configuration; `force`: replace a non-empty
+    `out`; `save` False: write nothing; `verbose` False: print nothing; `device`: auto, cpu, cuda or cuda:N."""
+
+    out: str | None = None
+    resume: str | None = None
+    force: bool = False
+    save: bool = True
+    verbose: bool = True
+    device: str = "auto"
+
+    @classmethod
+    def take(cls, options: dict) -> RunOptions:
+        """The run options among an entry point's keyword arguments, removed from `options` (the rest
+        configure the experiment)."""
+        return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 from torch import nn
 
-from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, Stopping, phase_stopping
+from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, RunOptions, Stopping, phase_stopping
 from ..data.folders import warn_skipped
 from ..data.preprocess import InputTransform
 from ..data.streaming import collate_readable
@@ -48,7 +48,6 @@ from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import RunFolder, weights_entry, weights_source
-from .run_options import RunOptions
 from .runtime import Runtime
 from .seeds import derive_seed
 from .spine import run_experiment

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 from torch import nn
 
-from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, RankConfig, Stopping
+from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, RankConfig, RunOptions, Stopping
 from ..data.archive import open_tree
 from ..data.folders import find_layout
 from ..data.preprocess import InputTransform
@@ -31,7 +31,6 @@ from .feature_pass import backbone_identity, frozen_features
 from .image_data import ImageData, read_image_data
 from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import RunFolder, weights_source
-from .run_options import RunOptions
 from .runtime import Runtime
 from .spine import run_experiment
 

@@ -18,13 +18,12 @@ from typing import Protocol, TypeVar
 
 from rich.console import Console
 
-from ..config import EVAL_BATCH_SIZE
+from ..config import EVAL_BATCH_SIZE, RunOptions
 from ..reporting import describe_environment
 from ..training import Precision, resolve_precision
 from ..training.distributed import Distributed
 from .run_folder import RunFolder
-from .run_options import RunOptions
-from .runtime import Runtime, running
+from .runtime import Runtime, running, start
 
 R = TypeVar("R", covariant=True)
 
@@ -60,11 +59,11 @@ class Experiment(Protocol[R]):
 
 def run_experiment(experiment: Experiment[R], life: RunOptions) -> R:
     """Take `experiment` through a run's life (see the module's docstring) and return its result."""
-    ranks, console = life.start()
-    run = life.resumed(experiment.config.to_dict(), ranks)
+    ranks, console = start(life.device, life.verbose)
+    run = RunFolder.resume(life.resume, experiment.config.to_dict(), ranks) if life.resume is not None else None
     experiment.prepare(ranks, run)
     precision = resolve_precision(experiment.precision, device=ranks.device)
-    run = run or life.created(ranks, experiment.folder_name)
+    run = run or RunFolder.create(ranks, experiment.folder_name, life.out, life.force, life.save)
     with run.recording():  # from here on a crash says failed in status.json, never running
         experiment.header(console, precision)
         record, distributed = experiment.record(precision, ranks)

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 from torch import nn
 
-from ..config import BACKBONE_PRESET, PRESETS, ModelConfig, SplitConfig, Stopping, TrainConfig
+from ..config import BACKBONE_PRESET, PRESETS, ModelConfig, RunOptions, SplitConfig, Stopping, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..data.preprocess import InputTransform
 from ..data.splits import fewer_training_images, subsample
@@ -48,7 +48,6 @@ from ..training.predictions import Mistakes
 from .feature_pass import backbone_identity, frozen_features
 from .phase import Phase, PhaseInputs, train_phase
 from .run_folder import RunFolder, weights_entry, weights_source
-from .run_options import RunOptions
 from .runtime import Runtime
 from .seeds import derive_seed
 from .spine import run_experiment

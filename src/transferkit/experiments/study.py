@@ -37,7 +37,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.text import Text
 
-from ..config import STUDY_MIN_STEPS, STUDY_SEEDS
+from ..config import STUDY_MIN_STEPS, STUDY_SEEDS, RunOptions
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..errors import Interrupted, UserError, first_line
 from ..models import SeedCNN
@@ -57,7 +57,6 @@ from ..training.checkpoint import Checkpointer
 from ..training.distributed import Distributed
 from ..training.memory import keep_freed_memory
 from .run_folder import RunFolder, worker_checkpoints
-from .run_options import RunOptions
 from .runtime import STOP_SIGNALS, Runtime
 from .spine import run_experiment
 from .split import make_split_config
