@@ -120,3 +120,26 @@ def signalled_at(check: int, sig: int = signal.SIGINT) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(runtime, "stop_on_interrupt", counted)
         yield
+
+
+# The one tiny finished `run mnist` most tests that need a run folder read (or change a copy of).
+TINY_RUN = ["run", "mnist", "--limit", "200", "--epochs", "1", "--no-scratch", "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished `transferkit run mnist` (200 images per split, 1 epoch, no scratch), made once per session.
+    Read it only: a test that writes into a run folder (an export, a cache, damage) takes tiny_run_copy."""
+    from transferkit.cli import main
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    main([*TINY_RUN, "--out", str(out)])
+    return out
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path) -> Path:
+    """A copy of tiny_run of this test's own, to change."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_run, tmp_path / "tiny-run"))

@@ -387,10 +387,8 @@ def test_a_member_that_inflates_beyond_the_limit_is_refused_by_name(tmp_path, ma
 
 
 @pytest.fixture(scope="module")
-def mnist_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("mnist") / "run"
-    main(["run", "mnist", "--limit", "100", "--epochs", "1", "--no-scratch", "--quiet", "--out", str(out)])
-    return out
+def mnist_run(tiny_run) -> Path:
+    return tiny_run  # the tests that change it change a copy
 
 
 def edited_json(path: Path, edit) -> None:

@@ -45,12 +45,6 @@ def test_names_that_look_like_markup_are_printed_as_they_are(tmp_path, monkeypat
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
 
 
-def _split_run(tmp_path: Path) -> Path:
-    out = tmp_path / "run"
-    main(["run", "mnist", "--limit", "100", "--epochs", "1", "--no-scratch", "--out", str(out)])
-    return out
-
-
 @pytest.mark.parametrize("content, says", [
     ("[]", "must hold a JSON object, got list"),
     ("{}", "config is missing"),
@@ -58,8 +52,9 @@ def _split_run(tmp_path: Path) -> Path:
     ('{"config": {}, "phases": {"source": {"classes": ["0"], "train_samples": 1, "test_samples": 1, "epochs": 1, '
      '"train_seconds": 1, "test_accuracy": "high"}}}', "phases.source.test_accuracy must be a finite number"),
 ])
-def test_results_json_of_the_wrong_shape_is_one_line_in_report_and_compare(tmp_path, capsys, content, says):
-    run = _split_run(tmp_path)
+def test_results_json_of_the_wrong_shape_is_one_line_in_report_and_compare(tmp_path, tiny_run_copy, capsys, content,
+                                                                          says):
+    run = tiny_run_copy
     good = tmp_path / "good"
     import shutil
 
@@ -180,7 +175,7 @@ def test_a_crash_after_the_run_folder_exists_says_failed_not_running(tmp_path, m
     assert status["status"] == "failed" and "the figure could not be drawn" in status["error"]
 
 
-def test_the_pixel_limit_warning_names_the_file(tmp_path, monkeypatch):
+def test_the_pixel_limit_warning_names_the_file(tiny_run, tmp_path, monkeypatch):
     # Pillow warns (decodes) between its pixel limit and twice it, and refuses beyond: a 40 x 40 image under a
     # limit of 1,000 pixels stands for an image of 89 to 179 million pixels. Its warning named no file.
     from PIL import Image as PILImage
@@ -193,7 +188,7 @@ def test_the_pixel_limit_warning_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
     with pytest.warns(PILImage.DecompressionBombWarning, match=r"ant/huge\.png: Image size \(1600 pixels\) exceeds"):
         load_folder(root, image_size=8)
-    run = _split_run(tmp_path)
+    run = tiny_run
     with pytest.warns(PILImage.DecompressionBombWarning, match=r"huge\.png: Image size \(1600 pixels\) exceeds"):
         [p] = predict(run, [root / "train" / "ant" / "huge.png"])
     assert p.error is None

@@ -227,10 +227,10 @@ def test_check_images_are_read_bounded(tmp_path):
 
 # Item 4: export's output handling.
 @pytest.fixture(scope="module")
-def seed_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "mnist"
-    main(["run", "mnist", "--limit", "200", "--epochs", "1", "--no-scratch", "--quiet", "--out", str(out)])
-    return out
+def seed_run(tiny_run, tmp_path_factory):
+    import shutil
+
+    return Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("runs") / "mnist"))  # exports write into it
 
 
 def test_export_refuses_outputs_that_cannot_be_files_before_any_work(seed_run, tmp_path, capsys):

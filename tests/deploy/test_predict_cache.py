@@ -1,20 +1,22 @@
 """predict --engine onnxruntime: the run's model exported once into RUN_DIR/cache/, reused while it is the
 export of these weights, rebuilt when it is stale or damaged, and giving PyTorch's probabilities."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
 from PIL import Image
 
 from transferkit import UserError, predict
-from transferkit.cli import main
 from transferkit.inference.cache import KEY
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "mnist"
-    main(["run", "mnist", "--limit", "200", "--epochs", "1", "--no-scratch", "--quiet", "--out", str(out)])
+def digits(tiny_run, tmp_path_factory):
+    import shutil
+
+    out = Path(shutil.copytree(tiny_run, tmp_path_factory.mktemp("runs") / "mnist"))  # the cache goes into it
     images = tmp_path_factory.mktemp("digits")
     arrays = np.load(__import__("transferkit").__file__.rsplit("/", 1)[0] + "/data/mnist.npz")
     for i in range(5):

@@ -154,11 +154,10 @@ def test_weights_from_a_finetune_run(tuned):
     assert torch.equal(model.features.conv1.weight, saved.features.conv1.weight)
 
 
-def test_predict_with_a_split_run(tmp_path):
+def test_predict_with_a_split_run(tiny_run, tmp_path):
     from transferkit.data import load_mnist
 
-    out = tmp_path / "run"
-    main(["run", "mnist", "--limit", "300", "--epochs", "1", "--out", str(out), "--no-scratch"])
+    out = tiny_run
     mnist = load_mnist()
     digit = tmp_path / "seven.png"
     Image.fromarray(mnist.x_test[mnist.y_test == 7][0]).save(digit)
