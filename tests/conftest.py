@@ -122,6 +122,17 @@ def signalled_at(check: int, sig: int = signal.SIGINT) -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def split_run(tmp_path_factory) -> Path:
+    """A finished `transferkit run mnist` with all three phases (400 images per split, 2 epochs), made once per
+    session for the tests that read a whole split run (results.json, history.csv, figures, report). Read only."""
+    from transferkit.cli import main
+
+    out = tmp_path_factory.mktemp("split") / "mnist-run"
+    main(["run", "mnist", "--limit", "400", "--epochs", "2", "--out", str(out)])
+    return out
+
+
 # The one tiny finished `run mnist` most tests that need a run folder read (or change a copy of).
 TINY_RUN = ["run", "mnist", "--limit", "200", "--epochs", "1", "--no-scratch", "--quiet"]
 

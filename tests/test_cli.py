@@ -16,10 +16,8 @@ from transferkit.training import evaluate, images_to_tensor
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "quick"
-    main(["run", "mnist", "--limit", "400", "--epochs", "2", "--out", str(out)])
-    return out
+def run_dir(split_run):
+    return split_run  # conftest's: run mnist --limit 400 --epochs 2
 
 
 def test_results_json_schema(run_dir):

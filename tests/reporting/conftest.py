@@ -12,13 +12,6 @@ from PIL import Image
 from transferkit.cli import main
 
 
-@pytest.fixture(scope="session")
-def split_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report") / "mnist-run"
-    main(["run", "mnist", "--limit", "300", "--epochs", "2", "--out", str(out)])
-    return out
-
-
 def noisy_photos(root: Path, per_class: int = 8) -> Path:
     """Three colour classes under heavy noise: learnable, yet with mistakes to show."""
     rng = np.random.default_rng(0)
