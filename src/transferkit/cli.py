@@ -443,6 +443,41 @@ def rank_command(data: str, out: str | None, force: bool, resume: str | None, qu
                                                                      result.results.get("kendall_tau_with_failed")))
 
 
+@cli.command("audit")
+@click.argument("data", type=click.Path())
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
+              help="The pretrained backbone whose frozen features the checks compare.")
+@click.option("--image-size", type=int, default=None, help="Input size (crop). Default: the weights' (224).")
+@click.option("--near-threshold", type=float, default=0.95, show_default=True,
+              help="Near duplicates: the least cosine similarity of two images' features.")
+@click.option("--pixel-threshold", type=float, default=0.90, show_default=True,
+              help="Near duplicates: the least correlation of their 16 x 16 grey thumbnails, which confirms them.")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Label errors: every image is predicted by a linear probe fitted on the other folds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
+@click.option("--out", type=click.Path(), default=None, help="Folder for audit.json, issues.csv and report.html. "
+              "Default: runs/<UTC time>-audit-<data>.")
+@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_output_options
+def audit_command(data: str, quiet: bool, as_json: bool, **options: object) -> None:
+    """Check an image folder data set before training: exact and near duplicates (across train / val / test:
+    leakage), likely label errors (out-of-fold linear probes on frozen features, cleanlab's confident learning),
+    outliers, and the facts (images per class and split, sizes, modes, formats, unreadable files). Files are
+    only read; writes audit.json, issues.csv and report.html. Needs pip install "transferkit[audit]".
+
+    \b
+    Examples:
+      transferkit audit photos/
+      transferkit audit photos.zip --out audit-photos
+    """
+    from .experiments import audit
+
+    result = audit(data, verbose=not (quiet or as_json), **options)
+    _closing_output(result.results, quiet, as_json, result.summary)
+
+
 @cli.command("report")
 @click.argument("run_dir", type=click.Path())
 @click.option("--open", "open_page", is_flag=True, help="Open the report in the default web browser.")

@@ -431,3 +431,37 @@ class RankConfig:
     def to_dict(self) -> dict:
         return {**asdict(self), "backbones": None if self.backbones is None else list(self.backbones)}
 
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Checking an image folder data set before training (`transferkit audit`): one frozen pass of `backbone`,
+    then duplicates and leakage (features at least `near_threshold` cosine-similar, confirmed by thumbnails at least
+    `pixel_threshold` correlated), label errors from `folds`-fold probes, outliers and the folder's facts."""
+
+    data: str
+    backbone: str = DEFAULT_BACKBONE
+    image_size: int | None = None
+    near_threshold: float = 0.95
+    pixel_threshold: float = 0.90
+    folds: int = 5
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise UserError(f"--backbone {self.backbone}: unknown; choose one of {', '.join(BACKBONES)}")
+        check_floats_finite(self)
+        check_image_size(self.image_size)
+        check_seed(self.seed)
+        for option, value in (("--near-threshold", self.near_threshold), ("--pixel-threshold", self.pixel_threshold)):
+            if not 0 < value <= 1:
+                raise UserError(f"{option} must be above 0 and at most 1 (a cosine similarity), got {value}")
+        if self.folds < 2:
+            raise UserError(f"--folds must be at least 2 (each image predicted by a probe that never saw it), "
+                            f"got {self.folds}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
