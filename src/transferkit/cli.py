@@ -448,9 +448,9 @@ def rank_command(data: str, out: str | None, force: bool, resume: str | None, qu
 @click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
               help="The pretrained backbone whose frozen features the checks compare.")
 @click.option("--image-size", type=int, default=None, help="Input size (crop). Default: the weights' (224).")
-@click.option("--near-threshold", type=float, default=0.95, show_default=True,
+@click.option("--near-threshold", type=float, default=0.80, show_default=True,
               help="Near duplicates: the least cosine similarity of two images' features.")
-@click.option("--pixel-threshold", type=float, default=0.90, show_default=True,
+@click.option("--pixel-threshold", type=float, default=0.99, show_default=True,
               help="Near duplicates: the least correlation of their 16 x 16 grey thumbnails, which confirms them.")
 @click.option("--folds", type=int, default=5, show_default=True,
               help="Label errors: every image is predicted by a linear probe fitted on the other folds.")

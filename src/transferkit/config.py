@@ -442,8 +442,8 @@ class AuditConfig:
     data: str
     backbone: str = DEFAULT_BACKBONE
     image_size: int | None = None
-    near_threshold: float = 0.95
-    pixel_threshold: float = 0.90
+    near_threshold: float = 0.80
+    pixel_threshold: float = 0.99
     folds: int = 5
     seed: int = 0
     precision: str = "auto"

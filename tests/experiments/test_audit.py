@@ -1,0 +1,142 @@
+"""transferkit audit on small folders of real digits with planted duplicates, leakage, flipped labels and an
+outlier: each is found, and a clean folder is not flagged beyond the stated rates (docs/audit.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("cleanlab")
+
+from transferkit import UserError, audit  # noqa: E402
+from transferkit.cli import cli  # noqa: E402
+from transferkit.experiments.audit_checks import exact_duplicates, nearest_neighbours  # noqa: E402
+
+CLASSES, TRAIN, VAL, SIZE = 4, 30, 8, 32
+FLIPPED = [("train/3/1.png", "0"), ("train/3/2.png", "1"), ("train/2/3.png", "1")]
+
+
+def write_digits(root: Path) -> Path:
+    """train/ and val/ of 4 digit classes (30 + 8 real scikit-learn digits each) as 32 px PNGs."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images * 255 / 16).astype(np.uint8)
+    for c in range(CLASSES):
+        indices = np.flatnonzero(digits.target == c)
+        for split, chosen in (("train", indices[:TRAIN]), ("val", indices[TRAIN:TRAIN + VAL])):
+            (root / split / str(c)).mkdir(parents=True)
+            for i, index in enumerate(chosen):
+                img = Image.fromarray(images[index]).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+                img.save(root / split / str(c) / f"{i}.png")
+    return root
+
+
+def plant(root: Path) -> None:
+    """An exact duplicate in train, an exact and a resized copy of train images in val, three flipped labels, one
+    image of noise and one file that is not an image."""
+    from PIL import Image
+
+    shutil.copy(root / "train/0/0.png", root / "train/0/copy.png")
+    shutil.copy(root / "train/1/0.png", root / "val/1/leak-exact.png")
+    Image.open(root / "train/2/0.png").resize((40, 40), Image.Resampling.BILINEAR).save(root / "val/2/leak-resized.png")
+    for path, to in FLIPPED:
+        (root / path).rename(root / "train" / to / f"flipped-{Path(path).parent.name}-{Path(path).name}")
+    noise = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "train/1/noise.png")
+    (root / "train/0/broken.png").write_bytes(b"not a png")
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory) -> tuple[Path, dict]:
+    root = write_digits(tmp_path_factory.mktemp("audit") / "digits")
+    plant(root)
+    out = root.parent / "audit"
+    result = audit(root, out=out, image_size=64, verbose=False, device="cpu")
+    return out, result.results
+
+
+def test_planted_duplicates_and_leakage_are_found(planted):
+    _, results = planted
+    f = results["findings"]
+    assert [[i["path"] for i in g] for g in f["exact_duplicates"]] == [["train/0/0.png", "train/0/copy.png"],
+                                                                      ["train/1/0.png", "val/1/leak-exact.png"]]
+    leaks = {leak["images"][1]["path"]: leak for leak in f["leakage"]}
+    assert set(leaks) == {"val/1/leak-exact.png", "val/2/leak-resized.png"}  # found, and nothing else
+    assert leaks["val/1/leak-exact.png"]["kind"] == "exact" and leaks["val/2/leak-resized.png"]["kind"] == "near"
+    assert all(leak["images"][0]["split"] == "train" for leak in f["leakage"])
+
+
+def test_flipped_labels_and_the_outlier_are_found(planted):
+    _, results = planted
+    f = results["findings"]
+    issues = {i["path"]: i for i in f["label_issues"]}
+    for path, to in FLIPPED:
+        name = f"train/{to}/flipped-{Path(path).parent.name}-{Path(path).name}"
+        assert name in issues, (name, sorted(issues))
+        assert issues[name]["suggested"] == Path(path).parent.name  # the class it came from
+    assert len(issues) <= len(FLIPPED) + 0.05 * results["data"]["images"]
+    assert "train/1/noise.png" in {o["path"] for o in f["outliers"]}
+    assert f["unreadable"] == [{"path": "train/0/broken.png", "split": "train", "reason": f["unreadable"][0]["reason"]}]
+
+
+def test_files_are_strict_json_an_editable_csv_and_a_page(planted):
+    out, results = planted
+    assert json.loads((out / "audit.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == results
+    rows = list(csv.DictReader((out / "issues.csv").open()))
+    by_path = {r["path"]: r for r in rows}
+    assert by_path["val/1/leak-exact.png"]["action"] == "exclude"
+    assert by_path["val/1/leak-exact.png"]["partner"] == "train/1/0.png"
+    assert by_path["train/0/copy.png"]["kind"] == "exact_duplicate"
+    assert by_path["train/1/noise.png"]["kind"] in ("outlier", "label_issue")
+    html = (out / "report.html").read_text()
+    assert 'data-path="val/2/leak-resized.png"' in html and "data:image/png;base64," in html
+    assert results["facts"]["images_per_class"]["0"] == {"train": TRAIN + 1 + 1, "val": VAL}
+    assert results["facts"]["formats"] == {"PNG": results["data"]["images"]}
+
+
+def test_a_clean_folder_is_not_flagged_beyond_the_stated_rates(tmp_path):
+    root = write_digits(tmp_path / "clean")
+    result = audit(root, save=False, image_size=64, verbose=False, device="cpu")
+    counts, n = result.results["counts"], result.results["data"]["images"]
+    assert counts["leakage"] == counts["exact_duplicates"] == counts["near_duplicates"] == 0
+    assert counts["label_issues"] <= 0.05 * n  # docs/audit.md: at most 5% of a clean folder
+    assert counts["outliers"] <= 0.02 * n
+
+
+def test_cli_writes_the_folder_and_refuses_bad_options(tmp_path, planted):
+    root = write_digits(tmp_path / "small")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, ["audit", str(root), "--out", str(out), "--image-size", "64", "--device", "cpu",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["counts"]["leakage"] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["audit.json", "issues.csv", "report.html"]
+    again = CliRunner().invoke(cli, ["audit", str(root), "--out", str(out)])
+    assert again.exit_code != 0 and "--force" in again.output
+    bad = CliRunner().invoke(cli, ["audit", str(root), "--near-threshold", "1.5"])
+    assert bad.exit_code == 2 and "--near-threshold" in bad.output
+    with pytest.raises(UserError, match="--folds"):
+        audit(root, folds=1, save=False)
+
+
+def test_neighbours_are_blocked_and_exact(monkeypatch):
+    import torch
+
+    from transferkit.experiments import audit_checks
+
+    monkeypatch.setattr(audit_checks, "BLOCK", 7)  # several blocks, the last one short
+    f = torch.randn(30, 5)
+    indices, sims = nearest_neighbours(f, 3)
+    full = torch.nn.functional.normalize(f, dim=1) @ torch.nn.functional.normalize(f, dim=1).T
+    full.fill_diagonal_(-2)
+    assert (indices == full.topk(3, dim=1).indices.numpy()).all()
+    assert np.allclose(sims, full.topk(3, dim=1).values.numpy(), atol=1e-6)
+    assert exact_duplicates(["a", "b", "a", "c", "b"]) == [[0, 2], [1, 4]]
