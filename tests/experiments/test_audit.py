@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 pytest.importorskip("cleanlab")
 
 from transferkit import UserError, audit  # noqa: E402
-from transferkit.cli import cli  # noqa: E402
+from transferkit.cli import main  # noqa: E402
 from transferkit.experiments.audit_checks import exact_duplicates, nearest_neighbours  # noqa: E402
 
 CLASSES, TRAIN, VAL, SIZE = 4, 30, 8, 32
@@ -78,10 +77,13 @@ def test_flipped_labels_and_the_outlier_are_found(planted):
     _, results = planted
     f = results["findings"]
     issues = {i["path"]: i for i in f["label_issues"]}
+    back = 0
     for path, to in FLIPPED:
         name = f"train/{to}/flipped-{Path(path).parent.name}-{Path(path).name}"
         assert name in issues, (name, sorted(issues))
-        assert issues[name]["suggested"] == Path(path).parent.name  # the class it came from
+        assert issues[name]["label"] == to and issues[name]["suggested"] != to
+        back += issues[name]["suggested"] == Path(path).parent.name  # the class it came from
+    assert back >= 2
     assert len(issues) <= len(FLIPPED) + 0.05 * results["data"]["images"]
     assert "train/1/noise.png" in {o["path"] for o in f["outliers"]}
     assert f["unreadable"] == [{"path": "train/0/broken.png", "split": "train", "reason": f["unreadable"][0]["reason"]}]
@@ -111,18 +113,17 @@ def test_a_clean_folder_is_not_flagged_beyond_the_stated_rates(tmp_path):
     assert counts["outliers"] <= 0.02 * n
 
 
-def test_cli_writes_the_folder_and_refuses_bad_options(tmp_path, planted):
+def test_cli_writes_the_folder_and_refuses_bad_options(tmp_path, capsys):
     root = write_digits(tmp_path / "small")
     out = tmp_path / "out"
-    r = CliRunner().invoke(cli, ["audit", str(root), "--out", str(out), "--image-size", "64", "--device", "cpu",
-                                 "--json"])
-    assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["counts"]["leakage"] == 0
+    main(["audit", str(root), "--out", str(out), "--image-size", "64", "--device", "cpu", "--json"])
+    assert json.loads(capsys.readouterr().out)["counts"]["leakage"] == 0
     assert sorted(p.name for p in out.iterdir()) == ["audit.json", "issues.csv", "report.html"]
-    again = CliRunner().invoke(cli, ["audit", str(root), "--out", str(out)])
-    assert again.exit_code != 0 and "--force" in again.output
-    bad = CliRunner().invoke(cli, ["audit", str(root), "--near-threshold", "1.5"])
-    assert bad.exit_code == 2 and "--near-threshold" in bad.output
+    for args, message in ((["--out", str(out)], "--force to write into it"),
+                          (["--near-threshold", "1.5"], "--near-threshold must be above 0 and at most 1")):
+        with pytest.raises(SystemExit) as e:
+            main(["audit", str(root), *args])
+        assert e.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(UserError, match="--folds"):
         audit(root, folds=1, save=False)
 
@@ -140,3 +141,12 @@ def test_neighbours_are_blocked_and_exact(monkeypatch):
     assert (indices == full.topk(3, dim=1).indices.numpy()).all()
     assert np.allclose(sims, full.topk(3, dim=1).values.numpy(), atol=1e-6)
     assert exact_duplicates(["a", "b", "a", "c", "b"]) == [[0, 2], [1, 4]]
+
+
+def test_without_cleanlab_the_message_names_the_extra(monkeypatch, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else real(name, *a))
+    with pytest.raises(UserError, match=r'pip install "transferkit\[audit\]"'):
+        audit(tmp_path, save=False)
