@@ -8,14 +8,19 @@ split 80/20 into train/ and val/, and 100 test images per class in test/. Then, 
 training images relabelled to another class (filed under its folder), 20 training images copied into val/ (7 as the
 same file, 7 re-encoded at JPEG quality 60, 6 resized to 40 x 40), and 10 images of classes outside the set filed
 under the set's classes. Runs the audit (one process, timed) and reports the precision and recall of each finding
-against the planted corruptions. Writes bench/out/audit_cifar.json.
+against the planted corruptions. With --finetune, `transferkit finetune` (no options) twice, on the folder as it is
+and with `--exclude` of every file the audit flagged, each scored by `transferkit predict` on the clean test/.
+Writes bench/out/audit_cifar.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
+import subprocess
+import sys
 import tempfile
 import time
 import zipfile
@@ -93,12 +98,40 @@ def score(found: set[str], truth: set[str]) -> dict:
             "precision": round(hit / len(found), 3) if found else None, "recall": round(hit / len(truth), 3)}
 
 
+def finetuned(root: Path, tmp: Path, issues: Path) -> dict:
+    """Test accuracy of `finetune` with no options, on the folder as it is and without every flagged file."""
+    everything = tmp / "exclude-all.csv"
+    with issues.open() as f, everything.open("w", newline="") as g:
+        rows = list(csv.DictReader(f))
+        writer = csv.DictWriter(g, rows[0].keys())
+        writer.writeheader()
+        writer.writerows({**r, "action": "exclude"} for r in rows)  # as a user who accepted every finding
+    record = {}
+    for name, extra in (("as_is", []), ("excluded", ["--exclude", str(everything)])):
+        run = tmp / f"ft-{name}"
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "transferkit", "finetune", str(root), "--out", str(run), "-q", *extra],
+                       check=True)
+        seconds = time.perf_counter() - start
+        shown = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(run), str(root / "test"), "--json"],
+                               check=True, capture_output=True, text=True)
+        predictions = json.loads(shown.stdout)
+        right = [Path(p["path"]).parent.name == p["predictions"][0]["class"] for p in predictions if p["predictions"]]
+        results = json.loads((run / "results.json").read_text())
+        record[name] = {"test_accuracy": round(sum(right) / len(right), 4), "test_images": len(right),
+                        "train_images": results["dataset"]["train_samples"],
+                        "val_images": results["dataset"]["val_samples"],
+                        "excluded": len(results["dataset"].get("excluded", [])), "seconds": round(seconds, 1)}
+    return record
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--zip", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpg.zip")
     parser.add_argument("--per-class", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--finetune", action="store_true")
     parser.add_argument("--near-threshold", type=float, default=0.80)
     parser.add_argument("--pixel-threshold", type=float, default=0.99)
     args = parser.parse_args()
@@ -109,6 +142,7 @@ def main() -> None:
         result = transferkit.audit(root, out=Path(tmp) / "audit", image_size=args.image_size, seed=args.seed,
                                    near_threshold=args.near_threshold, pixel_threshold=args.pixel_threshold)
         seconds = time.perf_counter() - start
+        tuned = finetuned(root, Path(tmp), result.out_dir / "issues.csv") if args.finetune else None
     f = result.findings
     pairs = {tuple(sorted(i["path"] for i in p["images"])): (p["feature_similarity"], p["pixel_correlation"])
              for p in f["near_duplicates"]}
@@ -134,6 +168,7 @@ def main() -> None:
         # How far the planted copies stand from the closest distinct pairs: the thresholds' margin.
         "planted_pairs": {p["val"]: pairs.get(tuple(sorted((p["train"], p["val"])))) for p in planted["leaked"]},
         "closest_other_pairs": sorted((v for k, v in pairs.items() if not set(k) & leaked), reverse=True)[:5],
+        "finetune": tuned,
         "probe_accuracy": result.results["thresholds"]["probe_accuracy"], "counts": result.results["counts"],
     }
     out = Path(__file__).parent / "out"

@@ -254,6 +254,9 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--tta", is_flag=True,
               help="Also measure validation accuracy with test-time augmentation (the mean of the softmax over the "
                    "image and its mirror image), as predict --tta predicts.")
+@click.option("--exclude", type=click.Path(), default=None, metavar="ISSUES_CSV",
+              help="Leave out the files of this CSV whose action is exclude (transferkit audit's issues.csv); the "
+                   "run folder records which.")
 @click.option("--out", type=click.Path(), default=None, help="Run folder. Default: runs/<UTC time>-finetune-<data>.")
 @click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
 @click.option("--resume", type=click.Path(), default=None,

@@ -338,6 +338,7 @@ class FinetuneConfig:
     # validation split allows (held out from training, never test/, enough images); True: required; False: off.
     calibrate: bool | None = None
     tta: bool = False  # also report validation accuracy with test-time augmentation (original + flipped)
+    exclude: str | None = None  # a CSV of files to leave out (transferkit audit's issues.csv)
     min_steps: int | None = None  # None: HEAD_MIN_STEPS for a head on cached features, else Stopping's
     patience: int | None = None  # None: Stopping's
 

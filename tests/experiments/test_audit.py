@@ -58,8 +58,15 @@ def planted(tmp_path_factory) -> tuple[Path, dict]:
     root = write_digits(tmp_path_factory.mktemp("audit") / "digits")
     plant(root)
     out = root.parent / "audit"
-    result = audit(root, out=out, image_size=64, verbose=False, device="cpu")
+    with pytest.MonkeyPatch.context() as mp:  # the feature store of this test, not the user's
+        mp.setenv("XDG_CACHE_HOME", str(root.parent / "xdg"))
+        result = audit(root, out=out, image_size=64, verbose=False, device="cpu")
     return out, result.results
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
 
 
 def test_planted_duplicates_and_leakage_are_found(planted):
@@ -150,3 +157,26 @@ def test_without_cleanlab_the_message_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else real(name, *a))
     with pytest.raises(UserError, match=r'pip install "transferkit\[audit\]"'):
         audit(tmp_path, save=False)
+
+
+@pytest.mark.filterwarnings("ignore:.*could not be decoded")
+def test_finetune_exclude_leaves_out_the_files_marked_exclude(planted, tmp_path):
+    from transferkit import finetune
+
+    out, results = planted
+    root = Path(results["data"]["origin"])
+    rows = list(csv.DictReader((out / "issues.csv").open()))
+    marked = {r["path"] for r in rows if r["action"] == "exclude" and r["kind"] != "unreadable"}
+    assert {"val/1/leak-exact.png", "val/2/leak-resized.png", "train/0/copy.png"} <= marked
+    options = dict(backbone="resnet18", weights="none", image_size=32, epochs=1, batch_size=8, save=False,
+                   verbose=False)
+    plain = finetune(root, **options).results["dataset"]
+    excluded = finetune(root, exclude=str(out / "issues.csv"), **options).results["dataset"]
+    assert set(excluded["excluded"]) == marked | {"train/0/broken.png"}
+    in_val = sum(p.startswith("val/") for p in marked)
+    assert excluded["val_samples"] == plain["val_samples"] - in_val
+    assert excluded["train_samples"] == plain["train_samples"] - (len(marked) - in_val)
+    assert "excluded" not in plain
+    (tmp_path / "bad.csv").write_text("file,what\na,b\n")
+    with pytest.raises(UserError, match="no 'path' column"):
+        finetune(root, exclude=str(tmp_path / "bad.csv"), **options)

@@ -16,6 +16,7 @@ from rich.text import Text
 from torch import nn
 
 from ..config import HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, Stopping, phase_stopping
+from ..data.exclusions import read_exclusions
 from ..data.folders import warn_skipped
 from ..data.preprocess import InputTransform
 from ..data.streaming import collate_readable
@@ -85,8 +86,9 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
     model = BackboneClassifier(config.backbone, 2, config.head)  # the class count is set once the data is read
     pre = load_backbone_weights(model, weights_source(config.weights)).at_size(config.image_size)
     run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
+    listed = read_exclusions(config.exclude) if config.exclude else frozenset()
     data = read_image_data(config.data, config.val_fraction, config.seed, config.limit, config.stream, pre.resize,
-                           ranks.world_size, run.results if run else None, workers)
+                           ranks.world_size, run.results if run else None, workers, listed)
     classes = data.classes
     model.classifier[-1] = nn.Linear(config.head.units, len(classes))
     model.to(ranks.device)
@@ -100,12 +102,15 @@ def finetune(data: str | Path, *, out: str | Path | None = None, resume: str | P
                                     f"{data.origin}: {len(classes)} classes, {n_train} train / {n_val} validation images, "
                                     f"input {pre.crop}px, precision {precision.name}"))
         console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
+        if config.exclude:
+            console.print(f"excluded {len(data.excluded)} file(s) of the {len(listed)} listed in {config.exclude}")
         console.print("calibration: " + (f"a temperature fitted on the {n_val} validation images after each phase"
                                          if calibration else f"off ({why_not})"))
         results = run.begin({
             "experiment": "finetune", "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dataset": {"origin": data.origin, "class_names": classes, "train_samples": n_train,
-                        "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict()},
+                        "val_samples": n_val, "skipped": data.skipped, "loading": data.loading.to_dict(),
+                        **({"excluded": sorted(data.excluded)} if config.exclude else {})},
             "classes": classes, "config": config.to_dict(), "preprocessing": pre.to_dict(),
             "environment": describe_environment(precision, ranks.device), "phases": {}, "model": weights_entry("model"),
             "calibration": {"split": calibration, "reason": why_not},
