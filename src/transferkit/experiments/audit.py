@@ -66,8 +66,9 @@ def audit(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, out: str | Path
     model = BackboneClassifier(config.backbone, 2)
     pre = load_backbone_weights(model, "imagenet").at_size(config.image_size)
     console.print(f"transferkit audit {config.data} on frozen {config.backbone} features ({pre.crop} px)")
+    t = time.perf_counter()
     files = read_audit_files(config.data, pre.resize)
-    seconds = {"read": time.perf_counter() - started}
+    seconds = {"read": time.perf_counter() - t}
     freeze(model.features, eval_mode=True)
     identity = backbone_identity(config.backbone, model.features, pre, precision)
     with running(ranks, console, precision) as runtime:
