@@ -137,6 +137,9 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
 @click.option("--classifier-dropout", type=float, help="[default: 0.5; cifar10: 0.25]")
 @click.option("--val-fraction", type=float, help="Folder data sets without val/ or test/: share of each class "
               "held out for validation.  [default: 0.2]")
+@click.option("--exclude", type=click.Path(), default=None, metavar="ISSUES_CSV",
+              help="Folder data sets: leave out the files of this CSV whose action is exclude (transferkit audit's "
+                   "issues.csv); the run folder records which.")
 @click.option("--image-size", type=int, help="Folder data sets: resize images to this square size "
               "[default: the most common size]")
 @click.option("--out", type=click.Path(), default=None,

@@ -265,6 +265,7 @@ class SplitConfig:
     weights: str = "imagenet"
     shots: int | None = None  # training images per target class (the small-data case); None: all
     train_fraction: float | None = None  # or this share of each target class
+    exclude: str | None = None  # folder data sets: a CSV of files to leave out (transferkit audit's issues.csv)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -180,3 +180,21 @@ def test_finetune_exclude_leaves_out_the_files_marked_exclude(planted, tmp_path)
     (tmp_path / "bad.csv").write_text("file,what\na,b\n")
     with pytest.raises(UserError, match="no 'path' column"):
         finetune(root, exclude=str(tmp_path / "bad.csv"), **options)
+
+
+@pytest.mark.filterwarnings("ignore:.*could not be decoded")
+def test_run_exclude_leaves_out_the_files_marked_exclude(planted):
+    from transferkit import run_split
+
+    out, results = planted
+    root = results["data"]["origin"]
+    options = dict(epochs=1, batch_size=16, save=False, verbose=False, device="cpu")
+    plain = run_split(root, **options).results["dataset"]
+    excluded = run_split(root, exclude=str(out / "issues.csv"), **options).results["dataset"]
+    listed = {r["path"] for r in csv.DictReader((out / "issues.csv").open()) if r["action"] == "exclude"}
+    assert set(excluded["excluded"]) == listed
+    in_val = sum(p.startswith("val/") for p in listed)
+    assert excluded["test_samples"] == plain["test_samples"] - in_val  # val/ is the run's test split here
+    assert excluded["train_samples"] == plain["train_samples"] - (len(listed) - in_val - 1)  # broken.png never read
+    with pytest.raises(UserError, match="--exclude is for image folder data sets"):
+        run_split("mnist", exclude=str(out / "issues.csv"), **options)

@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import BACKBONE_PRESET, PRESETS, ModelConfig, SplitConfig, Stopping, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
+from ..data.exclusions import read_exclusions
 from ..data.preprocess import InputTransform
 from ..data.splits import fewer_training_images, subsample
 from ..errors import UserError
@@ -110,7 +111,8 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     ranks, console = start(device, verbose)
     run = RunFolder.resume(resume, config.to_dict(), ranks) if resume is not None else None
     data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction, seed=config.train.seed,
-                        image_size=config.image_size)
+                        image_size=config.image_size,
+                        exclude=read_exclusions(config.exclude) if config.exclude else frozenset())
     src, tgt = resolve_split(config.source, config.target, data.class_names, source_trained=not config.backbone)
     precision = resolve_precision(config.train.precision, device=ranks.device)
     # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
@@ -135,7 +137,8 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
                         "class_names": list(data.class_names), "train_samples": len(data.y_train),
-                        "test_samples": len(data.y_test), "skipped": list(data.skipped)},
+                        "test_samples": len(data.y_test), "skipped": list(data.skipped),
+                        **({"excluded": list(data.excluded)} if config.exclude else {})},
             "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
                        "source_classes": list(splits["source"].class_names) if "source" in splits else [],
                        "target_classes": list(target.class_names)},
