@@ -133,6 +133,10 @@ def test_cli_writes_the_folder_and_refuses_bad_options(tmp_path, capsys):
         assert e.value.code == 2 and message in capsys.readouterr().err
     with pytest.raises(UserError, match="--folds"):
         audit(root, folds=1, save=False)
+    for f in [*(root / "train/3").iterdir()][1:] + [*(root / "val/3").iterdir()]:
+        f.unlink()
+    with pytest.raises(UserError, match=r"class\(es\) 3 \(1\) have fewer than 2 readable images"):
+        audit(root, save=False, image_size=64, verbose=False, device="cpu")
 
 
 def test_neighbours_are_blocked_and_exact(monkeypatch):

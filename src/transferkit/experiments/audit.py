@@ -117,7 +117,7 @@ def _findings(files: AuditFiles, features: torch.Tensor, config: AuditConfig, se
     outlier_score, fence = checks.outlier_scores(similarities)
     seconds["neighbours"] = time.perf_counter() - t
     t = time.perf_counter()
-    folds = checks.fold_count(labels, names, config.folds)
+    folds = checks.fold_count(labels, names, config.folds, files.origin)
     probabilities = checks.out_of_fold_probabilities(features, labels, len(names), folds, config.seed)
     mislabelled = checks.label_issues(labels, probabilities)
     seconds["label_issues"] = time.perf_counter() - t

@@ -86,15 +86,16 @@ def label_issues(labels: np.ndarray, probabilities: np.ndarray) -> list[tuple[in
     from cleanlab.rank import get_label_quality_scores
 
     quality = get_label_quality_scores(labels, probabilities)
-    found = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab would fork a process pool, which after torch's threads have started may hang.
+    found = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence", n_jobs=1)
     return [(int(i), int(probabilities[i].argmax()), float(quality[i])) for i in found]
 
 
-def fold_count(labels: np.ndarray, classes: tuple[str, ...], folds: int) -> int:
+def fold_count(labels: np.ndarray, classes: tuple[str, ...], folds: int, origin: str) -> int:
     """`folds`, fewer when the smallest class has fewer images; a class of one image cannot be checked."""
     counts = np.bincount(labels, minlength=len(classes))
     few = [f"{c} ({n})" for c, n in zip(classes, counts, strict=True) if n < 2]
     if few:
-        raise UserError(f"class(es) {', '.join(few)} have fewer than 2 readable images, too few for the out-of-fold "
-                        "probes; add images or remove the class folder")
+        raise UserError(f"{origin}: class(es) {', '.join(few)} have fewer than 2 readable images, too few for the "
+                        "out-of-fold probes; add images or remove the class folder")
     return int(min(folds, counts.min()))
