@@ -10,11 +10,11 @@ from .errors import UserError  # noqa: E402
 
 # The library's verbs, imported on first use: torch takes seconds to load, and `transferkit --help` needs none
 # of it (PEP 562 module __getattr__; `from transferkit import run_split` works as usual).
-_LAZY = {"FinetuneResult": "experiments", "RankResult": "experiments", "SplitResult": "experiments",
+_LAZY = {"AuditResult": "experiments", "FinetuneResult": "experiments", "RankResult": "experiments", "SplitResult": "experiments",
          "StudyResult": "experiments", "finetune": "experiments", "predict": "inference", "rank": "experiments",
-         "run_split": "experiments", "study": "experiments", "load_model": "reporting", "export": "deploy"}
+         "run_split": "experiments", "study": "experiments", "audit": "experiments", "load_model": "reporting", "export": "deploy"}
 
-__all__ = ["FinetuneResult", "RankResult", "SplitResult", "StudyResult", "UserError", "__version__", "export",
+__all__ = ["AuditResult", "FinetuneResult", "RankResult", "SplitResult", "StudyResult", "UserError", "__version__", "audit", "export",
            "finetune", "load_model", "predict", "rank", "run_split", "study"]
 
 

@@ -161,6 +161,9 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
 @click.option("--classifier-dropout", type=float, help="[default: 0.5; cifar10: 0.25]")
 @click.option("--val-fraction", type=float, help="Folder data sets without val/ or test/: share of each class "
               "held out for validation.  [default: 0.2]")
+@click.option("--exclude", type=click.Path(), default=None, metavar="ISSUES_CSV",
+              help="Folder data sets: leave out the files of this CSV whose action is exclude (transferkit audit's "
+                   "issues.csv); the run folder records which.")
 @click.option("--image-size", type=int, help="Folder data sets: resize images to this square size "
               "[default: the most common size]")
 @_run_options("<dataset>")
@@ -273,6 +276,9 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--tta", is_flag=True,
               help="Also measure validation accuracy with test-time augmentation (the mean of the softmax over the "
                    "image and its mirror image), as predict --tta predicts.")
+@click.option("--exclude", type=click.Path(), default=None, metavar="ISSUES_CSV",
+              help="Leave out the files of this CSV whose action is exclude (transferkit audit's issues.csv); the "
+                   "run folder records which.")
 @_run_options("finetune-<data>")
 @_output_options
 def finetune_command(data: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
@@ -446,6 +452,41 @@ def rank_command(data: str, out: str | None, force: bool, resume: str | None, qu
     result = _resumable(rank, data, out=out, resume=resume, force=force, verbose=not (quiet or as_json), **options)
     _closing_output(result.results, quiet, as_json, lambda: rank_table(result.table, result.results.get("kendall_tau"),
                                                                      result.results.get("kendall_tau_with_failed")))
+
+
+@cli.command("audit")
+@click.argument("data", type=click.Path())
+@click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
+              help="The pretrained backbone whose frozen features the checks compare.")
+@click.option("--image-size", type=int, default=None, help="Input size (crop). Default: the weights' (224).")
+@click.option("--near-threshold", type=float, default=0.80, show_default=True,
+              help="Near duplicates: the least cosine similarity of two images' features.")
+@click.option("--pixel-threshold", type=float, default=0.99, show_default=True,
+              help="Near duplicates: the least correlation of their 16 x 16 grey thumbnails, which confirms them.")
+@click.option("--folds", type=int, default=5, show_default=True,
+              help="Label errors: every image is predicted by a linear probe fitted on the other folds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True, help=PRECISION_HELP)
+@click.option("--out", type=click.Path(), default=None, help="Folder for audit.json, issues.csv and report.html. "
+              "Default: runs/<UTC time>-audit-<data>.")
+@click.option("--force", is_flag=True, help="Write into an --out folder that exists and is not empty.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_output_options
+def audit_command(data: str, quiet: bool, as_json: bool, **options: object) -> None:
+    """Check an image folder data set before training: exact and near duplicates (across train / val / test:
+    leakage), likely label errors (out-of-fold linear probes on frozen features, cleanlab's confident learning),
+    outliers, and the facts (images per class and split, sizes, modes, formats, unreadable files). Files are
+    only read; writes audit.json, issues.csv and report.html. Needs pip install "transferkit[audit]".
+
+    \b
+    Examples:
+      transferkit audit photos/
+      transferkit audit photos.zip --out audit-photos
+    """
+    from .experiments import audit
+
+    result = audit(data, verbose=not (quiet or as_json), **options)
+    _closing_output(result.results, quiet, as_json, result.summary)
 
 
 @cli.command("report")

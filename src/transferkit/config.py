@@ -265,6 +265,7 @@ class SplitConfig:
     weights: str = "imagenet"
     shots: int | None = None  # training images per target class (the small-data case); None: all
     train_fraction: float | None = None  # or this share of each target class
+    exclude: str | None = None  # folder data sets: a CSV of files to leave out (transferkit audit's issues.csv)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -338,6 +339,7 @@ class FinetuneConfig:
     # validation split allows (held out from training, never test/, enough images); True: required; False: off.
     calibrate: bool | None = None
     tta: bool = False  # also report validation accuracy with test-time augmentation (original + flipped)
+    exclude: str | None = None  # a CSV of files to leave out (transferkit audit's issues.csv)
     min_steps: int | None = None  # None: HEAD_MIN_STEPS for a head on cached features, else Stopping's
     patience: int | None = None  # None: Stopping's
 
@@ -511,3 +513,35 @@ class RunOptions:
         """The run options among an entry point's keyword arguments, removed from `options` (the rest
         configure the experiment)."""
         return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
+@dataclass(frozen=True)
+class AuditConfig:
+    """Checking an image folder data set before training (`transferkit audit`): one frozen pass of `backbone`,
+    then duplicates and leakage (features at least `near_threshold` cosine-similar, confirmed by thumbnails at least
+    `pixel_threshold` correlated), label errors from `folds`-fold probes, outliers and the folder's facts."""
+
+    data: str
+    backbone: str = DEFAULT_BACKBONE
+    image_size: int | None = None
+    near_threshold: float = 0.80
+    pixel_threshold: float = 0.99
+    folds: int = 5
+    seed: int = 0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise UserError(f"--backbone {self.backbone}: unknown; choose one of {', '.join(BACKBONES)}")
+        check_floats_finite(self)
+        check_image_size(self.image_size)
+        check_seed(self.seed)
+        for option, value in (("--near-threshold", self.near_threshold), ("--pixel-threshold", self.pixel_threshold)):
+            if not 0 < value <= 1:
+                raise UserError(f"{option} must be above 0 and at most 1 (a cosine similarity), got {value}")
+        if self.folds < 2:
+            raise UserError(f"--folds must be at least 2 (each image predicted by a probe that never saw it), "
+                            f"got {self.folds}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

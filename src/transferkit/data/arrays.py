@@ -24,6 +24,7 @@ class ArrayDataset:
     # What x_test is: "test", a test split (MNIST's, CIFAR-10's, a folder's test/), or "val", a validation split
     # (a folder's val/, or held out of its training images), which may choose an epoch.
     validation_split: str = "test"
+    excluded: tuple[str, ...] = ()  # files of a folder data set left out (--exclude)
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):

@@ -45,9 +45,12 @@ class FolderLayout:
     split_from_train: bool  # True when val was carved out of a single folder of classes
 
 
-def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0) -> FolderLayout:
-    """Detect the layout: descend through single wrapping folders, then train/val/test or class folders."""
-    images = [PurePosixPath(n) for n in tree.files() if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES]
+def find_layout(tree: FileTree, val_fraction: float = 0.2, seed: int = 0,
+                exclude: frozenset[str] = frozenset()) -> FolderLayout:
+    """Detect the layout: descend through single wrapping folders, then train/val/test or class folders. Files
+    named in `exclude` (paths inside the tree, as find_layout lists them: --exclude) are left out."""
+    images = [PurePosixPath(n) for n in tree.files() if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES
+              and n not in exclude]
     prefix: tuple[str, ...] = ()
     while True:
         below = [p.parts[len(prefix):] for p in images if p.parts[: len(prefix)] == prefix]
@@ -193,7 +196,7 @@ def probe(data: bytes) -> tuple[tuple[int, int], bool]:
 
 def load_folder(path: str | Path, image_size: int | None = None, channels: int | None = None,
                 val_fraction: float = 0.2, seed: int = 0, cache_dir: Path | None = None,
-                cover: bool = False) -> FolderData:
+                cover: bool = False, exclude: frozenset[str] = frozenset()) -> FolderData:
     """Read a folder data set, decoding with all cores; a cache under `cache_dir` skips decoding next time.
 
     `image_size` (square) and `channels` default to the most common size and to 3 if any image has colour;
@@ -202,7 +205,7 @@ def load_folder(path: str | Path, image_size: int | None = None, channels: int |
     """
     tree = open_tree(path)
     try:
-        layout = find_layout(tree, val_fraction, seed)
+        layout = find_layout(tree, val_fraction, seed, exclude)  # excluded files change the members, so the key
         key = _cache_key(tree, layout, (image_size, channels, val_fraction, seed, cover))
         data = _read_cache(cache_dir, key, layout) if cache_dir else None
         if data is None:

@@ -61,7 +61,8 @@ def pixel_baseline(origin: str, val_fraction: float, seed: int, limit: int | Non
     if data.loading.stream or not _small_images(origin, val_fraction, seed):
         return None
     # Grey where no image has colour (a third of the numbers to fit), else RGB.
-    folder = load_folder(origin, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir() / "images", cover=True)
+    folder = load_folder(origin, val_fraction=val_fraction, seed=seed, cache_dir=cache_dir() / "images", cover=True,
+                         exclude=data.excluded)
     (train_x, train_y), (val_x, val_y) = (limited(folder.splits[s], limit) for s in ("train", data.validation_split))
     height, width = train_x.shape[1:3]
     colour = "RGB" if train_x.ndim == 4 else "grey"

@@ -16,6 +16,7 @@ from rich.text import Text
 from torch import nn
 
 from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, RunOptions, Stopping, phase_stopping
+from ..data.exclusions import read_exclusions
 from ..data.folders import warn_skipped
 from ..data.preprocess import InputTransform
 from ..data.streaming import collate_readable
@@ -98,9 +99,10 @@ class FinetuneExperiment:
         torch.manual_seed(config.seed)  # the frozen phase's seed: its head is drawn from it
         self.model = model = BackboneClassifier(config.backbone, 2, config.head)  # classes: once the data is read
         self.pre = load_backbone_weights(model, weights_source(config.weights)).at_size(config.image_size)
+        self.listed = read_exclusions(config.exclude) if config.exclude else frozenset()
         self.data = data = read_image_data(config.data, config.val_fraction, config.seed, config.limit,
                                            config.stream, self.pre.resize, ranks.world_size,
-                                           resumed.results if resumed else None, self.workers)
+                                           resumed.results if resumed else None, self.workers, self.listed)
         self.classes = data.classes
         model.classifier[-1] = nn.Linear(config.head.units, len(self.classes))
         model.to(ranks.device)
@@ -114,6 +116,8 @@ class FinetuneExperiment:
                                     f"{data.origin}: {len(self.classes)} classes, {n_train} train / {n_val} validation "
                                     f"images, input {self.pre.crop}px, precision {precision.name}"))
         console.print(data.loading.describe())  # files that failed to decode: a warning when they were found
+        if config.exclude:
+            console.print(f"excluded {len(data.excluded)} file(s) of the {len(self.listed)} listed in {config.exclude}")
         console.print("calibration: " + (f"a temperature fitted on the {n_val} validation images after each phase"
                                          if self.calibration else f"off ({self.why_not})"))
 
@@ -122,7 +126,8 @@ class FinetuneExperiment:
         return {
             "experiment": "finetune",
             "dataset": {"origin": data.origin, "class_names": classes, "train_samples": len(data.train[1]),
-                        "val_samples": len(data.val[1]), "skipped": data.skipped, "loading": data.loading.to_dict()},
+                        "val_samples": len(data.val[1]), "skipped": data.skipped, "loading": data.loading.to_dict(),
+                        **({"excluded": sorted(data.excluded)} if config.exclude else {})},
             "classes": classes, "config": config.to_dict(), "preprocessing": self.pre.to_dict(),
             "phases": {}, "model": weights_entry("model"),
             "calibration": {"split": self.calibration, "reason": self.why_not},

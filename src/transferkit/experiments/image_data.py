@@ -29,6 +29,7 @@ class ImageData:
     # Where the validation images come from: "val" (a val/ folder, or held out of train/), or "test" (a test/
     # folder, used for validation when there is no val/), which must never fit anything, such as a temperature.
     validation_split: str = "val"
+    excluded: frozenset[str] = frozenset()  # files of the data set left out (--exclude)
 
     def samples(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """A few training images of every class (not the first n, which are one class) for samples.png."""
@@ -45,13 +46,16 @@ class ImageData:
 
 
 def read_image_data(data: str, val_fraction: float, seed: int, limit: int | None, stream: str, size: int,
-                    world_size: int, previous: dict | None, workers: int) -> ImageData:
+                    world_size: int, previous: dict | None, workers: int,
+                    exclude: frozenset[str] = frozenset()) -> ImageData:
     """List the files of the image folder data set `data` (at most `limit` per split), then decode them into
     memory at `size` px (covering it; cached) or, when they would not fit (`stream` auto) or when asked
-    (`always`), stream them. `previous`: a resumed run's results, which decided already."""
+    (`always`), stream them. `previous`: a resumed run's results, which decided already. Files named in `exclude`
+    (--exclude) are left out."""
     tree = open_tree(data)
     try:
-        layout = find_layout(tree, val_fraction, seed)
+        exclude = frozenset(exclude & tree.files().keys())  # those of the list that are here
+        layout = find_layout(tree, val_fraction, seed, exclude)
         split = "val" if "val" in layout.members else "test"
         members = {s: [layout.members[s][i] for i in limit_per_class([c for _, c in layout.members[s]], limit)]
                    for s in ("train", split)}
@@ -70,15 +74,15 @@ def read_image_data(data: str, val_fraction: float, seed: int, limit: int | None
             _check_streamable(tree, loading, world_size)
             train, val = (FolderImages(tree, members[s], size) for s in ("train", split))
             return ImageData(str(tree.path), list(layout.class_names), loading, (train, train.labels),
-                             (val, val.labels), [], split)
+                             (val, val.labels), [], split, exclude)
     except BaseException:
         tree.close()
         raise
     tree.close()
     folder = load_folder(data, image_size=size, channels=3, val_fraction=val_fraction, seed=seed,
-                         cache_dir=cache_dir() / "images", cover=True)
+                         cache_dir=cache_dir() / "images", cover=True, exclude=exclude)
     return ImageData(folder.origin, list(folder.class_names), loading, limited(folder.splits["train"], limit),
-                     limited(folder.splits[split], limit), folder.skipped, split)
+                     limited(folder.splits[split], limit), folder.skipped, split, exclude)
 
 
 def _check_streamable(tree, loading: Loading, world_size: int) -> None:

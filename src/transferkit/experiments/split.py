@@ -17,6 +17,7 @@ from torch import nn
 
 from ..config import BACKBONE_PRESET, PRESETS, ModelConfig, RunOptions, SplitConfig, Stopping, TrainConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
+from ..data.exclusions import read_exclusions
 from ..data.preprocess import InputTransform
 from ..data.splits import fewer_training_images, subsample
 from ..errors import UserError
@@ -123,7 +124,8 @@ class SplitExperiment:
     def prepare(self, ranks: Distributed, resumed: RunFolder | None) -> None:
         config = self.config
         self.data = data = load_dataset(config.dataset, config.data, val_fraction=config.val_fraction,
-                                        seed=config.train.seed, image_size=config.image_size)
+                                        seed=config.train.seed, image_size=config.image_size,
+                                        exclude=read_exclusions(config.exclude) if config.exclude else frozenset())
         src, tgt = resolve_split(config.source, config.target, data.class_names, source_trained=not config.backbone)
         # Sizes, backbones and weights that do not fit fail here, before a run folder exists.
         self.backbone = PretrainedBackbone(config, data.image_shape, len(tgt)) if config.backbone else None
@@ -153,7 +155,8 @@ class SplitExperiment:
             "experiment": "split",
             "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
                         "class_names": list(data.class_names), "train_samples": len(data.y_train),
-                        "test_samples": len(data.y_test), "skipped": list(data.skipped)},
+                        "test_samples": len(data.y_test), "skipped": list(data.skipped),
+                        **({"excluded": list(data.excluded)} if config.exclude else {})},
             "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
                        "source_classes": list(splits["source"].class_names) if "source" in splits else [],
                        "target_classes": list(self.target.class_names)},
