@@ -61,6 +61,15 @@ def _output_options(command):
     return click.option("--quiet", "-q", is_flag=True, help="Print only the final results table.")(command)
 
 
+def _track_option(command):
+    """--track (run, finetune, study, rank): experiment trackers, rank 0 alone logging (reporting/tracking.py)."""
+    return click.option("--track", multiple=True, metavar="tensorboard[=DIR]|mlflow[=URI]", help=(
+        "Also log the run to TensorBoard (event files in DIR, default the run folder's tensorboard/) or MLflow "
+        "(URI or folder, default ./mlruns): the options, each epoch's figures, the final metrics, the figures and "
+        "(MLflow) the run folder's files. Repeatable; --resume continues the same tracker run. Needs "
+        'pip install "transferkit[tensorboard]" or "transferkit[mlflow]" (see docs/tracking.md).'))(command)
+
+
 def _stopping_options(head: bool = False):
     """--min-steps and --patience (run, finetune, rank): how long each phase trains (config.Stopping)."""
     least = (f"{HEAD_MIN_STEPS} for a head on cached features (finetune's frozen phase, rank --verify), else "
@@ -145,6 +154,7 @@ def _closing_output(results: dict, quiet: bool, as_json: bool, summary=None) -> 
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_track_option
 @_output_options
 def run_command(dataset: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
                 **options: object) -> None:
@@ -259,6 +269,7 @@ def _resume_command(run_dir: object) -> str:
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue an interrupted run folder from its last checkpoint (same options as the original run).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_track_option
 @_output_options
 def finetune_command(data: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
                      **options: object) -> None:
@@ -339,7 +350,7 @@ def _study_options(command):
     ]
     for option in reversed(options):
         command = option(command)
-    return command
+    return _track_option(command)
 
 
 @study_group.command("shots")
@@ -421,6 +432,7 @@ def _study(kind: str, dataset: str, out: str | None, force: bool, resume: str | 
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue an interrupted rank (same options): candidates scored before are kept.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@_track_option
 @_output_options
 def rank_command(data: str, out: str | None, force: bool, resume: str | None, quiet: bool, as_json: bool,
                  **options: object) -> None:
