@@ -200,3 +200,19 @@ def test_a_rank_logs_a_child_run_per_candidate():
     assert children({"experiment": "rank", "candidates": rows}) == [
         ("efficientnet_lite0", {"scores.logme": 1.5, "scores.knn": 0.75}),
         ("efficientnet_lite0 (random)", {"scores.knn": 0.25})]  # NaN is no number a tracker is given
+
+
+def test_a_finetune_logs_both_phases(digits_folder, tmp_path):
+    uri = (tmp_path / "mlruns").as_uri()
+    tuned = transferkit.finetune(digits_folder, backbone="resnet18", weights="none", image_size=32, epochs=1,
+                                 unfreeze_epochs=1, batch_size=16, out=tmp_path / "run", verbose=False,
+                                 track=[f"mlflow={uri}", "tensorboard"])
+    client, run_id = _client(uri), tuned.results["tracking"]["mlflow"]["run_id"]
+    for phase, rows in _history(tuned.run_dir).items():
+        assert [m.value for m in client.get_metric_history(run_id, f"val_loss/{phase}")] == \
+            [float(r["val_loss"]) for r in rows]
+        assert [s for s, _ in _scalars(tuned.run_dir / "tensorboard" / phase, "epoch/val_loss")] == [1]
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["final/unfrozen/balanced_accuracy"] == \
+        tuned.results["phases"]["unfrozen"]["metrics"]["balanced_accuracy"]
+    assert "weights/model.safetensors" in {a.path for a in client.list_artifacts(run_id, "weights")}
