@@ -62,8 +62,14 @@ def _output_options(command):
     return click.option("--quiet", "-q", is_flag=True, help="Print only the final results table.")(command)
 
 
+TRACK_HELP = ("Also log the run to TensorBoard (event files in DIR, default the run folder's tensorboard/) or MLflow "
+              "(URI or folder, default ./mlruns): the options, each epoch's figures, the final metrics, the figures "
+              "and (MLflow) the run folder's files. Repeatable; --resume continues the same tracker run. Needs "
+              'pip install "transferkit[tensorboard]" or "transferkit[mlflow]" (see docs/tracking.md).')
+
+
 def _run_options(folder: str, resumes: str = "from its last checkpoint (same options as the original run)"):
-    """--out, --force, --resume and --device, every command's run-life options (experiments.RunOptions, whose
+    """--out, --force, --resume, --device and --track, every command's run-life options (experiments.RunOptions, whose
     defaults these are): `folder` names the default folder's tail, `resumes` what --resume continues."""
     from .config import RunOptions  # torch-free: --help loads no torch
 
@@ -78,6 +84,8 @@ def _run_options(folder: str, resumes: str = "from its last checkpoint (same opt
             click.option("--resume", type=click.Path(), default=defaults.resume,
                          help=f"Continue an interrupted run folder {resumes}."),
             click.option("--device", default=defaults.device, show_default=True, help=DEVICE_HELP),
+            click.option("--track", multiple=True, default=defaults.track, metavar="tensorboard[=DIR]|mlflow[=URI]",
+                         help=TRACK_HELP),
         ]):
             command = option(command)
         return command

@@ -499,7 +499,9 @@ class RunOptions:
     """The options every experiment's life takes, the same for run, finetune, rank and study (the spine's,
     experiments/spine.py): `out`: the new run folder (default runs/<UTC time>-<name>); `resume`: an interrupted
     run folder to continue from its last checkpoint, with the same configuration; `force`: replace a non-empty
-    `out`; `save` False: write nothing; `verbose` False: print nothing; `device`: auto, cpu, cuda or cuda:N."""
+    `out`; `save` False: write nothing; `verbose` False: print nothing; `device`: auto, cpu, cuda or cuda:N;
+    `track`: experiment trackers, "tensorboard[=DIR]" and/or "mlflow[=URI]" (a string or a list;
+    reporting/tracking.py)."""
 
     out: str | None = None
     resume: str | None = None
@@ -507,6 +509,11 @@ class RunOptions:
     save: bool = True
     verbose: bool = True
     device: str = "auto"
+    track: str | tuple[str, ...] | list[str] | None = ()
+
+    def __post_init__(self):
+        if self.track and not self.save:
+            raise UserError("--track: a run without a folder (save=False) tracks nothing; drop save=False or --track")
 
     @classmethod
     def take(cls, options: dict) -> RunOptions:

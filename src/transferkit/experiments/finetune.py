@@ -74,7 +74,7 @@ def finetune(data: str | Path, *, head_units: int = 256, head_dropout: float = 0
     """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
 
     `options` are FinetuneConfig fields (`backbone="resnet18"`, `weights="none"`, `epochs=3`, `augment=True`),
-    and RunOptions (`out`, `resume`, `force`, `save`, `verbose`, `device`) as for run_split. Started by
+    and RunOptions (`out`, `resume`, `force`, `save`, `verbose`, `device`, `track`) as for run_split. Started by
     torchrun, each process trains on its shard and rank 0 alone prints and writes. `workers`: DataLoader
     processes that decode streamed images (default: one per core; 0 decodes in this process, for debugging).
     """

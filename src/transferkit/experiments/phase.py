@@ -100,7 +100,9 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
     weights = phase.class_weights and phase.class_weights.tensor(runtime.device)
     fit_plan = FitPlan(plan.epochs, runtime.eval_batch_size, runtime.autocast_dtype, phase.lr_schedule, weights,
                        plan.patience, phase.name)
-    hooks = FitHooks(ConsoleProgress(runtime.console, phase.name, split=split), checkpoint, runtime.should_stop)
+    progress = run.tracking.listener(phase.name, ConsoleProgress(runtime.console, phase.name, split=split),
+                                     phase.optimizer, runtime.ranks.world_size)
+    hooks = FitHooks(progress, checkpoint, runtime.should_stop)
     history = fit(runtime.ranks.wrap(inputs.trained), phase.optimizer, inputs.batches, inputs.val_x, inputs.val_y,
                   fit_plan, state=state, hooks=hooks)
     seconds = before + time.perf_counter() - start

@@ -55,7 +55,7 @@ def rank(data: str | Path, *, backbones: str | list[str] | tuple[str, ...] | Non
     `backbones`: names (a list, or one string separated by commas), each optionally `name:weights` (imagenet,
     none, a file); default: every backbone whose weights are here. `options` are RankConfig fields
     (`layers=True`, `verify=True`, `epochs=5`, `limit=500`, `control=False`), and RunOptions (`out`,
-    `resume`, `force`, `save`, `verbose`, `device`) as for run_split.
+    `resume`, `force`, `save`, `verbose`, `device`, `track`) as for run_split.
     """
     life = RunOptions.take(options)
     if isinstance(backbones, str):

@@ -36,6 +36,7 @@ from ..reporting.figures import save_figures
 from ..reporting.report import write_report
 from ..reporting.results import HISTORY_FILE, RESULTS_FILE, STUDY_FILE, results_file, write_text_atomic
 from ..reporting.status import STATUS_FILE, recording_status
+from ..reporting.tracking import Tracking, TrackSpec, open_tracking
 from ..training.checkpoint import CHECKPOINT_FILE, Checkpointer
 from ..training.distributed import Distributed, on_main
 
@@ -66,6 +67,8 @@ class RunFolder:
         self.resumed = results is not None
         self.results: dict = results or {}
         self.checkpoints = Checkpointer(path / CHECKPOINT_FILE) if path is not None else None
+        self.tracks: tuple[TrackSpec, ...] = ()
+        self.tracking = Tracking()  # opened by begin, on the rank that writes
 
     @classmethod
     def resume(cls, path: str | Path, config: dict, ranks: Distributed) -> RunFolder:
@@ -87,14 +90,24 @@ class RunFolder:
 
         return cls(on_main(create), ranks.is_main)
 
+    def track(self, specs: tuple[TrackSpec, ...]) -> RunFolder:
+        """The experiment trackers (`--track`) `begin` opens, besides those a resumed run was tracked by."""
+        self.tracks = specs
+        return self
+
     def begin(self, results: dict, distributed: dict) -> dict:
         """The results to fill in: the interrupted run's, or `results`, written at once so that the run can be
-        resumed from its first epoch. `distributed` describes the processes (kept from the first start)."""
+        resumed from its first epoch. `distributed` describes the processes (kept from the first start).
+        The trackers open here (continuing a resumed run's), their ids kept in results.json."""
         if not self.resumed:
             self.results = results
         self.results.setdefault("distributed", distributed)
+        if self.writes:
+            self.tracking = open_tracking(self.tracks, self.path, self.results, self.resumed)
         if self.resumed:
             self.status("running", phase="setup")  # no longer interrupted: at work again
+            if self.tracking:  # a tracker added on this start: its id kept before anything is logged twice
+                self.save_results()
         else:
             self.save_results()
         return self.results
@@ -134,21 +147,30 @@ class RunFolder:
         results.json, the figures it changed, and the report, except after the last phase, whose report says the
         run is complete (`complete`)."""
         self.save_weights(phase, model, class_names, preprocessing, self.temperature(phase))
+        self.tracking.phase_done(phase, self.results["phases"][phase])
         self.save_results()
         self.save_figures(redrawn)
         if not last:
             self.save_report()
 
-    def recording(self) -> contextlib.AbstractContextManager:
-        """Training inside: status.json says interrupted or failed (with the error) when it ends early."""
-        return recording_status(self.path if self.writes else None)
+    @contextlib.contextmanager
+    def recording(self):
+        """Training inside: status.json says interrupted or failed (with the error) when it ends early; the
+        trackers close (an interrupted run's MLflow run stays RUNNING until it is resumed and completes)."""
+        try:
+            with recording_status(self.path if self.writes else None):
+                yield
+        finally:
+            self.tracking.close()
 
     def complete(self) -> None:
-        """status complete, the checkpoint deleted (every phase's weights are saved), the report written."""
+        """status complete, the checkpoint deleted (every phase's weights are saved), the report written, the
+        trackers given the figures and files and closed."""
         if self.writes:
             write_status(self.path, "complete")
             (self.path / CHECKPOINT_FILE).unlink(missing_ok=True)
             write_report(self.path)
+            self.tracking.finish(self.path, self.results)
 
     # --- reading (every rank) ---
 

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from ..config import EVAL_BATCH_SIZE, RunOptions
 from ..reporting import describe_environment
+from ..reporting.tracking import parse_track
 from ..training import Precision, resolve_precision
 from ..training.distributed import Distributed
 from .run_folder import RunFolder
@@ -60,10 +61,11 @@ class Experiment(Protocol[R]):
 def run_experiment(experiment: Experiment[R], life: RunOptions) -> R:
     """Take `experiment` through a run's life (see the module's docstring) and return its result."""
     ranks, console = start(life.device, life.verbose)
+    tracks = parse_track(life.track)  # a bad --track is one line before anything else happens
     run = RunFolder.resume(life.resume, experiment.config.to_dict(), ranks) if life.resume is not None else None
     experiment.prepare(ranks, run)
     precision = resolve_precision(experiment.precision, device=ranks.device)
-    run = run or RunFolder.create(ranks, experiment.folder_name, life.out, life.force, life.save)
+    run = (run or RunFolder.create(ranks, experiment.folder_name, life.out, life.force, life.save)).track(tracks)
     with run.recording():  # from here on a crash says failed in status.json, never running
         experiment.header(console, precision)
         record, distributed = experiment.record(precision, ranks)

@@ -104,7 +104,7 @@ def run_split(dataset: str = "mnist", source: object = None, target: object = No
     `source` / `target`: class names or indices (`"0-4"`, `range(5)`, `"dog,frog"`); by default the first and
     the second half of the classes. `options` are any field of SplitConfig, ModelConfig or TrainConfig
     (`epochs=5`, `limit=1000`, `head="reset"`), or of RunOptions (`out`, `resume`, `force`, `save`, `verbose`,
-    `device`). A run folder (default runs/<UTC time>-<dataset>) receives results.json, history.csv, weights/,
+    `device`, `track`). A run folder (default runs/<UTC time>-<dataset>) receives results.json, history.csv, weights/,
     figures and a checkpoint after every epoch. Started by torchrun, each process trains on its shard of the
     data and rank 0 alone prints and writes.
     """

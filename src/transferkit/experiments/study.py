@@ -103,7 +103,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     `shots`: images per target class (`"1,5,10,all"` or a list; 0 or "all" for all); `cuts`: the freeze study's
     cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
     `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`), RunOptions (`out`, `resume`, `force`,
-    `save`, `verbose`, `device`) too: a study folder is a run folder, resumed point by point. `jobs`: worker
+    `save`, `verbose`, `device`, `track`) too: a study folder is a run folder, resumed point by point. `jobs`: worker
     processes training the study's units (see Unit) side by side on the CPU (default: one per usable core),
     capped at the usable cores, each with cores // jobs threads; 1 trains every point in this process.
     """
