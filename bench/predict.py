@@ -6,6 +6,7 @@ model exported once into the run folder's cache/, which the first call builds).
     python bench/predict.py --images 128 --repeat 3
     python bench/predict.py --quick              # smoke run: 16 images, one repeat
     python bench/predict.py --baseline <commit>
+    python bench/predict.py --int8               # also `transferkit export --int8`: fp32 vs int8 files (issue 31)
 
 The baseline's code is checked out with `git worktree add` into a temporary folder. A finetune run is made
 there (EfficientNet-Lite0's ImageNet weights, a head trained for one epoch on 3 CIFAR-10 classes of
@@ -17,7 +18,14 @@ model, reading and decoding the files, the network), and again less a separate l
 loading"). The first call of each process (2 images: imports, kernels, and for --engine onnxruntime the
 ONNX cache it builds once) is timed apart. The top-1 classes of the two are compared.
 
-The machine (CPU model, cores, AVX2/AVX-512 flags, load average) is printed with the table: on a shared
+With --int8 the run gets 100 validation images a class (so one image is 0.33 accuracy points), is exported
+with `transferkit.export(run, int8=True)` (calibrated on its 120 training images; --max-drop not applied, so the
+figures are recorded whatever they are, and whether the default 1 point would have passed is printed), and
+the fp32 and int8 files are two more versions in the turns (`transferkit.predict` on each file). The export's
+own comparison (fp32 and int8 accuracy on the validation images, same top-1, file sizes, ONNX Runtime's
+images/s at batch 1 and 32, the two taking turns in one process) is printed as a second table.
+
+The machine (CPU model, cores, AVX2/AVX-512/VNNI/AMX flags, load average) is printed with the table: on a shared
 machine the absolute figures move with the load, the ratio of two versions timed in turns much less.
 """
 
@@ -38,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = next((d for d in (REPO.parent / "shared", REPO.parent.parent / "shared") if d.is_dir()),
                     REPO.parent / "shared") / "data" / "cifar10-jpg.zip"
 CLASSES = ("cat", "dog", "horse")
-FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16")
+FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
 
 TIMER = """
 import json, sys, time
@@ -81,10 +89,19 @@ def machine() -> dict:
             "load_average": [round(x, 1) for x in os.getloadavg()]}
 
 
-def extract(zip_path: Path, root: Path, images: int) -> Path:
-    """3 classes (40 train, 10 val each) for the run, and `images` test files of all classes to predict."""
+EXPORT = """
+import json, sys, transferkit
+result = transferkit.export(sys.argv[1], int8=True, max_drop=100.0)  # recorded whatever the drop
+fp32 = transferkit.export(sys.argv[1])
+print(json.dumps({"int8": str(result.path), "fp32": str(fp32.path), "figures": result.int8.to_dict()}))
+"""
+
+
+def extract(zip_path: Path, root: Path, images: int, val: int = 10) -> Path:
+    """3 classes (40 train, `val` val each) for the run, and `images` test files of all classes to predict
+    (only timed: some may be validation images too)."""
     with zipfile.ZipFile(zip_path) as z:
-        for split, n, folder in (("train", 40, "train"), ("test", 10, "val")):
+        for split, n, folder in (("train", 40, "train"), ("test", val, "val")):
             for c in CLASSES:
                 (root / "photos" / folder / c).mkdir(parents=True)
                 for i in range(n):
@@ -112,6 +129,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="turns per version, the best kept (default 2)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 16 images, one turn")
     parser.add_argument("--out", default="bench/out", help="folder for the JSON record (default bench/out)")
+    parser.add_argument("--int8", action="store_true", help="also export --int8: the fp32 and int8 files compared")
     args = parser.parse_args()
     if args.quick:
         args.images, args.repeat = 16, 1
@@ -126,17 +144,24 @@ def main() -> None:
                        check=True)
         try:
             env = {**os.environ, "XDG_CACHE_HOME": f"{tmp}/cache"}
-            new = extract(Path(args.data), Path(tmp), args.images)
+            new = extract(Path(args.data), Path(tmp), args.images, val=100 if args.int8 else 10)
             print("finetune (baseline's code): EfficientNet-Lite0, ImageNet weights, 1 epoch on 120 images ...")
             python(base / "src", "import sys, transferkit; transferkit.finetune(sys.argv[1], backbone='efficientnet_lite0', "
                    "epochs=1, out=sys.argv[2], verbose=False); print('ok')", f"{tmp}/photos", f"{tmp}/run", env=env)
-            versions = {f"before ({args.baseline})": (base / "src", {}),
-                        "pytorch fast path (fp32)": (REPO / "src", {"precision": "fp32", "engine": "pytorch"}),
-                        "--engine onnxruntime": (REPO / "src", {"engine": "onnxruntime"})}
+            versions = {f"before ({args.baseline})": (base / "src", {}, f"{tmp}/run"),
+                        "pytorch fast path (fp32)": (REPO / "src", {"precision": "fp32", "engine": "pytorch"},
+                                                     f"{tmp}/run"),
+                        "--engine onnxruntime": (REPO / "src", {"engine": "onnxruntime"}, f"{tmp}/run")}
+            if args.int8:
+                print("export --int8 (and the fp32 file) ...")
+                exported = json.loads(python(REPO / "src", EXPORT, f"{tmp}/run", env=env))
+                record["int8"] = exported["figures"]
+                versions["exported fp32 .onnx"] = (REPO / "src", {"engine": "onnxruntime"}, exported["fp32"])
+                versions["exported int8 .onnx"] = (REPO / "src", {"engine": "onnxruntime"}, exported["int8"])
             best: dict[str, dict] = {}
             for _ in range(args.repeat):  # the versions take turns, so a busy minute hits both
-                for name, (src, kwargs) in versions.items():
-                    got = json.loads(python(src, TIMER, f"{tmp}/run", str(new), json.dumps(kwargs), env=env))
+                for name, (src, kwargs, model) in versions.items():
+                    got = json.loads(python(src, TIMER, model, str(new), json.dumps(kwargs), env=env))
                     first_warmup = best.get(name, got)["warmup"]  # the first turn's: it builds the ONNX cache
                     if name not in best or got["seconds"] < best[name]["seconds"]:
                         best[name] = got
@@ -151,7 +176,7 @@ def main() -> None:
                        "same_top1": sum(a == b for a, b in zip(old["top1"], r["top1"], strict=True))} for name, r in best.items()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"predict-{'quick' if args.quick else 'full'}.json"
+    path = out / f"predict-{'quick' if args.quick else 'full'}{'-int8' if args.int8 else ''}.json"
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"transferkit predict, {args.images} CIFAR-10 JPEGs (32 px, enlarged to 256, crop 224), EfficientNet-Lite0, "
           f"best of {args.repeat}")
@@ -161,8 +186,26 @@ def main() -> None:
         print(f"| {row['version']} | {row['images_per_second']:.1f} | {row['ratio']:.1f}x | "
               f"{row['images_per_second_after_loading']:.1f} | {row['ratio_after_loading']:.1f}x | "
               f"{row['same_top1']} of {args.images} | {row['first_call_seconds']:.1f} |")
+    if args.int8:
+        print_int8(record["int8"])
     print(f"machine load average now {[round(x, 1) for x in os.getloadavg()]}")
     print(f"record: {path}")
+
+
+def print_int8(figures: dict) -> None:
+    """The export's own comparison of its fp32 and int8 files, as a table."""
+    speed = figures["images_per_second"]
+    print(f"export --int8: {figures['compared']} validation images, calibrated on {figures['calibration']['images']} "
+          f"training images; CPU {figures['cpu']['cpu']}, int8 flags {' '.join(figures['cpu']['flags']) or 'none'}")
+    print("| file | size MB | accuracy | same top-1 as fp32 | images/s batch 1 | images/s batch 32 |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name in ("fp32", "int8"):
+        same = "-" if name == "fp32" else f"{figures['same_top1']} of {figures['compared']}"
+        print(f"| {name} | {figures[name + '_bytes'] / 1e6:.2f} | {figures[name + '_accuracy']:.3f} | {same} | "
+              f"{speed[name]['1']:.0f} | {speed[name]['32']:.0f} |")
+    print(f"int8 / fp32 images/s: batch 1 {speed['int8']['1'] / speed['fp32']['1']:.2f}x, batch 32 "
+          f"{speed['int8']['32'] / speed['fp32']['32']:.2f}x; accuracy drop {figures['accuracy_drop_points']:.1f} "
+          f"points ({'within' if figures['accuracy_drop_points'] <= 1.0 else 'beyond'} the default --max-drop 1)")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ PREDICT_ENGINES = ("auto", "pytorch", "onnxruntime")  # onnxruntime: the run's m
 # that a few hundred images repay), else PyTorch (no optional package, no export for a handful of images).
 DEFAULT_PREDICT_ENGINE = "auto"
 ONNX_AUTO_IMAGES = 256
+INT8_MAX_DROP = 1.0  # export --int8: accuracy points int8 may lose against fp32 before nothing is written
+INT8_CALIBRATION_IMAGES = 300  # export --int8: training images calibrated on (ONNX Runtime's examples: a few hundred)
 HEADS = ("reuse", "reset")
 LR_SCHEDULES = ("constant", "cosine")
 STREAM_MODES = ("auto", "always", "never")  # finetune: decode into memory, or stream from disk per batch

@@ -12,7 +12,7 @@ from PIL import Image
 from ..data import load_dataset, split_by_class
 from ..data.archive import open_tree, read_regular_file
 from ..data.folders import find_layout, naming_the_file, unreadable_reason
-from ..data.splits import subsample
+from ..data.splits import limit_per_class, subsample
 from ..errors import UserError
 from ..inference.classifier import Classifier
 from ..inference.formats import TOLERANCE, Runner
@@ -54,47 +54,68 @@ class CheckResult:
 
 def run_images(run_dir: Path, results: dict, limit: int = CHECK_LIMIT) -> tuple[str, list[tuple[str, bytes]]]:
     """The run's own validation images (at most `limit`), as (name, encoded bytes), and where they came from."""
+    origin, images, _ = labelled_run_images(run_dir, results, limit)
+    return origin, images
+
+
+def labelled_run_images(run_dir: Path, results: dict, limit: int = CHECK_LIMIT, training: bool = False,
+                        instead: str = "give images with --check IMAGES") -> tuple[str, list[tuple[str, bytes]], list[str]]:
+    """The run's own validation images (at most `limit`, drawn with a fixed seed) or, with `training`, its
+    training images (at most `limit`, spread evenly over the classes: limit_per_class), as (name, encoded
+    bytes), with the class name of each and where they came from. `instead`: the advice when they are gone."""
     config = results.get("config", {})
     if results.get("experiment") == "finetune":
         data = config.get("data")
         if not data or not Path(data).exists():
-            raise UserError(f"{run_dir}: its validation images ({data}) are not there to check the export against; "
-                            "give images with --check IMAGES")
+            raise UserError(f"{run_dir}: its {'training' if training else 'validation'} images ({data}) are not "
+                            f"there; {instead}")
         tree = open_tree(data)
         try:
             layout = find_layout(tree, config.get("val_fraction", 0.2), config.get("seed", 0))
-            members = layout.members.get("val") or layout.members.get("test") or []
-            keep = subsample(np.arange(len(members)), limit)
-            return f"the validation set of {data}", _within_budget((members[i][0], tree.read) for i in keep)
+            members = (layout.members.get("train") if training else
+                       layout.members.get("val") or layout.members.get("test")) or []
+            keep = _drawn([label for _, label in members], limit, training)
+            where = "training" if training else "validation"
+            images = _within_budget((members[i][0], tree.read) for i in keep)
+            return (f"the {where} set of {data}", images,
+                    [layout.class_names[members[i][1]] for i in keep[:len(images)]])
         finally:
             tree.close()
     dataset, data = config.get("dataset"), config.get("data")
     if (dataset not in ("mnist", "cifar10") and not Path(str(dataset)).exists()) or (data and not Path(data).exists()):
-        raise UserError(f"{run_dir}: its data set ({data or dataset}) is not there to check the export against; "
-                        "give images with --check IMAGES")
+        raise UserError(f"{run_dir}: its data set ({data or dataset}) is not there; {instead}")
     arrays = load_dataset(dataset, data, val_fraction=config.get("val_fraction") or 0.2, seed=config.get("seed") or 0,
                           image_size=config.get("image_size"))
     targets = [arrays.class_names.index(c) for c in config["target_classes"]]
-    x = split_by_class(arrays, targets).x_test
-    keep = subsample(np.arange(len(x)), limit)
-    return f"the test images of {', '.join(config['target_classes'])} in {data or dataset}", [
-        (f"test image {i}", _png(x[i])) for i in keep]
+    split = split_by_class(arrays, targets)
+    x, y = (split.x_train, split.y_train) if training else (split.x_test, split.y_test)
+    keep = _drawn(y, limit, training)
+    return (f"the {'training' if training else 'test'} images of {', '.join(config['target_classes'])} in "
+            f"{data or dataset}", [(f"{'training' if training else 'test'} image {i}", _png(x[i])) for i in keep],
+            [split.class_names[y[i]] for i in keep])
 
 
-def given_images(inputs: list[str | Path], limit: int = CHECK_LIMIT) -> tuple[str, list[tuple[str, bytes]]]:
-    """Image files and folders named with --check (at most `limit` files, drawn with a fixed seed), each read
+def _drawn(labels, limit: int, per_class: bool) -> np.ndarray:
+    """Positions of at most `limit` of `labels`: spread evenly over the classes, or drawn from all."""
+    labels = np.asarray(labels, dtype=np.int64)
+    return limit_per_class(labels, limit) if per_class else subsample(np.arange(len(labels)), limit)
+
+
+def given_images(inputs: list[str | Path], limit: int = CHECK_LIMIT,
+                 option: str = "--check") -> tuple[str, list[tuple[str, bytes]]]:
+    """Image files and folders named with --check (or `option`; at most `limit` files, drawn with a fixed seed), each read
     as predict reads it (read_regular_file: bounded, never blocking), CHECK_BYTES in all."""
     files = image_files(inputs)
     empty = [f for f in files if f.is_dir()]
     if empty:
-        raise UserError(f"--check {no_images(empty[0])}; give image files or folders that hold images")
+        raise UserError(f"{option} {no_images(empty[0])}; give image files or folders that hold images")
     missing = [f for f in files if not f.is_file()]
     if missing:
-        raise UserError(f"--check {missing[0]}: no such file; give image files or folders that hold images")
+        raise UserError(f"{option} {missing[0]}: no such file; give image files or folders that hold images")
     if not files:
-        raise UserError(f"--check {' '.join(map(str, inputs))}: no images found; give image files or folders of them")
+        raise UserError(f"{option} {' '.join(map(str, inputs))}: no images found; give image files or folders of them")
     keep = subsample(np.arange(len(files)), limit)
-    return "--check " + " ".join(map(str, inputs)), _within_budget((str(files[i]), _read_file) for i in keep)
+    return option + " " + " ".join(map(str, inputs)), _within_budget((str(files[i]), _read_file) for i in keep)
 
 
 def _read_file(name: str) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from ..inference.formats import (
 from ..inference.graph import deployable, describe, input_shape
 from ..jsonfile import strict_json
 from ..reporting import load_model, read_results, read_status
-from .check import CheckResult, compare, given_images, run_images
+from .check import CheckResult, compare, given_images, labelled_run_images, run_images
+from .quantize import CALIBRATION_IMAGES, COMPARE_LIMIT, MAX_DROP, Int8Result, int8_export
 
 FORMATS = ("onnx", "torchscript")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "int8": ".int8.onnx"}
 
 
 @dataclass(frozen=True)
@@ -38,18 +40,26 @@ class ExportResult:
     sidecar: Path
     format: str
     check: CheckResult
+    int8: Int8Result | None = None  # with --int8: how the int8 model compared with fp32
 
     def summary(self) -> str:
         return f"{self.path} ({self.format}): checked against PyTorch on {self.check.summary()}"
 
 
 def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None = None, force: bool = False,
-           check: list[str | Path] | None = None, tolerance: float = TOLERANCE) -> ExportResult:
+           check: list[str | Path] | None = None, tolerance: float = TOLERANCE, int8: bool = False,
+           max_drop: float = MAX_DROP, calibration_images: int = CALIBRATION_IMAGES,
+           calibrate: list[str | Path] | None = None) -> ExportResult:
     """Export the model of a finished `run` or `finetune` folder (default file: RUN_DIR/export/<model>.onnx or
-    .torchscript.pt), after checking it against PyTorch on the run's validation images or on `check`."""
+    .torchscript.pt), after checking it against PyTorch on the run's validation images or on `check`.
+
+    `int8` (ONNX; default file <model>.int8.onnx): quantized by ONNX Runtime, calibrated on
+    `calibration_images` of the run's training images (or on `calibrate`), and written only if its accuracy
+    on the run's held-out images is at most `max_drop` points below the fp32 model's."""
     run_dir = Path(run_dir)
     if format not in FORMATS:
         raise UserError(f"--format {format}: unknown; choose one of {', '.join(FORMATS)}")
+    _int8_options(format, int8, max_drop, calibration_images, calibrate)
     weights = model_file(run_dir)
     status = (read_status(run_dir) or {}).get("status", "complete")  # runs from before status.json were complete
     if status != "complete":
@@ -57,11 +67,17 @@ def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None 
                         "or export a complete run")
     if format == "onnx":
         require_onnx()
-    name = weights.stem + SUFFIXES[format]
+    name = weights.stem + SUFFIXES["int8" if int8 else format]
     out, sidecar = _outputs(Path(out) if out is not None else run_dir / "export" / name, out, name)
     if (out.exists() or sidecar.exists()) and not force:
         raise UserError(f"{out if out.exists() else sidecar}: exists; give another --out, or --force to replace it")
     origin, images = given_images(check) if check else run_images(run_dir, read_results(run_dir))
+    if int8:  # found (or refused) before any work
+        gone = "--int8 compares int8 with fp32 on them: put them back, or export without --int8"
+        held = labelled_run_images(run_dir, read_results(run_dir), COMPARE_LIMIT, instead=gone)
+        calibration = ((*given_images(calibrate, calibration_images, "--calibrate"), None) if calibrate else
+                       labelled_run_images(run_dir, read_results(run_dir), calibration_images, training=True,
+                                           instead="give images to calibrate on with --calibrate IMAGES"))
 
     model, spec = load_model(weights)
     height, width, channels = input_shape(spec)
@@ -76,13 +92,23 @@ def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None 
     else:
         data = torchscript_bytes(deployable(model, spec), example, description)
         runner = torchscript_runner(data)
-    result = compare(load_classifier(run_dir), runner, images, origin, height, width, tolerance)
+    reference = load_classifier(run_dir)
+    result = compare(reference, runner, images, origin, height, width, tolerance)
     if result.checked == 0:
         raise UserError(f"{out}: not written, {result.summary()}")
     if not result.passed:
         raise UserError(f"{out}: not written, the exported model does not match PyTorch on {result.summary()}")
+    quantized = None
+    if int8:
+        data, quantized = int8_export(data, reference, height, width, calibration, held, max_drop)
+        if not quantized.passed:
+            raise UserError(f"{out}: not written, {quantized.summary()}; calibrate on more of the run's training "
+                            "images (--calibration-images), allow more (--max-drop), or keep the fp32 export "
+                            "(without --int8)")
+        description = {**description, "precision": "int8", "quantization": quantized.quantization}
 
-    text = strict_json({**description, "file": out.name, "check": result.to_dict()}, what=str(sidecar)) + "\n"
+    extra = {"int8": quantized.to_dict()} if quantized else {}
+    text = strict_json({**description, "file": out.name, "check": result.to_dict(), **extra}, what=str(sidecar)) + "\n"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -90,7 +116,22 @@ def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None 
     # Both files or neither: a model without its sidecar (or beside another model's) would be a half export.
     write_atomic_files({out: lambda tmp: tmp.write_bytes(data),
                         sidecar: lambda tmp: tmp.write_text(text, encoding="utf-8")})
-    return ExportResult(out, sidecar, format, result)
+    return ExportResult(out, sidecar, format, result, quantized)
+
+
+def _int8_options(format: str, int8: bool, max_drop: float, calibration_images: int,
+                  calibrate: list[str | Path] | None) -> None:
+    """--int8 and its options, refused in one line before any work when they cannot be."""
+    if not int8:
+        if calibrate:
+            raise UserError("--calibrate: only with --int8 (the images the int8 model is calibrated on)")
+        return
+    if format != "onnx":
+        raise UserError(f"--int8: for --format onnx (ONNX Runtime's quantization), not {format}")
+    if not (isinstance(max_drop, (int, float)) and math.isfinite(max_drop) and max_drop >= 0):
+        raise UserError(f"--max-drop {max_drop}: give accuracy points int8 may lose, 0 or more (default {MAX_DROP:g})")
+    if not (isinstance(calibration_images, int) and calibration_images >= 1):
+        raise UserError(f"--calibration-images {calibration_images}: give 1 or more (default {CALIBRATION_IMAGES})")
 
 
 def _outputs(out: Path, given: str | Path | None, name: str) -> tuple[Path, Path]:
