@@ -129,34 +129,24 @@ def test_bad_input_is_refused_in_one_line(digits, tmp_path, monkeypatch, capsys)
     assert len(error.splitlines()) == 1
 
 
-def test_an_interrupted_rank_resumes_to_the_same_table(digits, cache, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def test_an_interrupted_rank_resumes_to_the_same_table(digits, cache, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (a real SIGINT, sent in process at the 5th step of the verified head) and --resume."""
+    from conftest import signalled_at
 
     from transferkit.training import CHECKPOINT_FILE
 
-    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     args = ["rank", str(digits), "--backbones", "efficientnet_lite0", "--image-size", "64", "--precision", "fp32",
-            "--verify", "--epochs", "40"]
-    run = lambda *extra: subprocess.run([sys.executable, "-m", "transferkit", *args, *extra], env=env,  # noqa: E731
-                                        capture_output=True, text=True, timeout=600)
-    assert run("--out", str(tmp_path / "ref")).returncode == 0
+            "--verify", "--epochs", "40", "--quiet"]
+    main([*args, "--out", str(tmp_path / "ref")])
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *args, "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while not (out / CHECKPOINT_FILE).is_file():  # a head under way in --verify
-        assert proc.poll() is None and time.monotonic() < deadline, "finished before it could be interrupted"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and f"--resume {out}" in err
+    capsys.readouterr()
+    with signalled_at(5), pytest.raises(SystemExit) as stopped:
+        main([*args, "--out", str(out)])
+    assert stopped.value.code == 130 and f"--resume {out}" in capsys.readouterr().err
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
-    done = run("--resume", str(out))
-    assert done.returncode == 0, done.stderr
+    assert (out / CHECKPOINT_FILE).is_file()  # a head under way in --verify
+    main([*args, "--resume", str(out)])
     a, b = (json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "ref"))
     assert [c["scores"] for c in a["candidates"]] == [c["scores"] for c in b["candidates"]]
     assert [c["verified"]["accuracy"] for c in a["candidates"]] == [c["verified"]["accuracy"] for c in b["candidates"]]
