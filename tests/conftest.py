@@ -154,3 +154,50 @@ def tiny_run_copy(tiny_run, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_run, tmp_path / "tiny-run"))
+
+
+DEPLOY_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+
+
+@pytest.fixture(scope="session")
+def deploy_photos(tmp_path_factory) -> Path:
+    """The deploy tests' photos (export, int8, serve): 3 classes of 8 noisy colour photos each, of varied
+    sizes (the aspect-kept resize and crop matter). Read only."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos") / "photos"
+    for c, color in DEPLOY_COLOURS.items():
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            rng = np.random.default_rng(i + sum(color))
+            pixels = np.array(color, dtype=np.int16) + rng.integers(-70, 70, (30 + 3 * i, 44 - i, 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / c / f"{i}.jpg")
+    return root
+
+
+def tiny_finetune(photos: Path, tmp_path_factory, epochs: int = 1) -> Path:
+    """A finetune run of `photos` (ResNet-18 from random weights, 32 px, batch 4), in a folder of its own."""
+    from transferkit.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
+        out = tmp_path_factory.mktemp("runs") / "ft"
+        main(["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
+              "--epochs", str(epochs), "--batch-size", "4", "--quiet", "--out", str(out)])
+    return out
+
+
+def cli_in_process(*args: str) -> tuple[int, str]:
+    """`transferkit ARGS` run in this process: its exit status and what it wrote to stderr."""
+    import io
+
+    from transferkit.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+    return code, err.getvalue()

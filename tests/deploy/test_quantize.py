@@ -6,9 +6,9 @@ import json
 import re
 from contextlib import redirect_stdout
 
-import numpy as np
 import onnx
 import pytest
+from conftest import tiny_finetune
 from PIL import Image
 
 from transferkit import UserError, export, predict
@@ -18,26 +18,13 @@ from transferkit.inference.predict import load_classifier
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """3 classes of 8 noisy colour photos each, of varied sizes (as tests/deploy/test_export.py makes them)."""
-    root = tmp_path_factory.mktemp("photos") / "photos"
-    for c, color in {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}.items():
-        (root / c).mkdir(parents=True)
-        for i in range(8):
-            rng = np.random.default_rng(i + sum(color))
-            pixels = np.array(color, dtype=np.int16) + rng.integers(-70, 70, (30 + 3 * i, 44 - i, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / c / f"{i}.jpg")
-    return root
+def photos(deploy_photos):
+    return deploy_photos  # conftest's, made once a session
 
 
 @pytest.fixture(scope="module")
 def tuned(photos, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg")))
-        out = tmp_path_factory.mktemp("runs") / "ft"
-        main(["finetune", str(photos), "--backbone", "resnet18", "--weights", "none", "--image-size", "32",
-              "--epochs", "1", "--batch-size", "4", "--quiet", "--out", str(out)])
-    return out
+    return tiny_finetune(photos, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

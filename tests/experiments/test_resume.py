@@ -12,11 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import signalled_at
+from conftest import cli_in_process, signalled_at
 from safetensors.torch import load_file
 
 from transferkit import UserError
-from transferkit.cli import main
 from transferkit.reporting.status import read_status
 from transferkit.training import CHECKPOINT_FILE, load_checkpoint
 
@@ -26,19 +25,7 @@ ARGS = ["run", "mnist", "--limit", "800", "--epochs", "3", "--batch-size", "64"]
 SMALL = ["run", "mnist", "--limit", "300", "--epochs", "2", "--batch-size", "32"]
 
 
-def _cli(*args: str) -> tuple[int, str]:
-    """transferkit's exit status and stderr, in this process (as `transferkit ARGS` gives them)."""
-    import contextlib
-    import io
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-    return code, err.getvalue()
+_cli = cli_in_process
 
 
 def _wait_for_checkpoint(run_dir: Path, phase: str, proc: subprocess.Popen, timeout: float = 120) -> None:

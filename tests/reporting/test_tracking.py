@@ -4,19 +4,16 @@ after an interruption and --resume; a failing tracker warns once and the run com
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import warnings
 from pathlib import Path
 
 import pytest
-from conftest import signalled_at
+from conftest import cli_in_process, signalled_at
 
 import transferkit
 from transferkit import UserError
-from transferkit.cli import main
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("mlflow")
@@ -25,15 +22,7 @@ pytest.importorskip("mlflow")
 TINY = ["run", "mnist", "--limit", "100", "--epochs", "2", "--batch-size", "32"]
 
 
-def _cli(*args: str) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = e.code or 0
-    return code, err.getvalue()
+_cli = cli_in_process
 
 
 def _history(run_dir: Path) -> dict[str, list[dict]]:
