@@ -152,6 +152,9 @@ def main() -> None:
                         "pytorch fast path (fp32)": (REPO / "src", {"precision": "fp32", "engine": "pytorch"},
                                                      f"{tmp}/run"),
                         "--engine onnxruntime": (REPO / "src", {"engine": "onnxruntime"}, f"{tmp}/run")}
+            if {"avx512_bf16", "amx_bf16"} & set(info["flags"]):  # predict's default (auto) is bf16 on such CPUs
+                versions["pytorch fast path (bf16)"] = (REPO / "src", {"precision": "bf16", "engine": "pytorch"},
+                                                        f"{tmp}/run")
             if args.int8:
                 print("export --int8 (and the fp32 file) ...")
                 exported = json.loads(python(REPO / "src", EXPORT, f"{tmp}/run", env=env))
