@@ -23,6 +23,7 @@ from transferkit.config import (
     RunOptions,
     ServeConfig,
     SplitConfig,
+    Stopping,
     TrainConfig,
 )
 from transferkit.deploy import export
@@ -162,3 +163,56 @@ def test_cli_types_no_default():
     source = CLI_SOURCE.read_text(encoding="utf-8")
     assert "[default:" not in source and "show_default" not in source
     assert re.findall(r"default=(?!SplitConfig\.dataset\b)", source) == []
+
+
+def passed(monkeypatch, module: str, name: str, args: list[str]) -> dict:
+    """The keyword arguments `transferkit ARGS` calls module.name with (checked against its signature), the
+    call itself stubbed out."""
+    import importlib
+
+    target = importlib.import_module(module)
+    api, calls = getattr(target, name), []
+
+    def stub(*given, **keywords):
+        inspect.signature(api).bind(*given, **keywords)  # a keyword the API does not take fails here
+        calls.append(keywords)
+        raise click.exceptions.Exit(0)
+
+    monkeypatch.setattr(target, name, stub)
+    cli.main(args=args, prog_name="transferkit", standalone_mode=False)
+    return calls[0]
+
+
+def configured(options: dict) -> dict:
+    """The options an experiment configures, without the run's life (RunOptions)."""
+    return {k: v for k, v in options.items() if k not in RunOptions.__dataclass_fields__}
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_run_without_options_configures_as_the_api_without_options(monkeypatch, dataset):
+    options = passed(monkeypatch, "transferkit.experiments", "run_split", ["run", dataset])
+    assert make_split_config(dataset, **configured(options)) == make_split_config(dataset)
+    with_backbone = passed(monkeypatch, "transferkit.experiments", "run_split", ["run", dataset, "--backbone",
+                                                                                 "efficientnet_lite0"])
+    assert (make_split_config(dataset, **configured(with_backbone))
+            == make_split_config(dataset, backbone="efficientnet_lite0"))
+
+
+def test_finetune_and_rank_without_options_configure_as_the_api(monkeypatch):
+    options = configured(passed(monkeypatch, "transferkit.experiments", "finetune", ["finetune", "photos"]))
+    head, workers = (options.pop("head_units"), options.pop("head_dropout")), options.pop("workers")
+    assert FinetuneConfig("photos", **Stopping.given_epochs(options)) == FinetuneConfig("photos")
+    signature = inspect.signature(finetune).parameters
+    assert head == (signature["head_units"].default, signature["head_dropout"].default) and workers is None
+    options = configured(passed(monkeypatch, "transferkit.experiments", "rank", ["rank", "photos"]))
+    assert RankConfig("photos", **Stopping.given_epochs(options)) == RankConfig("photos")
+
+
+@pytest.mark.parametrize("args, module, name", [
+    (["study", "shots", "mnist"], "transferkit.experiments.study", "study"),
+    (["audit", "photos"], "transferkit.experiments", "audit"),
+    (["predict", "run", "a.png"], "transferkit.inference", "predict"),
+    (["export", "run"], "transferkit.deploy", "export"),
+])
+def test_the_other_commands_pass_only_what_their_api_takes(monkeypatch, args, module, name):
+    assert passed(monkeypatch, module, name, args)
