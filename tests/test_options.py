@@ -10,7 +10,7 @@ import pytest
 
 from transferkit import finetune, predict, rank, run_split
 from transferkit.cli import cli
-from transferkit.command_options import CompareOptions, FreezeOptions, ShotsOptions
+from transferkit.command_options import CompareOptions
 from transferkit.config import (
     DEFAULT_LR,
     HEAD_MIN_STEPS,
@@ -151,11 +151,6 @@ def test_stopping_defaults_stated_are_the_phases(path, least):
 def test_serve_options_are_serve_configs_fields():
     assert {p.name for p in options_of("serve").values()} - {"help"} == set(ServeConfig.__dataclass_fields__)
     assert ServeConfig.top_k == inspect.signature(predict).parameters["top_k"].default
-
-
-def test_study_kinds_take_their_own_seeds():
-    assert options_of("study shots")["seeds"].default == ShotsOptions.seeds
-    assert options_of("study freeze")["seeds"].default == FreezeOptions.seeds
 
 
 def test_cli_types_no_default():
