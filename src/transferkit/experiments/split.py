@@ -72,7 +72,7 @@ class SplitResult:
         return transfer_verdict(self.results["phases"]) or "phases: " + ", ".join(self.phases)
 
 
-def make_split_config(dataset: str = "mnist", source: object = None, target: object = None,
+def make_split_config(dataset: str = SplitConfig.dataset, source: object = None, target: object = None,
                       **options: object) -> SplitConfig:
     """Build a SplitConfig from flat options (`epochs=5, filters=32, head="reset"`), as the CLI gives them.
 
@@ -97,7 +97,7 @@ def _spec(classes: object) -> str | None:
     return classes if classes is None or isinstance(classes, str) else ",".join(str(c) for c in classes)
 
 
-def run_split(dataset: str = "mnist", source: object = None, target: object = None, **options: object
+def run_split(dataset: str = SplitConfig.dataset, source: object = None, target: object = None, **options: object
               ) -> SplitResult:
     """Run the split experiment (source, transfer, scratch) and return its SplitResult.
 

@@ -37,7 +37,8 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from rich.text import Text
 
-from ..config import STUDY_MIN_STEPS, STUDY_SEEDS, RunOptions
+from ..command_options import StudyOptions
+from ..config import STUDY_SEEDS, RunOptions, SplitConfig
 from ..data import ClassSplit, load_dataset, resolve_split, split_by_class
 from ..errors import Interrupted, UserError, first_line
 from ..models import SeedCNN
@@ -95,9 +96,10 @@ class StudyResult:
         return " ".join(self.results["findings"])
 
 
-def study(kind: str, dataset: str = "mnist", source: object = None, target: object = None, *, seeds: int | None = None,
-          shots: object = None, cuts: object = None, arms: object = None, min_steps: int = STUDY_MIN_STEPS,
-          jobs: int | None = None, **options: object) -> StudyResult:
+def study(kind: str, dataset: str = SplitConfig.dataset, source: object = None, target: object = None, *,
+          seeds: int | None = None, shots: object = None, cuts: object = None, arms: object = StudyOptions.arms,
+          min_steps: int = StudyOptions.min_steps, jobs: int | None = StudyOptions.jobs, **options: object
+          ) -> StudyResult:
     """Run a study (`kind` shots or freeze) of the split experiment on `dataset` and return its StudyResult.
 
     `shots`: images per target class (`"1,5,10,all"` or a list; 0 or "all" for all); `cuts`: the freeze study's

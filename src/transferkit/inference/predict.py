@@ -21,11 +21,10 @@ import torch
 from PIL import Image
 
 from ..config import (
-    DEFAULT_PREDICT_ENGINE,
-    DEFAULT_PREDICT_PRECISION,
     ONNX_AUTO_IMAGES,
     PREDICT_ENGINES,
     PREDICT_PRECISIONS,
+    PredictOptions,
 )
 from ..data.archive import read_regular_file
 from ..data.folders import IMAGE_SUFFIXES, probe, unreadable_reason
@@ -109,8 +108,9 @@ class Predictions(list):
     images_per_second: float = 0.0
 
 
-def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = 3, batch_size: int = 32,
-            tta: bool = False, precision: str = DEFAULT_PREDICT_PRECISION, engine: str = DEFAULT_PREDICT_ENGINE,
+def predict(run_dir: str | Path, inputs: list[str | Path], top_k: int = PredictOptions.top_k, batch_size: int = 32,
+            tta: bool = PredictOptions.tta, precision: str = PredictOptions.precision,
+            engine: str = PredictOptions.engine,
             notice: Callable[[str], None] = print) -> Predictions:
     """Top-k classes with probabilities for each image, with the model of a run folder or an exported .onnx
     or TorchScript file; unreadable files (and named folders without images) get an error and the rest go
