@@ -71,7 +71,7 @@ def test_no_pixel_baseline_for_larger_images(tmp_path, monkeypatch):
 
 def test_a_sentence_when_a_baseline_matches_or_beats_the_network():
     def results(network, features, pixels, phases=("frozen",)):
-        return {"phases": {p: {"test_accuracy": network} for p in phases},
+        return {"phases": {p: {"validated_on": "val", "val_accuracy": network} for p in phases},
                 "baselines": [{"name": "logistic regression on the frozen features", "kind": "features",
                                "val_accuracy": features},
                               {"name": "logistic regression on the raw pixels", "kind": "pixels", "val_accuracy": pixels}]}
@@ -104,4 +104,4 @@ def test_the_default_training_reaches_the_linear_probe_on_real_digits(sk_digits,
     frozen = results["phases"]["frozen"]
     probe = next(b for b in results["baselines"] if b["kind"] == "features")
     assert frozen["stopping"]["reason"] != "given"  # the default rule chose the length
-    assert frozen["test_accuracy"] >= probe["val_accuracy"] - 2 / probe["val_samples"], (frozen["stopping"], probe)
+    assert frozen["val_accuracy"] >= probe["val_accuracy"] - 2 / probe["val_samples"], (frozen["stopping"], probe)

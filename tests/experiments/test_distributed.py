@@ -226,13 +226,13 @@ def test_finetune_under_torchrun(tmp_path):
     frozen = results["phases"]["frozen"]
     per_epoch = -(-frozen["train_samples"] // 2 // 10)  # each rank's half of the images, 10 a step
     assert results["distributed"]["steps_per_rank"] == {"frozen": [2 * per_epoch] * 2, "unfrozen": [per_epoch] * 2}
-    assert sum(map(sum, results["confusion_matrix"])) == frozen["test_samples"] == 120 - frozen["train_samples"] == 60
+    assert sum(map(sum, results["confusion_matrix"])) == frozen["val_samples"] == 120 - frozen["train_samples"] == 60
     # The temperature is fitted on both ranks' validation images, not on rank 0's share.
     assert results["phases"]["unfrozen"]["calibration"]["images"] == 60
     assert json.loads((out / "weights" / "model.json").read_text())["temperature"] == \
         results["phases"]["unfrozen"]["calibration"]["temperature"]
     # TTA's plain view counts the images of both ranks, as the phase's own validation did.
-    assert results["tta"]["without"]["accuracy"] == pytest.approx(results["phases"]["unfrozen"]["test_accuracy"],
+    assert results["tta"]["without"]["accuracy"] == pytest.approx(results["phases"]["unfrozen"]["val_accuracy"],
                                                                   abs=0.02)
     assert results["baselines"] == []  # each rank holds a share of the images: no baseline (it says so)
     assert (out / "weights" / "model.safetensors").is_file()

@@ -63,10 +63,10 @@ def test_run_folder(tuned):
     assert results["experiment"] == "finetune" and results["classes"] == ["blue", "green", "red"]
     assert list(results["phases"]) == ["frozen"]
     frozen = results["phases"]["frozen"]
-    assert frozen["train_samples"] + frozen["test_samples"] == 18 and len(frozen["history"]) == 2
+    assert frozen["train_samples"] + frozen["val_samples"] == 18 and len(frozen["history"]) == 2
     assert frozen["params"]["non_trainable"] == sum(
         p.numel() for p in BackboneClassifier("resnet18", 3).features.parameters())
-    assert np.asarray(results["confusion_matrix"]).sum() == frozen["test_samples"]
+    assert np.asarray(results["confusion_matrix"]).sum() == frozen["val_samples"]
     assert results["preprocessing"] == {"kind": "normalize", "resize": 37, "crop": 32,
                                         "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     for name in ("curves", "confusion_matrix", "misclassified"):
@@ -287,8 +287,8 @@ def test_a_corrupt_file_in_a_stream_is_skipped_and_listed(photos, tmp_path, monk
     # validated on the images that decoded: all of val, or all but the broken one
     assert 0 <= results["dataset"]["val_samples"] - np.asarray(results["confusion_matrix"]).sum() <= 1
     frozen = results["phases"]["frozen"]  # counts the images it used: the broken file is in neither
-    assert frozen["train_samples"] + frozen["test_samples"] == 18
-    assert frozen["test_samples"] == np.asarray(results["confusion_matrix"]).sum()
+    assert frozen["train_samples"] + frozen["val_samples"] == 18
+    assert frozen["val_samples"] == np.asarray(results["confusion_matrix"]).sum()
     assert json.loads((out / "status.json").read_text())["status"] == "complete"
     assert (out / "misclassified.png").is_file() and (out / "samples.png").is_file()
 

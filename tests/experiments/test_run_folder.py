@@ -1,5 +1,6 @@
 """The run folder and the phase on their own, without training a network."""
 
+import dataclasses
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from transferkit.experiments.runtime import Runtime
 from transferkit.models import SeedCNN, count_params
 from transferkit.reporting import PhaseResult
 from transferkit.reporting.console import make_console
+from transferkit.reporting.results import check_results
 from transferkit.training import EpochRecord, resolve_precision
 from transferkit.training.checkpoint import CHECKPOINT_FILE
 from transferkit.training.distributed import Distributed
@@ -32,10 +34,27 @@ def _tiny_model() -> SeedCNN:
 
 
 def _recorded(model) -> PhaseResult:
-    return PhaseResult(name="p", classes=["a", "b"], train_samples=4, test_samples=2, epochs=1, train_seconds=1.0,
-                       test_loss=0.5, test_accuracy=0.75, params=count_params(model),
+    return PhaseResult(name="p", classes=["a", "b"], train_samples=4, held_out_samples=2, epochs=1, train_seconds=1.0,
+                       loss=0.5, accuracy=0.75, params=count_params(model),
                        history=[EpochRecord(1, 0.6, 0.5, 0.5, 0.75, 1.0)], confusion_matrix=[[1, 0], [0, 1]],
                        misclassified=[{"index": 1, "true": 1, "predicted": 0}])
+
+
+def test_a_phases_held_out_figures_are_named_by_the_split_they_were_measured_on(tmp_path):
+    model = _tiny_model()
+    tested = _recorded(model).to_dict()
+    validated = dataclasses.replace(_recorded(model), validated_on="val").to_dict()
+    assert tested["test_accuracy"] == validated["val_accuracy"] == 0.75 and "val_accuracy" not in tested
+    assert validated["val_samples"] == 2 and validated["val_loss"] == 0.5 and "test_accuracy" not in validated
+    # A folder written before the keys named the split (test_* on a validation split) reads as it was written.
+    older = {k.replace("val_", "test_") if k in ("val_samples", "val_loss", "val_accuracy") else k: v
+             for k, v in validated.items()}
+    read = PhaseResult.from_dict("p", older)
+    assert (read.accuracy, read.loss, read.held_out_samples, read.validated_on) == (0.75, 0.5, 2, "val")
+    for phase in (tested, validated, older):
+        check_results(tmp_path / "results.json", {"config": {}, "phases": {"p": phase}})
+    with pytest.raises(UserError, match=r"phases.p.val_accuracy must be"):
+        check_results(tmp_path / "results.json", {"config": {}, "phases": {"p": {**validated, "val_accuracy": 2.0}}})
 
 
 def test_resuming_with_another_option_is_refused_naming_it(tmp_path):

@@ -37,9 +37,10 @@ def test_finetune_plans_stops_and_keeps_the_best_epoch(sk_digits, tmp_path, monk
     if stop["reason"] == "patience":
         assert stop["epochs_trained"] == stop["best_epoch"] + 2
     # What is reported and saved is the kept epoch: its accuracy, and the confusion matrix of the restored weights.
-    assert frozen["test_accuracy"] == _kept(frozen)["val_accuracy"] and frozen["validated_on"] == "val"
+    assert frozen["val_accuracy"] == _kept(frozen)["val_accuracy"] and frozen["validated_on"] == "val"
+    assert not {"test_accuracy", "test_loss", "test_samples"} & set(frozen)  # validation is never called test
     matrix = np.asarray(frozen["confusion_matrix"])
-    assert np.trace(matrix) / matrix.sum() == pytest.approx(frozen["test_accuracy"])
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(frozen["val_accuracy"])
     said = f"best epoch {stop['best_epoch']} by validation loss"
     assert f"frozen: {stop['epochs_planned']} epochs planned (100 steps at least, {steps} an epoch)" in capsys.readouterr().out
     assert said in (out / "report.html").read_text()

@@ -122,13 +122,13 @@ def test_the_run_records_metrics_calibration_and_tta(calibrated):
     assert metrics["per_class"]["support"] == matrix.sum(1).tolist() and metrics["imbalanced"] is True
     assert metrics["balanced_accuracy"] == pytest.approx(np.mean(np.diag(matrix) / matrix.sum(1)))
     calibration = frozen["calibration"]
-    assert calibration["split"] == "validation" and calibration["images"] == frozen["test_samples"] >= 50
+    assert calibration["split"] == "validation" and calibration["images"] == frozen["val_samples"] >= 50
     assert calibration["ece_after"] < calibration["ece_before"]
     spec = json.loads((calibrated / "weights" / "model.json").read_text())
     assert spec["temperature"] == calibration["temperature"] != 1.0
     tta = results["tta"]
     assert tta["views"] == ["original", "horizontal flip"]
-    assert tta["without"]["accuracy"] == pytest.approx(frozen["test_accuracy"], abs=0.02)  # bf16 vs the features
+    assert tta["without"]["accuracy"] == pytest.approx(frozen["val_accuracy"], abs=0.02)  # bf16 vs the features
     page = (calibrated / "report.html").read_text()
     assert 'class="per-class"' in page and 'data-metric="ece_after"' in page and "reliability" in page
     assert 'data-metric="balanced_accuracy"' in page  # the headline of an imbalanced validation set

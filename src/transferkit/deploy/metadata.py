@@ -11,6 +11,7 @@ from ..inference.formats import onnx_description
 from ..inference.graph import describe
 from ..jsonfile import read_json
 from ..reporting import read_results
+from ..reporting.results import held_out_key, validated_on
 
 
 def model_metadata(source: Path) -> dict:
@@ -54,8 +55,8 @@ def _run_summary(run_dir: Path, weights: str | None) -> dict | None:
     if name is not None:
         phase = phases[name]
         metrics = phase.get("metrics") or {}
-        validation = {"phase": name, "split": phase.get("validated_on", "val"), "images": phase.get("test_samples"),
-                      "accuracy": phase.get("test_accuracy"), "balanced_accuracy": metrics.get("balanced_accuracy"),
+        validation = {"phase": name, "split": validated_on(phase), "images": phase.get(held_out_key(phase, "samples")),
+                      "accuracy": phase.get(held_out_key(phase, "accuracy")), "balanced_accuracy": metrics.get("balanced_accuracy"),
                       "macro_f1": metrics.get("macro_f1")}
     config = results.get("config") or {}
     return {"folder": str(run_dir), "experiment": results.get("experiment"), "created": results.get("created"),

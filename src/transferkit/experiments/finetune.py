@@ -67,7 +67,7 @@ class FinetuneResult:
     def summary(self) -> str:
         last = list(self.phases.values())[-1]
         return (f"{self.config.backbone} on {len(self.results['classes'])} classes: validation accuracy "
-                f"{last.test_accuracy:.4f} after {', '.join(f'{p.epochs} {n}' for n, p in self.phases.items())} epochs")
+                f"{last.accuracy:.4f} after {', '.join(f'{p.epochs} {n}' for n, p in self.phases.items())} epochs")
 
 
 def finetune(data: str | Path, *, head_units: int = HeadConfig.units, head_dropout: float = HeadConfig.dropout,

@@ -74,7 +74,7 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
             run.load_weights(phase.name, into=phase.model)
         result = PhaseResult.from_dict(phase.name, run.results["phases"][phase.name])
         runtime.console.print(f"phase {phase.name}: finished before, {accuracy_name(phase.validation_split)} "
-                              f"{result.test_accuracy:.4f}")
+                              f"{result.accuracy:.4f}")
         mistakes = None if result.misclassified is None else Mistakes.from_examples(
             result.misclassified, result.confusion_matrix, phase.val_images, phase.classes)
         return result, mistakes
@@ -123,19 +123,19 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
             calibration = calibrate(np.concatenate([z for z, _ in shares]), np.concatenate([y for _, y in shares]),
                                     phase.calibration)
             runtime.console.print(f"phase {phase.name}: {calibration.describe()}")
-    train_samples, test_samples = phase.samples()
+    train_samples, held_out_samples = phase.samples()
     if inputs.feature_pass is not None:
         run.results["feature_pass"] = inputs.feature_pass
     run.results["distributed"].setdefault("steps_per_rank", {})[phase.name] = gather_to_main(state.steps)
     return PhaseResult(
-        name=phase.name, classes=list(phase.classes), train_samples=train_samples, test_samples=test_samples,
-        epochs=len(history), train_seconds=seconds, test_loss=kept.val_loss,
-        test_accuracy=kept.val_accuracy, params=count_params(phase.model), history=history,
+        name=phase.name, classes=list(phase.classes), train_samples=train_samples,
+        held_out_samples=held_out_samples, epochs=len(history), train_seconds=seconds, loss=kept.val_loss,
+        accuracy=kept.val_accuracy, params=count_params(phase.model), history=history,
         feature_cache_seconds=inputs.feature_seconds, layers=phase.layers,
         confusion_matrix=confusion_over_ranks(mistakes.confusion).tolist(), misclassified=mistakes.examples(),
         class_weights=phase.class_weights and phase.class_weights.to_dict(),
         calibration=calibration and calibration.to_dict(), stopping=stopping,
-        validated_on=phase.validation_split,
+        validated_on=phase.validation_split or "test",
     ), mistakes
 
 

@@ -245,11 +245,11 @@ def _verify(name: str, train_f: torch.Tensor, train_y: torch.Tensor, val_f: torc
     # A head no better than always answering the most common validation class did not train: its accuracy says
     # nothing of the features, so it is flagged and left out of the taus.
     chance = float(np.bincount(val_y.numpy()).max() / len(val_y))
-    failed = result.test_accuracy <= chance
+    failed = result.accuracy <= chance
     if failed:
-        runtime.console.print(f"verify {name}: the head ended at {result.test_accuracy:.4f}, no better than always "
+        runtime.console.print(f"verify {name}: the head ended at {result.accuracy:.4f}, no better than always "
                               f"answering the most common class ({chance:.4f}): flagged, left out of the Kendall taus")
-    return {"accuracy": result.test_accuracy, "loss": result.test_loss, "epochs": result.epochs,
+    return {"accuracy": result.accuracy, "loss": result.loss, "epochs": result.epochs,
             "seconds": round(time.perf_counter() - start_time, 3), "phase": phase.name, "chance": chance,
             "failed": failed, "stopping": result.stopping}
 

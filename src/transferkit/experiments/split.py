@@ -155,7 +155,7 @@ class SplitExperiment:
             "experiment": "split",
             "dataset": {"name": data.name, "origin": data.origin, "image_shape": list(data.image_shape),
                         "class_names": list(data.class_names), "train_samples": len(data.y_train),
-                        "test_samples": len(data.y_test), "skipped": list(data.skipped),
+                        f"{data.validation_split}_samples": len(data.y_test), "skipped": list(data.skipped),
                         **({"excluded": list(data.excluded)} if config.exclude else {})},
             "config": {**config.to_dict(), "learning_rate": config.train.learning_rate,
                        "source_classes": list(splits["source"].class_names) if "source" in splits else [],

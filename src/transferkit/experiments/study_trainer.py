@@ -151,7 +151,7 @@ class Trainer:
         self.record(point.name, result.to_dict(), {
             "arm": point.arm, "shots": point.shots, "cut": point.cut, "seed": point.seed,
             "train_samples": n, "steps": sum(steps),
-            "test_accuracy": result.test_accuracy, "test_loss": result.test_loss,
+            "test_accuracy": result.accuracy, "test_loss": result.loss,
             "seconds": round(result.train_seconds, 3), "trainable": count_params(model).trainable,
         } if record else None, steps, finished_before)
 

@@ -11,6 +11,7 @@ from ..errors import UserError
 from .figures import RUN_COLORS, runs_curves_figure
 from .html import Image, duration, figure_image, render, write_html
 from .report import flatten, load_run
+from .results import held_out
 from .status import read_status
 
 
@@ -78,8 +79,8 @@ def build_view(runs: list[RunInfo]) -> CompareView:
             p = r.results.get("phases", {}).get(name)
             if p is None:
                 continue
-            delta = (p["test_accuracy"] - first["test_accuracy"]) * 100 if first is not None and i > 0 else None
-            rows.append(PhaseMetrics(i, p["test_accuracy"], p["test_loss"], p["train_seconds"], p["epochs"],
+            delta = (held_out(p, "accuracy") - held_out(first, "accuracy")) * 100 if first is not None and i > 0 else None
+            rows.append(PhaseMetrics(i, held_out(p, "accuracy"), held_out(p, "loss"), p["train_seconds"], p["epochs"],
                                      p["train_samples"], delta))
         phases.append((name, rows))
     curves = []

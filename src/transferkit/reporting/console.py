@@ -16,7 +16,7 @@ from ..config import LOG_PROGRESS_SECONDS
 from ..models import LayerRow, ParamCounts
 from ..training import EpochRecord
 from ..training.metrics import class_metrics
-from .results import transfer_gain
+from .results import held_out, transfer_gain
 
 
 def make_console(quiet: bool = False) -> Console:
@@ -126,9 +126,9 @@ def comparison_table(phases: dict[str, dict]) -> Table:
         table.add_column(col, justify="left" if col in ("phase", "classes") else "right", no_wrap=True)
     for name, p in phases.items():
         metrics = _metrics(p)
-        table.add_row(name, ",".join(p["classes"]), str(p["train_samples"]), f"{p['test_accuracy']:.4f}",
+        table.add_row(name, ",".join(p["classes"]), str(p["train_samples"]), f"{held_out(p, 'accuracy'):.4f}",
                       *(f"{metrics[k]:.4f}" if k in metrics else "-" for k in ("balanced_accuracy", "macro_f1")),
-                      f"{p['test_loss']:.4f}", f"{p['train_seconds']:.1f} s", f"{p['params']['trainable']:,}")
+                      f"{held_out(p, 'loss'):.4f}", f"{p['train_seconds']:.1f} s", f"{p['params']['trainable']:,}")
     return table
 
 
@@ -166,8 +166,8 @@ def transfer_verdict(phases: dict[str, dict]) -> str | None:
     if gain is None:
         return None
     t, s = phases["transfer"], phases["scratch"]
-    return (f"transfer vs scratch on {','.join(t['classes'])}: accuracy {t['test_accuracy']:.4f} vs "
-            f"{s['test_accuracy']:.4f} ({gain.points:+.2f} points), time {t['train_seconds']:.1f} s vs "
+    return (f"transfer vs scratch on {','.join(t['classes'])}: accuracy {held_out(t, 'accuracy'):.4f} vs "
+            f"{held_out(s, 'accuracy'):.4f} ({gain.points:+.2f} points), time {t['train_seconds']:.1f} s vs "
             f"{s['train_seconds']:.1f} s ({gain.pace})")
 
 

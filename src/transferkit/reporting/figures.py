@@ -10,6 +10,7 @@ from matplotlib.figure import Figure  # Figure objects, not pyplot: no global st
 from matplotlib.text import Text
 
 from ..atomic import write_atomic
+from .results import held_out
 
 PHASE_COLORS = {"source": "#1f77b4", "transfer": "#2ca02c", "scratch": "#d62728", "frozen": "#1f77b4",
                 "unfrozen": "#9467bd"}
@@ -82,14 +83,14 @@ def _axes(ax, title: str, ylabel: str, epochs: set[int]) -> None:
 
 
 def time_figure(phases: dict[str, dict]) -> Figure:
-    """Training time per phase, as the seeds compare them, with test accuracy on each bar."""
+    """Training time per phase, as the seeds compare them, with its held-out accuracy on each bar."""
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
     names = list(phases)
     seconds = [phases[n]["train_seconds"] for n in names]
     bars = ax.bar(names, seconds, color=[PHASE_COLORS.get(n, "gray") for n in names])
     for bar, n in zip(bars, names, strict=True):
-        ax.annotate(f"{phases[n]['train_seconds']:.1f} s\nacc {phases[n]['test_accuracy']:.4f}",
+        ax.annotate(f"{phases[n]['train_seconds']:.1f} s\nacc {held_out(phases[n], 'accuracy'):.4f}",
                     (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     ax.set_ylabel("training time (s)")
     title_axes(ax, "Training time per phase")

@@ -17,7 +17,7 @@ from ..training.metrics import IMBALANCE_RATIO, class_metrics
 from .console import describe_stopping
 from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, reliability_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
-from .results import RESULTS_FILE, Gain, baseline_verdicts, read_results, results_file, transfer_gain
+from .results import RESULTS_FILE, Gain, baseline_verdicts, held_out, read_results, results_file, transfer_gain
 from .status import read_status
 
 REPORT_FILE = "report.html"
@@ -51,7 +51,7 @@ class PhaseView:
     seconds: float
     epochs: int
     train_samples: int
-    test_samples: int
+    held_out_samples: int  # the images its accuracy was measured on (`split`)
     params: dict
     layers: list[LayerRow] | None
     confusion: Image | None
@@ -68,7 +68,7 @@ class PhaseView:
         than twice the smallest: accuracy would be carried by the large ones), else accuracy."""
         if self.metrics is not None and self.metrics["imbalanced"]:
             return "balanced_accuracy", self.metrics["balanced_accuracy"]
-        return "test_accuracy", self.accuracy
+        return "accuracy", self.accuracy
 
 
 @dataclass(frozen=True)
@@ -187,9 +187,9 @@ def _phase_view(name: str, p: dict, results: dict, roles: dict[str, str]) -> Pha
         reliability_figure(calibration, f"{name}: reliability ({calibration['images']} {calibration['split']} images)"),
         f"{name}: reliability diagram before and after temperature scaling")
     return PhaseView(name=name, role=roles.get(name, ""), color=PHASE_COLORS.get(name, "#777777"),
-                     classes=list(p["classes"]), accuracy=p["test_accuracy"], loss=p["test_loss"],
+                     classes=list(p["classes"]), accuracy=held_out(p, "accuracy"), loss=held_out(p, "loss"),
                      seconds=p["train_seconds"], epochs=p["epochs"], train_samples=p["train_samples"],
-                     test_samples=p["test_samples"], params=p["params"], layers=layers, confusion=confusion,
+                     held_out_samples=held_out(p, "samples"), params=p["params"], layers=layers, confusion=confusion,
                      metrics=metrics, class_weights=(p.get("class_weights") or {}).get("reason"),
                      calibration=calibration, reliability=reliability,
                      stopping=describe_stopping(p["stopping"]) if "stopping" in p else None,

@@ -19,6 +19,7 @@ from ..training.metrics import class_metrics
 RESULTS_FILE = "results.json"
 STUDY_FILE = "study.json"  # a study's record, in the same shape: experiment "study", phases, and its points
 HISTORY_FILE = "history.csv"
+VALIDATED_ON = ("val", "test")  # a phase's held-out split: a validation split, or a test split
 
 
 @dataclass
@@ -28,11 +29,11 @@ class PhaseResult:
     name: str
     classes: list[str]
     train_samples: int
-    test_samples: int
+    held_out_samples: int  # the images it was validated on: the split `validated_on` names
     epochs: int
     train_seconds: float
-    test_loss: float
-    test_accuracy: float
+    loss: float  # the kept epoch's, on those images
+    accuracy: float
     params: ParamCounts
     history: list[EpochRecord]
     feature_cache_seconds: float | None = None  # part of train_seconds, when the frozen features were cached
@@ -45,17 +46,21 @@ class PhaseResult:
     # How long it trained and which epoch it kept (experiments/phase.py StopPlan.record); None: a study's point,
     # or a run made before (the last epoch kept).
     stopping: dict | None = None
-    validated_on: str | None = None  # "val" (a validation split) or "test" (a test split); None: not said
+    # "val" (a validation split, held out from training) or "test" (a test split): the held-out figures' keys
+    # in results.json say which (val_accuracy, test_accuracy), so that validation is never called test.
+    validated_on: str = "test"
 
     def to_dict(self) -> dict:
+        split = self.validated_on
         d = {
             "classes": self.classes,
             "train_samples": self.train_samples,
-            "test_samples": self.test_samples,
+            f"{split}_samples": self.held_out_samples,
             "epochs": self.epochs,
             "train_seconds": round(self.train_seconds, 4),
-            "test_loss": self.test_loss,
-            "test_accuracy": self.test_accuracy,
+            f"{split}_loss": self.loss,
+            f"{split}_accuracy": self.accuracy,
+            "validated_on": split,
             "params": self.params.to_dict(),
             "history": [r.to_dict() for r in self.history],
         }
@@ -75,22 +80,39 @@ class PhaseResult:
             d["misclassified"] = self.misclassified
         if self.stopping is not None:
             d["stopping"] = self.stopping
-        if self.validated_on is not None:
-            d["validated_on"] = self.validated_on
         return d
 
     @classmethod
     def from_dict(cls, name: str, d: dict) -> PhaseResult:
         """A finished phase as results.json recorded it (for resumed runs and rebuilt reports)."""
-        return cls(name=name, classes=d["classes"], train_samples=d["train_samples"], test_samples=d["test_samples"],
-                   epochs=d["epochs"], train_seconds=d["train_seconds"], test_loss=d["test_loss"],
-                   test_accuracy=d["test_accuracy"], params=ParamCounts(**d["params"]),
+        return cls(name=name, classes=d["classes"], train_samples=d["train_samples"],
+                   held_out_samples=held_out(d, "samples"), epochs=d["epochs"], train_seconds=d["train_seconds"],
+                   loss=held_out(d, "loss"), accuracy=held_out(d, "accuracy"), params=ParamCounts(**d["params"]),
                    history=[EpochRecord(**r) for r in d["history"]],
                    feature_cache_seconds=d.get("feature_cache_seconds"),
                    layers=[LayerRow.from_dict(r) for r in d["layers"]] if "layers" in d else None,
                    confusion_matrix=d.get("confusion_matrix"), misclassified=d.get("misclassified"),
                    class_weights=d.get("class_weights"), calibration=d.get("calibration"),
-                   stopping=d.get("stopping"), validated_on=d.get("validated_on"))
+                   stopping=d.get("stopping"), validated_on=validated_on(d))
+
+
+def validated_on(phase: dict) -> str:
+    """The split a phase recorded in results.json was validated on: "val" or "test" (phases recorded without it
+    were tested on a test split)."""
+    return phase.get("validated_on") if phase.get("validated_on") in VALIDATED_ON else "test"
+
+
+def held_out_key(phase: dict, figure: str) -> str:
+    """results.json's key for a phase's `figure` ("samples", "loss", "accuracy") on the split it was validated
+    on: val_accuracy on a validation split, test_accuracy on a test split. Runs recorded before the keys named
+    the split wrote test_* whatever it was, and are read as written."""
+    key = f"{validated_on(phase)}_{figure}"
+    return key if key in phase or f"test_{figure}" not in phase else f"test_{figure}"
+
+
+def held_out(phase: dict, figure: str):
+    """A recorded phase's `figure` on the images it was validated on (see held_out_key)."""
+    return phase[held_out_key(phase, figure)]
 
 
 @dataclass(frozen=True)
@@ -114,7 +136,7 @@ def transfer_gain(phases: dict[str, dict]) -> Gain | None:
         return None
     t, s = phases["transfer"], phases["scratch"]
     speedup = s["train_seconds"] / t["train_seconds"] if t["train_seconds"] > 0 and s["train_seconds"] > 0 else None
-    return Gain(points=(t["test_accuracy"] - s["test_accuracy"]) * 100, speedup=speedup)
+    return Gain(points=(held_out(t, "accuracy") - held_out(s, "accuracy")) * 100, speedup=speedup)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -164,7 +186,7 @@ def baseline_verdicts(results: dict) -> list[str]:
     phases = results.get("phases") or {}
     if not phases:
         return []
-    network = list(phases.values())[-1]["test_accuracy"]
+    network = held_out(list(phases.values())[-1], "accuracy")
     trained = "the fine-tuning" if "unfrozen" in phases else "the trained head"
     meaning = {"features": f"the features carry the task; {trained} adds nothing here",
                "pixels": "the task needs no pretrained network here; the pixels carry it"}
@@ -198,11 +220,13 @@ def check_results(path: Path, results: dict) -> None:
     for name, phase in fields.sub("phases").obj.items():
         p = Fields(path, phase, "the run folder is damaged; run it again", f"phases.{name}.")
         p.texts("classes")
-        for key in ("train_samples", "test_samples", "epochs"):
+        if "validated_on" in p:  # it names the keys of the figures below
+            p.choice("validated_on", VALIDATED_ON)
+        for key in ("train_samples", held_out_key(phase, "samples"), "epochs"):
             p.integer(key)
         p.number("train_seconds", low=0)
-        p.number("test_accuracy", low=0, high=1)
-        p.number("test_loss")
+        p.number(held_out_key(phase, "accuracy"), low=0, high=1)
+        p.number(held_out_key(phase, "loss"))
         counts = p.sub("params")
         for key in ("total", "trainable", "non_trainable"):
             counts.integer(key)
@@ -215,8 +239,6 @@ def check_results(path: Path, results: dict) -> None:
             for key in ("epochs_planned", "epochs_trained", "kept_epoch"):
                 stop.integer(key, low=1)
             stop.text("reason")
-        if "validated_on" in p:
-            p.choice("validated_on", ("val", "test"))
         if "class_weights" in p:  # the report says them
             p.sub("class_weights").text("reason")
         if "calibration" in p:  # the report draws its reliability diagram

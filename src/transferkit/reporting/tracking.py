@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, first_line
+from .results import held_out_key
 from .tracker import Tracker
 
 TRACKERS = {"tensorboard": "DIR", "mlflow": "URI"}  # each backend and what its `=...` names
@@ -190,7 +191,7 @@ def final_metrics(record: dict) -> dict[str, float]:
     """A phase's results as results.json has them: accuracy and loss of the kept epoch, balanced accuracy,
     macro-F1, ECE before and after the temperature, its training seconds."""
     metrics, calibration = record.get("metrics", {}), record.get("calibration", {})
-    return finite({"accuracy": record.get("test_accuracy"), "loss": record.get("test_loss"),
+    return finite({"accuracy": record.get(held_out_key(record, "accuracy")), "loss": record.get(held_out_key(record, "loss")),
                    "balanced_accuracy": metrics.get("balanced_accuracy"), "macro_f1": metrics.get("macro_f1"),
                    "ece_before": calibration.get("ece_before"), "ece_after": calibration.get("ece_after"),
                    "train_seconds": record.get("train_seconds")})
