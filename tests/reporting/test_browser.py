@@ -91,7 +91,8 @@ def _screenshot(driver, path: Path, width: int) -> None:
 def _assert_headline(driver, results: dict) -> None:
     for name, phase in results["phases"].items():
         value, text = _number(driver, f'[data-phase="{name}"][data-metric="accuracy"]')
-        assert value == phase["test_accuracy"] and text == f"{phase['test_accuracy'] * 100:.2f}%"
+        accuracy = phase[f"{phase['validated_on']}_accuracy"]  # val_accuracy (finetune), test_accuracy (run mnist)
+        assert value == accuracy and text == f"{accuracy * 100:.2f}%"
         value, text = _number(driver, f'[data-phase="{name}"][data-metric="train_seconds"]')
         assert value == phase["train_seconds"] and text == f"{phase['train_seconds']:.1f} s"
 
@@ -135,7 +136,8 @@ def test_compare_in_chromium(browser, split_run, finetune_run, tmp_path):
     for i, run in enumerate((split_run, finetune_run)):
         for name, phase in json.loads((run / "results.json").read_text())["phases"].items():
             value, text = _number(browser, f'[data-run="{i}"][data-phase="{name}"][data-metric="accuracy"]')
-            assert value == phase["test_accuracy"] and text == f"{phase['test_accuracy'] * 100:.2f}%"
+            accuracy = phase[f"{phase['validated_on']}_accuracy"]
+            assert value == accuracy and text == f"{accuracy * 100:.2f}%"
     assert "backbone" in browser.find_element("id", "differences").text
     _screenshot(browser, tmp_path / "compare.png", 1280)
     _screenshot(browser, tmp_path / "compare-phone.png", 390)
@@ -149,7 +151,7 @@ def test_study_report_in_chromium(browser, shots_study, tmp_path):
     assert browser.find_element("id", "finding-list").text.splitlines() == study["findings"]
     for row in study["summary"]:
         x = "all" if row["shots"] == 0 else row["shots"]
-        value, text = _number(browser, f'[data-arm="{row["arm"]}"][data-x="{row["shots"]}"][data-metric="accuracy"]')
+        value, text = _number(browser, f'[data-arm="{row["arm"]}"][data-x="{row["shots"]}"][data-metric="test_accuracy"]')
         assert value == row["test_accuracy"] and text == f"{row['test_accuracy']:.4f}", x
     _screenshot(browser, tmp_path / "study.png", 1280)
     _screenshot(browser, tmp_path / "study-phone.png", 390)
