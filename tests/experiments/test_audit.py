@@ -198,7 +198,7 @@ def test_run_exclude_leaves_out_the_files_marked_exclude(planted):
     listed = {r["path"] for r in csv.DictReader((out / "issues.csv").open()) if r["action"] == "exclude"}
     assert set(excluded["excluded"]) == listed
     in_val = sum(p.startswith("val/") for p in listed)
-    assert excluded["test_samples"] == plain["test_samples"] - in_val  # val/ is the run's test split here
+    assert excluded["val_samples"] == plain["val_samples"] - in_val  # val/: the split the run validates on
     assert excluded["train_samples"] == plain["train_samples"] - (len(listed) - in_val - 1)  # broken.png never read
     with pytest.raises(UserError, match="--exclude is for image folder data sets"):
         run_split("mnist", exclude=str(out / "issues.csv"), **options)
