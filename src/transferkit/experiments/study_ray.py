@@ -32,7 +32,7 @@ from ..training.batches import usable_cores
 from ..training.distributed import Distributed
 from ..training.memory import keep_freed_memory
 from .executors import StudyWork, UnitJob, process_name, resume_hint
-from .run_folder import RunFolder, UnreadableWeights, weights_file
+from .run_folder import RunFolder, UnreadableWeights, weights_entry, weights_file
 from .runtime import STOP_SIGNALS, Runtime
 from .study_plan import Point, Unit
 from .study_trainer import Trainer
@@ -217,7 +217,7 @@ class ShippedFolder(RunFolder):
         return saved
 
     def load_weights(self, phase: str, into: nn.Module) -> None:
-        name, path, data = self.base if self.base is not None else (phase, str(Path(phase)), None)
+        name, path, data = self.base if self.base is not None else (phase, weights_entry(phase), None)
         if name != phase or data is None:
             raise UnreadableWeights(Path(path), phase, "not found")
         try:
