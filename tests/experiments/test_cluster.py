@@ -5,8 +5,13 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,7 +98,7 @@ def test_a_ray_worker_killed_while_it_trains_a_unit_is_retried_to_the_same_numbe
     monkeypatch.setattr(RayCluster, "receive", kill_the_first_worker)
     out = tmp_path / "ray"
     study("shots", "mnist", cluster="ray", out=out, verbose=True, **TINY)
-    said = capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())  # the lines as printed, unwrapped
     assert killed and re.search(rf"unit 0 \(baseA/seed=0, transfer/shots=3/seed=0, transfer/shots=all/seed=0\): its "
                                 rf"Ray worker \(pid {killed[0]} on [^)]+\) was lost; Ray ran it again from its start "
                                 r"\(pid \d+ ", said), said
@@ -122,10 +127,44 @@ def test_a_ray_study_stopped_then_resumed_equals_the_uninterrupted_one(local_ray
     base = next(name for name in first["phases"] if name.startswith("baseA"))  # (the longest units go first)
     capsys.readouterr()
     study("shots", "mnist", cluster="ray", resume=out, verbose=True, **TINY)
-    said = capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())
     # The finished source network was read here and sent with its unit's task, not trained again.
     assert re.search(rf"\] {re.escape(base)}: test accuracy [0-9.]+ \(finished before\)", said), said
     assert without_clocks(json.loads((out / "study.json").read_text())) == without_clocks(one_thread)
+
+
+@needs_ray
+def test_the_cli_starts_a_local_ray_cluster_and_sigterm_leaves_the_study_resumable(tmp_path):
+    """No cluster to join: the study starts a local one on 127.0.0.1 and stops it; SIGTERM (what `timeout` and
+    Slurm send) still reaches the study's own handler, although ray.init sets one of its own."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="tk-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    out = tmp_path / "cli"
+    args = ["study", "shots", "mnist", "--shots", "3,all", "--seeds", "2", "--limit", "200", "--epochs", "2",
+            "--min-steps", "6", "--cluster", "ray"]
+    proc = subprocess.Popen([sys.executable, "-m", "transferkit", *args, "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not handing_out_units(out):  # connected: the tasks are being handed out
+            assert proc.poll() is None and time.monotonic() < deadline, "no Ray tasks in 120 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        said, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 143, err
+    assert re.search(r"Ray: 1 node, \d+ CPUs", said), said
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    assert err.strip().splitlines()[-1].endswith(f"--cluster ray --resume {out}"), err
+
+
+def handing_out_units(out: Path) -> bool:
+    try:
+        return json.loads((out / "status.json").read_text()).get("phase") == "points as Ray tasks"
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return False
 
 
 @pytest.mark.parametrize("args, says", [

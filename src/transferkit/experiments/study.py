@@ -63,7 +63,7 @@ from .study_plan import (
     backbone_stages,
 )
 from .study_processes import LocalProcesses
-from .study_ray import RayCluster
+from .study_ray import RayCluster, import_ray
 from .study_recorder import StudyRecorder
 from .study_trainer import Trainer
 
@@ -130,6 +130,7 @@ class StudyExperiment:
             raise UserError("studies train their points one after another in one process; run without torchrun")
         if self.cluster is not None:  # one line before anything is read: the options that do not go with it
             refuse_with_cluster(self.cluster, self.jobs, split.backbone)
+            import_ray(f"--cluster {self.cluster}")  # or how to install it
         self.jobs = study_jobs(self.jobs, len(study_units(config)), ranks.device, split.backbone)
         # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
         # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS); a Ray task has one,
@@ -151,7 +152,7 @@ class StudyExperiment:
         if not split.backbone:
             SeedCNN(split.model, data.image_shape[0], data.image_shape[1:], len(src))  # sizes that do not fit fail now
         self.points = study_points(config)
-        self.executor = self.choose_executor(ranks.device)  # without Ray installed, one line: still no folder
+        self.executor = self.choose_executor(ranks.device)
 
     def header(self, console: Console, precision: Precision) -> None:
         config, a, b = self.config, self.a, self.b

@@ -149,15 +149,16 @@ class RayCluster:
             return
         handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
         try:
-            if self.address.startswith("ray://") or os.environ.get("RAY_ADDRESS"):
-                ray.init(None if self.address == "ray" else self.address, logging_level="warning")
+            # ray://HOST:PORT, else RAY_ADDRESS's cluster, else `ray start`'s on this machine (not "auto": that
+            # takes any Ray process on the machine, another user's local one too), else a local one of this
+            # machine's cores on this machine alone.
+            address = self.address if self.address != "ray" else os.environ.get("RAY_ADDRESS") or ray_start_address()
+            if address is not None:
+                ray.init(address, logging_level="warning")
             else:
-                try:  # `ray start`'s cluster on this machine
-                    ray.init(address="auto", logging_level="warning")
-                except ConnectionError:  # none: a local one of this machine's cores, on this machine alone
-                    ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False,
-                             _node_ip_address="127.0.0.1", logging_level="warning",
-                             object_store_memory=max(LOCAL_STORE_BYTES, 3 * job_bytes(work.job)))
+                ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False,
+                         _node_ip_address="127.0.0.1", logging_level="warning",
+                         object_store_memory=max(LOCAL_STORE_BYTES, 3 * job_bytes(work.job)))
         except ConnectionError as e:
             where = self.address if self.address != "ray" else f"ray (RAY_ADDRESS={os.environ.get('RAY_ADDRESS')})"
             raise UserError(f"--cluster {where}: cannot connect ({first_line(e)[:160]}); start the cluster "
@@ -171,6 +172,15 @@ class RayCluster:
             yield client.is_connected()
         finally:
             ray.shutdown()
+
+
+def ray_start_address() -> str | None:
+    """The address of the cluster `ray start` runs on this machine, from the file it writes for its drivers
+    (RAY_TMPDIR, else /tmp, then ray/ray_current_cluster), or None."""
+    try:
+        return (Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def describe_cluster(ray) -> str:
