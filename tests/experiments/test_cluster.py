@@ -1,5 +1,6 @@
-"""Studies on a Ray cluster (--cluster ray): the same points as in one process, a lost worker retried, a stopped
-study resumed, and the one-line refusals. The Ray tests share one local cluster of 2 CPUs on 127.0.0.1."""
+"""Studies on a Ray cluster (--cluster ray) and as SLURM jobs (--cluster slurm, submitit's local processes here):
+the same points as in one process, a lost worker retried, a stopped study resumed, and the one-line refusals.
+The Ray tests share one local cluster of 2 CPUs on 127.0.0.1."""
 
 import importlib.util
 import json
@@ -160,6 +161,22 @@ def test_the_cli_starts_a_local_ray_cluster_and_sigterm_leaves_the_study_resumab
     assert err.strip().splitlines()[-1].endswith(f"--cluster ray --resume {out}"), err
 
 
+@pytest.mark.skipif(importlib.util.find_spec("submitit") is None, reason='needs pip install "transferkit[cluster]"')
+def test_a_study_as_submitit_jobs_gives_the_points_of_one_process(one_thread, tmp_path):
+    """--cluster slurm where there is no SLURM: submitit's local processes, one job a unit (2 units here)."""
+    out = tmp_path / "slurm"
+    study("shots", "mnist", cluster="slurm", out=out, verbose=False, **{**TINY, "shots": "all", "arms": "transfer"})
+    record = json.loads((out / "study.json").read_text())
+    assert record["distributed"]["cluster"] == "slurm" and record["distributed"]["threads_per_job"] == 1
+    assert list(record["points"]) == ["transfer/shots=all/seed=0", "transfer/shots=all/seed=1"]
+    for name in ("baseA/seed=0", "transfer/shots=all/seed=0", "baseA/seed=1", "transfer/shots=all/seed=1"):
+        assert without_clocks(record["phases"][name]) == without_clocks(one_thread["phases"][name]), name
+    for name, point in record["points"].items():
+        assert without_clocks(point) == without_clocks(one_thread["points"][name]), name
+    assert (out / "weights" / "baseA-seed=1.safetensors").is_file()  # sent back with the job's result
+    assert not (out / "slurm" / "unit-job.pickle").exists()
+
+
 def handing_out_units(out: Path) -> bool:
     try:
         return json.loads((out / "status.json").read_text()).get("phase") == "points as Ray tasks"
@@ -168,8 +185,8 @@ def handing_out_units(out: Path) -> bool:
 
 
 @pytest.mark.parametrize("args, says", [
-    (["--cluster", "slurm"], "--cluster slurm: unknown; give ray (RAY_ADDRESS's cluster, else `ray start`'s on this "
-                             "machine, else a new local one) or ray://HOST:PORT"),
+    (["--cluster", "pbs"], "--cluster pbs: unknown; give ray (RAY_ADDRESS's cluster, else `ray start`'s on this "
+                           "machine, else a new local one), ray://HOST:PORT (a remote head) or slurm (submitit)"),
     (["--cluster", "ray://"], "--cluster ray://: unknown; give ray"),
     (["--cluster", "ray", "--jobs", "2"], "--jobs 2 with --cluster ray: the cluster's CPUs decide how many units "
                                           "train at once (one CPU and one thread each); drop --jobs"),
@@ -186,12 +203,14 @@ def test_bad_cluster_options_are_one_line(tmp_path, monkeypatch, capsys, args, s
     assert list(tmp_path.iterdir()) == []  # refused before a study folder exists
 
 
-def test_without_ray_the_cluster_option_says_how_to_install_it(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("cluster, module", [("ray", "ray"), ("ray://head:10001", "ray"), ("slurm", "submitit")])
+def test_without_the_extra_the_cluster_option_says_how_to_install_it(tmp_path, monkeypatch, capsys, cluster, module):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as where it is not installed
+    monkeypatch.setitem(sys.modules, module, None)  # `import ray` fails as where it is not installed
     with pytest.raises(SystemExit) as exit_info:
-        main(["study", "shots", "mnist", "--limit", "100", "--cluster", "ray"])
+        main(["study", "shots", "mnist", "--limit", "100", "--cluster", cluster])
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2
-    assert err == 'error: --cluster ray needs Ray: pip install "transferkit[cluster]"'
+    what = "Ray" if module == "ray" else "submitit"
+    assert err == f'error: --cluster {cluster} needs {what}: pip install "transferkit[cluster]"'
     assert list(tmp_path.iterdir()) == []

@@ -1,12 +1,13 @@
 """Where a study's units train: one seam. The study hands its units (study_plan.Unit) and one UnitJob to an
 executor; the executor trains each unit somewhere and hands every training back to the study's recorder as it
 finishes. The study process alone writes the study folder, so study.json, resume and the figures are the same
-whichever executor trained the points; a resumed study hands over only what is not recorded yet (the Trainer
-reads what finished before and skips it).
+whichever executor trained the points; in a resumed study the Trainer reads what finished before again instead
+of training it, and the executor trains the rest.
 
 - InProcess: every unit in this process, one after another (--jobs 1).
 - LocalProcesses (study_processes.py): worker processes on this machine (--jobs N).
 - RayCluster (study_ray.py): each unit a Ray task on a Ray cluster, one machine or many (--cluster ray).
+- SlurmJobs (study_slurm.py): each unit a SLURM job, through submitit (--cluster slurm).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from .study_plan import StudyConfig, Unit
 from .study_recorder import StudyRecorder
 from .study_trainer import Trainer
 
-CLUSTER_HELP = "ray (RAY_ADDRESS's cluster, else `ray start`'s on this machine, else a new local one) or ray://HOST:PORT"
+CLUSTER_HELP = ("ray (RAY_ADDRESS's cluster, else `ray start`'s on this machine, else a new local one), "
+                "ray://HOST:PORT (a remote head) or slurm (submitit)")
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,12 @@ class InProcess:
 
 
 def cluster_choice(value: str | None) -> str | None:
-    """--cluster as given, checked: None (this machine), "ray" or "ray://HOST:PORT"; anything else is one line."""
+    """--cluster as given, checked: None (this machine), "ray", "ray://HOST:PORT" or "slurm"; anything else is one
+    line."""
     if value is None:
         return None
     text = str(value).strip()
-    if text == "ray" or (text.startswith("ray://") and len(text) > len("ray://")):
+    if text in ("ray", "slurm") or (text.startswith("ray://") and len(text) > len("ray://")):
         return text
     raise UserError(f"--cluster {value}: unknown; give {CLUSTER_HELP}")
 

@@ -13,8 +13,8 @@ source network and indexed by every shot count; every point written to study.jso
 The work is cut into units (study_units): a network the points copy from with those points (a seed's baseA and its
 transfer or AnB points; its baseB and BnB points), or a point that copies nothing (scratch), longest first.
 An executor (executors.py) trains them: in this process (--jobs 1), in N worker processes on this machine
-(--jobs N, study_processes.py) or as Ray tasks on a cluster (--cluster ray, study_ray.py); this process alone
-writes study.json, as the trainings come back.
+(--jobs N, study_processes.py), as Ray tasks on a cluster (--cluster ray, study_ray.py) or as SLURM jobs
+(--cluster slurm, study_slurm.py); this process alone writes study.json, as the trainings come back.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from .study_plan import (
 from .study_processes import LocalProcesses
 from .study_ray import RayCluster, import_ray
 from .study_recorder import StudyRecorder
+from .study_slurm import SlurmJobs, import_submitit
 from .study_trainer import Trainer
 
 
@@ -130,7 +131,10 @@ class StudyExperiment:
             raise UserError("studies train their points one after another in one process; run without torchrun")
         if self.cluster is not None:  # one line before anything is read: the options that do not go with it
             refuse_with_cluster(self.cluster, self.jobs, split.backbone)
-            import_ray(f"--cluster {self.cluster}")  # or how to install it
+            if self.cluster == "slurm":  # or how to install it
+                import_submitit("--cluster slurm")
+            else:
+                import_ray(f"--cluster {self.cluster}")
         self.jobs = study_jobs(self.jobs, len(study_units(config)), ranks.device, split.backbone)
         # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
         # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS); a Ray task has one,
@@ -179,12 +183,14 @@ class StudyExperiment:
             record["dataset"]["source"] = source_text(split)
             if config.kind == "freeze":
                 record["dataset"]["stages"] = list(backbone_stages(split.backbone))
-        where = {"cluster": "ray"} if self.cluster is not None else {}  # the address is not the study's
+        where = {"cluster": self.cluster.split(":")[0]} if self.cluster is not None else {}  # not the address
         return record, {**ranks.describe(split.train.batch_size, split.train.learning_rate), "jobs": self.jobs,
                         "threads_per_job": self.threads, **where}
 
     def choose_executor(self, device: torch.device) -> UnitExecutor:
         """Where the units train: Ray tasks (--cluster), worker processes (--jobs N) or this process."""
+        if self.cluster == "slurm":
+            return SlurmJobs(self.threads, device.type)
         if self.cluster is not None:
             return RayCluster(self.cluster, self.threads, device.type)
         if self.jobs > 1:

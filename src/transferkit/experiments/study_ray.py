@@ -14,28 +14,17 @@ trains the rest, the points under way from their start (a Ray task keeps no chec
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
 import signal
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
-from torch import nn
-
 from ..errors import Interrupted, UserError, first_line
-from ..reporting.console import make_console
 from ..training.batches import usable_cores
-from ..training.distributed import Distributed
-from ..training.memory import keep_freed_memory
-from .executors import StudyWork, UnitJob, process_name, resume_hint
-from .run_folder import RunFolder, UnreadableWeights, weights_entry, weights_file
-from .runtime import STOP_SIGNALS, Runtime
-from .study_plan import Point, Unit
-from .study_trainer import Trainer
+from .executors import StudyWork, UnitJob, resume_hint
+from .runtime import STOP_SIGNALS
+from .shipped_unit import Base, record_message, shipped_base, train_unit
+from .study_plan import Unit
 
 RETRIES = 3  # a task whose worker died is run again this many times (Ray's max_retries), then the study fails
 LOCAL_STORE_BYTES = 256 << 20  # a local cluster's object store at least (the data set goes in once)
@@ -113,18 +102,12 @@ class RayCluster:
         return self.ray.get(handle), True
 
     def receive(self, i: int, message: tuple, work: StudyWork) -> None:
-        """A task's message: where it started, or a training to record (its network saved here first)."""
-        kind, where, *rest = message
-        before = self.where.get(i)
+        """A task's message recorded (record_message), and said where it comes from another worker than before."""
+        before, where = self.where.get(i), message[1]
         if before is not None and before != where:  # Ray ran the task again: its first worker was lost
             work.runtime.console.print(f"unit {i} ({', '.join(work.units[i].trainings[:3])}): its Ray worker "
                                        f"({before}) was lost; Ray ran it again from its start ({where})")
-        self.where[i] = where
-        if kind == "trained":
-            record, saved = rest
-            if saved is not None:
-                work.run.save_weights(*saved)
-            work.recorder.record(*record)
+        self.where[i] = record_message(message, work)
 
     def failed(self, i: int, error: Exception, work: StudyWork) -> Exception:
         """A task that failed, in one line naming its unit: its own error, or its workers lost too often."""
@@ -196,66 +179,6 @@ def job_bytes(job: UnitJob) -> int:
                for array in (split.x_train, split.y_train, split.x_test, split.y_test))
 
 
-def shipped_base(unit: Unit, run: RunFolder) -> tuple[str, str, bytes | None] | None:
-    """The unit's base network where it finished before (a resumed study): its name, its file's path on this
-    machine and the file's bytes (None where missing: the task trains it again), read here for the task."""
-    if unit.base is None or run.path is None or not run.finished(Point(unit.base, unit.seed).name):
-        return None
-    name = Point(unit.base, unit.seed).name
-    path = weights_file(run.path, name)
-    try:
-        return name, str(path), path.read_bytes()
-    except OSError:
-        return name, str(path), None
-
-
-class ShippedFolder(RunFolder):
-    """A Ray task's view of the study folder, which lies on the driver's disk: nothing is written; the network a
-    training saves is kept for its message back (`take_saved`); the finished base network it reads came with the
-    task (`base`). No checkpoint: a cancelled or lost task trains its unit again from its start."""
-
-    def __init__(self, results: dict, base: tuple[str, str, bytes | None] | None):
-        super().__init__(None, False, results)
-        self.base, self.saved = base, None
-
-    def save_weights(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict,
-                     temperature: float | None = None) -> None:
-        self.saved = (phase, model, class_names, preprocessing, temperature)
-
-    def take_saved(self) -> tuple | None:
-        saved, self.saved = self.saved, None
-        return saved
-
-    def load_weights(self, phase: str, into: nn.Module) -> None:
-        name, path, data = self.base if self.base is not None else (phase, weights_entry(phase), None)
-        if name != phase or data is None:
-            raise UnreadableWeights(Path(path), phase, "not found")
-        try:
-            into.load_state_dict(load_safetensors(data))
-        except (RuntimeError, ValueError, SafetensorError) as e:  # cut short, another network's
-            raise UnreadableWeights(Path(path), phase, first_line(e)[:120]) from None
-
-
-def train_unit(job: UnitJob, unit: Unit, base: tuple[str, str, bytes | None] | None) -> Iterator[tuple]:
-    """A Ray task: `unit` trained in this worker with the job's threads, yielding ("started", where) and then
-    ("trained", where, record, saved) a training at a time (`saved`: the network to write, or None)."""
-    torch.set_num_threads(job.threads)  # as many as the --jobs workers: the same last digits
-    keep_freed_memory()
-    # The data set's arrays come read-only from the object store (no copy per task); nothing writes to them.
-    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    where = process_name()
-    yield ("started", where)
-    folder = ShippedFolder(copy.deepcopy(job.results), base)
-    outbox: list[tuple] = []
-    runtime = Runtime(Distributed(device=torch.device(job.device)), job.precision, make_console(quiet=True),
-                      lambda: False, job.eval_batch_size)  # stopped by ray.cancel
-    trainer = Trainer(job.config, job.image_shape, job.a, job.b, folder, runtime,
-                      lambda *record: outbox.append((record, folder.take_saved())))
-    for _ in trainer.trainings(unit):
-        while outbox:
-            yield ("trained", where, *outbox.pop(0))
-
-
-def train_unit_whole(job: UnitJob, unit: Unit, base: tuple[str, str, bytes | None] | None) -> list[tuple]:
+def train_unit_whole(job: UnitJob, unit: Unit, base: Base | None) -> list[tuple]:
     """train_unit's messages all at once, when the unit ends (Ray Client runs no streaming generators)."""
     return list(train_unit(job, unit, base))
