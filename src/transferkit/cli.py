@@ -359,10 +359,11 @@ def _study_options(command):
                           "(capped at the usable cores); 1: every point in this process, with every thread.  "
                           "[default: one per usable core: on 2 cores, 2 processes x 1 thread ran a shots study in "
                           "less time than 1 process x 2 threads (README, Studies)]"),
-        click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT",
-                     help="Train each unit as a Ray task (one CPU, one thread) on a Ray cluster instead: ray is "
+        click.option("--cluster", default=None, metavar="ray|ray://HOST:PORT|slurm",
+                     help="Train each unit elsewhere, one CPU and one thread each: as a Ray task (ray: "
                           "RAY_ADDRESS's cluster, else `ray start`'s on this machine, else a new local one; "
-                          "ray://HOST:PORT a remote head (Ray Client). Needs the cluster extra; see "
+                          "ray://HOST:PORT: a remote head, through Ray Client) or as a SLURM job (slurm, through "
+                          "submitit; the study folder on a disk the nodes share). Needs the cluster extra; see "
                           "docs/distributed.md."),
         click.option("--json", "as_json", is_flag=True, help="Print study.json to stdout and nothing else."),
         click.option("--quiet", "-q", is_flag=True, help="Print only the findings."),

@@ -117,8 +117,8 @@ class RayCluster:
             return UserError(f"unit {i} ({names}) on Ray: {first_line(cause)}")
         if isinstance(error, self.ray.exceptions.RayTaskError):  # a bug: Ray printed the task's traceback
             return RuntimeError(f"unit {i} ({names}) on Ray: {type(cause).__name__}: {first_line(cause)}")
-        return UserError(f"unit {i} ({names}) on Ray: {type(error).__name__} after {RETRIES} retries "
-                         f"({first_line(error)[:160]}){resume_hint(work.run, ' (--cluster ray)')}")
+        return UserError(f"unit {i} ({names}) on Ray: {type(error).__name__} ({first_line(error)[:160]}; a task "
+                         f"whose worker was lost is retried {RETRIES} times){resume_hint(work.run, ' (--cluster ray)')}")
 
     @contextlib.contextmanager
     def connected(self, work: StudyWork) -> Iterator[bool]:
