@@ -41,9 +41,9 @@ def shipped_base(unit: Unit, run: RunFolder) -> Base | None:
 
 
 class ShippedFolder(RunFolder):
-    """A Ray task's view of the study folder, which lies on the driver's disk: nothing is written; the network a
-    training saves is kept for its message back (`take_saved`); the finished base network it reads came with the
-    task (`base`). No checkpoint: a cancelled or lost task trains its unit again from its start."""
+    """A Ray task's or SLURM job's view of the study folder, which lies on the study's machine: nothing is
+    written; the network a training saves is kept for its message back (`take_saved`); the finished base network
+    it reads came with the unit (`base`). No checkpoint: a cancelled or lost unit trains again from its start."""
 
     def __init__(self, results: dict, base: Base | None):
         super().__init__(None, False, results)
@@ -51,7 +51,8 @@ class ShippedFolder(RunFolder):
 
     def save_weights(self, phase: str, model: nn.Module, class_names: list[str], preprocessing: dict,
                      temperature: float | None = None) -> None:
-        self.saved = (phase, model, class_names, preprocessing, temperature)
+        # A copy as it is now: a SLURM job sends its messages when the unit ends, after the points used it.
+        self.saved = (phase, copy.deepcopy(model), class_names, preprocessing, temperature)
 
     def take_saved(self) -> tuple | None:
         saved, self.saved = self.saved, None
@@ -68,18 +69,19 @@ class ShippedFolder(RunFolder):
 
 
 def train_unit(job: UnitJob, unit: Unit, base: Base | None) -> Iterator[tuple]:
-    """A Ray task: `unit` trained in this worker with the job's threads, yielding ("started", where) and then
-    ("trained", where, record, saved) a training at a time (`saved`: the network to write, or None)."""
+    """`unit` trained in this process (a Ray worker, a SLURM job) with the job's threads, yielding ("started",
+    where) and then ("trained", where, record, saved) a training at a time (`saved`: the network to write, or
+    None)."""
     torch.set_num_threads(job.threads)  # as many as the --jobs workers: the same last digits
     keep_freed_memory()
-    # The data set's arrays come read-only from the object store (no copy per task); nothing writes to them.
+    # On Ray the data set's arrays come read-only from the object store (no copy per task); nothing writes them.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     where = process_name()
     yield ("started", where)
     folder = ShippedFolder(copy.deepcopy(job.results), base)
     outbox: list[tuple] = []
     runtime = Runtime(Distributed(device=torch.device(job.device)), job.precision, make_console(quiet=True),
-                      lambda: False, job.eval_batch_size)  # stopped by ray.cancel
+                      lambda: False, job.eval_batch_size)  # stopped from outside (ray.cancel, scancel)
     trainer = Trainer(job.config, job.image_shape, job.a, job.b, folder, runtime,
                       lambda *record: outbox.append((record, folder.take_saved())))
     for _ in trainer.trainings(unit):
