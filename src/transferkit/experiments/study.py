@@ -98,7 +98,7 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
     `save`, `verbose`, `device`, `track`) too: a study folder is a run folder, resumed point by point. `jobs`: worker
     processes training the study's units (see Unit) side by side on the CPU (default: one per usable core),
     capped at the usable cores, each with cores // jobs threads; 1 trains every point in this process. `cluster`:
-    "ray" or "ray://HOST:PORT" trains each unit as a Ray task instead (docs/distributed.md).
+    "ray" or "ray://HOST:PORT" trains each unit as a Ray task instead, "slurm" as a SLURM job (docs/distributed.md).
     """
     life = RunOptions.take(options)
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
@@ -117,8 +117,8 @@ def study(kind: str, dataset: str = "mnist", source: object = None, target: obje
 
 class StudyExperiment:
     """A study on the spine (spine.py): its points trained unit by unit (see Unit) by an executor (in this
-    process, in `jobs` worker processes, or as Ray tasks on `cluster`), each recorded in study.json as it
-    finishes."""
+    process, in `jobs` worker processes, or on `cluster`: Ray tasks or SLURM jobs), each recorded in study.json
+    as it finishes."""
 
     def __init__(self, config: StudyConfig, jobs: int | None, cluster: str | None = None):
         self.config, self.jobs, self.cluster, self.precision = config, jobs, cluster, config.split.train.precision
@@ -137,8 +137,8 @@ class StudyExperiment:
                 import_ray(f"--cluster {self.cluster}")
         self.jobs = study_jobs(self.jobs, len(study_units(config)), ranks.device, split.backbone)
         # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
-        # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS); a Ray task has one,
-        # as the default --jobs workers have (one process per core).
+        # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS); a unit on a cluster
+        # has one, as the default --jobs workers have (one process per core).
         self.threads = (1 if self.cluster is not None else torch.get_num_threads() if self.jobs == 1
                         else max(1, usable_cores() // self.jobs))
         if resumed is not None:  # points of the wrong shape: one line now, not a TypeError after training
@@ -188,7 +188,8 @@ class StudyExperiment:
                         "threads_per_job": self.threads, **where}
 
     def choose_executor(self, device: torch.device) -> UnitExecutor:
-        """Where the units train: Ray tasks (--cluster), worker processes (--jobs N) or this process."""
+        """Where the units train: SLURM jobs or Ray tasks (--cluster), worker processes (--jobs N) or this
+        process."""
         if self.cluster == "slurm":
             return SlurmJobs(self.threads, device.type)
         if self.cluster is not None:
