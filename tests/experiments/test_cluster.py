@@ -1,6 +1,6 @@
 """Studies on a Ray cluster (--cluster ray) and as SLURM jobs (--cluster slurm, submitit's local processes here):
 the same points as in one process, a lost worker retried, a stopped study resumed, and the one-line refusals.
-The Ray tests share one local cluster of 2 CPUs on 127.0.0.1."""
+The Ray tests share one local cluster of 2 CPUs, its node at 127.0.0.1."""
 
 import importlib.util
 import json
@@ -29,7 +29,7 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='
 
 @pytest.fixture(scope="module")
 def local_ray():
-    """A Ray cluster of 2 CPUs on this machine alone (127.0.0.1, a small object store), for the module's tests;
+    """A Ray cluster of 2 CPUs on this machine (its node at 127.0.0.1, a small object store), for the module's tests;
     the study uses the Ray this process started. The signal handlers ray.init replaces are given back."""
     import ray
 
@@ -136,7 +136,7 @@ def test_a_ray_study_stopped_then_resumed_equals_the_uninterrupted_one(local_ray
 
 @needs_ray
 def test_the_cli_starts_a_local_ray_cluster_and_sigterm_leaves_the_study_resumable(tmp_path):
-    """No cluster to join: the study starts a local one on 127.0.0.1 and stops it; SIGTERM (what `timeout` and
+    """No cluster to join: the study starts a local one and stops it; SIGTERM (what `timeout` and
     Slurm send) still reaches the study's own handler, although ray.init sets one of its own."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="tk-ray-", dir="/tmp"))  # short: Ray's socket paths have a limit
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}

@@ -134,7 +134,8 @@ class RayCluster:
         try:
             # ray://HOST:PORT, else RAY_ADDRESS's cluster, else `ray start`'s on this machine (not "auto": that
             # takes any Ray process on the machine, another user's local one too), else a local one of this
-            # machine's cores on this machine alone.
+            # machine's cores, its node at 127.0.0.1 (Ray 2.60's servers listen on every interface whatever the
+            # node's address: its token authentication, on by default, guards them).
             address = self.address if self.address != "ray" else os.environ.get("RAY_ADDRESS") or ray_start_address()
             if address is not None:
                 ray.init(address, logging_level="warning")
