@@ -158,6 +158,8 @@ def test_the_cli_starts_a_local_ray_cluster_and_sigterm_leaves_the_study_resumab
     assert proc.returncode == 143, err
     assert re.search(r"Ray: 1 node, \d+ CPUs", said), said
     assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    assert f"the Ray tasks cancelled; on resume the points under way train again from their start); what was " \
+           f"recorded is in {out}. Resume with:" in err, err  # no checkpoint is claimed
     assert err.strip().splitlines()[-1].endswith(f"--cluster ray --resume {out}"), err
 
 

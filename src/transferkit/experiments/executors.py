@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..data import ClassSplit
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 from ..training import Precision
 from .run_folder import RunFolder
 from .runtime import Runtime
@@ -93,6 +93,13 @@ def cluster_choice(value: str | None) -> str | None:
     if text in ("ray", "slurm") or (text.startswith("ray://") and len(text) > len("ray://")):
         return text
     raise UserError(f"--cluster {value}: unknown; give {CLUSTER_HELP}")
+
+
+def stopped_without_checkpoints(recorder: StudyRecorder, under_way: str) -> Interrupted:
+    """The Interrupted of units stopped on a cluster: no checkpoint, what was recorded kept."""
+    stop = Interrupted(recorder.stopped(under_way))
+    stop.checkpointed = False
+    return stop
 
 
 def resume_hint(run: RunFolder, how: str) -> str:

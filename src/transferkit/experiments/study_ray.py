@@ -19,9 +19,9 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import Interrupted, UserError, first_line
+from ..errors import UserError, first_line
 from ..training.batches import usable_cores
-from .executors import StudyWork, UnitJob, resume_hint
+from .executors import StudyWork, UnitJob, resume_hint, stopped_without_checkpoints
 from .runtime import STOP_SIGNALS
 from .shipped_unit import Base, record_message, shipped_base, train_unit
 from .study_plan import Unit
@@ -71,8 +71,9 @@ class RayCluster:
         try:
             while running or queued:
                 if work.runtime.should_stop():
-                    raise Interrupted(work.recorder.stopped(
-                        "the Ray tasks cancelled; on resume the points under way train again from their start"))
+                    raise stopped_without_checkpoints(
+                        work.recorder, "the Ray tasks cancelled; on resume the points under way train again from "
+                        "their start")
                 while queued and len(running) < window:
                     i = queued.pop(0)
                     running[submit(i)] = i

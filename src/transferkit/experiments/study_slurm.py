@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..errors import Interrupted, UserError
+from ..errors import UserError
 from ..training.batches import usable_cores
-from .executors import StudyWork, UnitJob, resume_hint
+from .executors import StudyWork, UnitJob, resume_hint, stopped_without_checkpoints
 from .shipped_unit import Base, record_message, shipped_base, train_unit
 from .study_plan import Unit
 
@@ -72,8 +72,9 @@ class SlurmJobs:
         try:
             while running or queued:
                 if work.runtime.should_stop():
-                    raise Interrupted(work.recorder.stopped(
-                        "the jobs cancelled; on resume the points under way train again from their start"))
+                    raise stopped_without_checkpoints(
+                        work.recorder, "the jobs cancelled; on resume the points under way train again from their "
+                        "start")
                 batch = queued[:max(0, window - len(running))]
                 del queued[:len(batch)]
                 if batch:
