@@ -6,6 +6,7 @@ per core with one thread each), which chose the studies' default --jobs (one pro
     python bench/studies.py --quick    # a smoke run on 2,000 images, 2 shot counts x 2 seeds
     python bench/studies.py --jobs-only --repeats 2   # only the --jobs comparison (a small shots study)
     python bench/studies.py --no-jobs --keep bench/out  # the studies without it, their folders kept
+    python bench/studies.py --cluster --quick           # in process, --jobs N and Ray (a local cluster), compared
 
 The studies run with the default --jobs. The separate commands are what a user would type today: one
 `transferkit run mnist --shots N --seed S` per shot count and seed, each training its own source network and
@@ -21,6 +22,13 @@ The --jobs comparison runs the same small shots study (`--shots 10,100 --seeds 2
 1 process x every thread and as one process per core x 1 thread, `--repeats` times each, and compares the
 wall times run by run (the ratio of neighbours, then the median: timings drift 20% and more from minute to
 minute on shared machines), and the points' accuracies between the two (the thread count changes float sums).
+
+--cluster runs one small shots study three ways in this process, one after another: in this process (every
+thread), in one worker process per core (--jobs N) and as Ray tasks on a local Ray cluster of one CPU per core
+(--cluster ray, the cluster started before the clock and timed apart). For each: the wall time, the trainings'
+own seconds (study.json's train_seconds, summed), and the engine's overhead per unit, (wall x processes -
+training seconds) / units: what the processes spent on anything but training (starting, receiving the data,
+sending results back, waiting for the next unit), per unit handed out.
 """
 
 from __future__ import annotations
@@ -76,6 +84,51 @@ def compare_jobs(tmp: Path, repeats: int, study: list[str]) -> None:
           f"{max(differences) * 100:.2f} points at most (mean {statistics.mean(differences) * 100:.3f})")
 
 
+def compare_engines(tmp: Path, quick: bool) -> None:
+    """The same small shots study in this process, in --jobs <cores> processes and as Ray tasks (--cluster)."""
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit('--cluster needs Ray: pip install -c constraints.txt ".[cluster]"') from None
+    import transferkit
+    from transferkit.experiments.study import study_units
+    from transferkit.experiments.study_plan import StudyConfig
+
+    options = ({"shots": "3,all", "seeds": 2, "limit": 400, "epochs": 2, "min_steps": 20} if quick
+               else {"shots": "10,100", "seeds": 2, "limit": 4000})
+    cores = usable_cores()
+    shots = tuple(0 if n == "all" else int(n) for n in options["shots"].split(","))
+    units = len(study_units(StudyConfig("shots", seeds=options["seeds"], shots=shots)))
+    print(f"engines: transferkit.study('shots', 'mnist', {', '.join(f'{k}={v!r}' for k, v in options.items())}): "
+          f"{units} units", flush=True)
+    points = {}
+    for name, how, processes in (("in process", {"jobs": 1}, 1), (f"--jobs {cores}", {"jobs": cores}, cores),
+                                 ("Ray", {"cluster": "ray"}, cores)):
+        if "cluster" in how:
+            start = time.perf_counter()
+            ray.init(address="local", num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     object_store_memory=256 << 20, logging_level="warning")
+            print(f"  (a local Ray cluster of {cores} CPUs started in {time.perf_counter() - start:.1f} s)")
+        load = Path("/proc/loadavg").read_text().split()[0]
+        start = time.perf_counter()
+        try:
+            transferkit.study("shots", "mnist", out=tmp / f"engine-{processes}-{len(points)}", verbose=False,
+                              **options, **how)
+        finally:
+            if "cluster" in how:
+                ray.shutdown()
+        wall = time.perf_counter() - start
+        record = json.loads((tmp / f"engine-{processes}-{len(points)}" / "study.json").read_text())
+        training = sum(phase["train_seconds"] for phase in record["phases"].values())
+        threads = record["distributed"]["threads_per_job"]
+        points[name] = record["points"]
+        print(f"  {name} ({processes} x {threads} thread(s)): {wall:.1f} s wall, {training:.1f} s training, overhead "
+              f"{(wall * processes - training) / units:.2f} s per unit (load average {load} at its start)", flush=True)
+    same = sum(points["Ray"][k]["test_loss"] == points[f"--jobs {cores}"][k]["test_loss"] for k in points["Ray"])
+    print(f"  Ray and --jobs {cores} (1 thread each): {same} of {len(points['Ray'])} points with the same test loss "
+          "to the bit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2,000 images, 2 shot counts x 2 seeds")
@@ -84,6 +137,7 @@ def main() -> None:
     parser.add_argument("--jobs-only", action="store_true", help="only the --jobs comparison")
     parser.add_argument("--no-jobs", action="store_true", help="skip the --jobs comparison")
     parser.add_argument("--no-freeze", action="store_true", help="skip the freeze study")
+    parser.add_argument("--cluster", action="store_true", help="only in process, --jobs and Ray compared")
     parser.add_argument("--keep", type=Path, help="write the studies' folders here (default: a temporary folder)")
     args = parser.parse_args()
     shots, seeds, extra = (("10,all", 2, ["--limit", "2000"]) if args.quick else (SHOTS, 5, []))
@@ -94,6 +148,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = args.keep or Path(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
+        if args.cluster:
+            compare_engines(tmp, args.quick)
+            return
         if not args.no_jobs:
             compare_jobs(tmp, args.repeats, JOBS_STUDY_QUICK if args.quick else JOBS_STUDY)
         if args.jobs_only:

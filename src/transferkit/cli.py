@@ -106,7 +106,8 @@ def _resumable(command, *args, out: str | None, resume: str | None, **kwargs):
         return command(*args, out=out, resume=resume, **kwargs)
     except Interrupted as stop:
         if stop.run_dir is not None:  # rank 0 (the one that writes) tells how to resume
-            click.echo(f"interrupted ({stop}); checkpoint saved in {stop.run_dir}. Resume with:\n"
+            saved = "checkpoint saved in" if stop.checkpointed else "what was recorded is in"
+            click.echo(f"interrupted ({stop}); {saved} {stop.run_dir}. Resume with:\n"
                        f"  {_launcher()}transferkit {_resume_command(stop.run_dir)}", err=True)
         raise click.exceptions.Exit(128 + int(stop.signal)) from None
 

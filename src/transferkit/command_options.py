@@ -70,6 +70,11 @@ class StudyOptions:
         "every point in this process, with every thread."), shown=(
         "one per usable core: on 2 cores, 2 processes x 1 thread ran a shots study in less time than 1 process x 2 "
         "threads (README, Studies)"))
+    cluster: str | None = declare(None, type=str, metavar="ray|ray://HOST:PORT|slurm", help=(
+        "Train each unit elsewhere, one CPU and one thread each: as a Ray task (ray: RAY_ADDRESS's cluster, else "
+        "`ray start`'s on this machine, else a new local one; ray://HOST:PORT: a remote head, through Ray Client) or "
+        "as a SLURM job (slurm, through submitit; the study folder on a disk the nodes share). Needs the cluster "
+        "extra; see docs/distributed.md."))
 
 
 SEEDS = Option(f"Seeds per point (2 to {STUDY_MAX_SEEDS}).")

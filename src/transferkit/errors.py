@@ -16,7 +16,9 @@ def first_line(e: BaseException) -> str:
 
 class Interrupted(Exception):
     """Training stopped between two steps (Ctrl-C or SIGTERM) after writing a checkpoint; `run_dir` can be
-    resumed; `signal` is the number of the signal that asked for it."""
+    resumed; `signal` is the number of the signal that asked for it. `checkpointed` False: a study on a cluster
+    stopped its units without one (what was recorded is kept)."""
 
     run_dir = None
     signal = 2  # SIGINT
+    checkpointed = True

@@ -19,6 +19,7 @@ Trainer for how a point trains, is recorded and resumes.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -60,17 +61,22 @@ class BackboneTrainer(Trainer):
         self.backbone = backbone
         self.features: list[torch.Tensor] | None = None  # the frozen backbone's, of every target image
 
-    def unit(self, unit: Unit) -> None:
+    def trainings(self, unit: Unit) -> Iterator[None]:
         if self.config.kind == "shots":
             if any(p.arm == "transfer" for p in unit.points):
                 self._frozen_features()
             for point in unit.points:
                 self._shots_point(point, None)
+                yield
             return
         # A's units copy the pretrained weights (no baseA: unit.base is None), B's the baseB trained here.
-        base = self.backbone.pretrained if unit.base is None else self._train(Point("baseB", unit.seed), self.b, True)
+        base = self.backbone.pretrained
+        if unit.base is not None:
+            base = self._train(Point("baseB", unit.seed), self.b, True)
+            yield
         for point in unit.points:
             self._freeze_point(point, base)
+            yield
 
     def _frozen_features(self) -> None:
         """The frozen backbone's features of every target image, once for the whole study (every shot count

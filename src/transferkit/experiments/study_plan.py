@@ -121,6 +121,11 @@ class Unit:
     base: str | None
     points: tuple[Point, ...]
 
+    @property
+    def trainings(self) -> list[str]:
+        """The names of its trainings in order: its base network (where it trains one), then its points."""
+        return [Point(self.base, self.seed).name] * (self.base is not None) + [p.name for p in self.points]
+
 
 def shot_indices(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:
     """`shots` training images of every class (0: all), drawn with `seed`, nested: a seed's 10-shot set holds

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -58,10 +58,18 @@ class Trainer:
         self.x_train, self.x_test = (images_to_tensor(x, scale=self.scaled) for x in (b.x_train, b.x_test))
 
     def unit(self, unit: Unit) -> None:
+        """Train `unit` whole, each training handed to `record` as it finishes."""
+        for _ in self.trainings(unit):
+            pass
+
+    def trainings(self, unit: Unit) -> Iterator[None]:
+        """`unit`, a training at a time: yields after each training was handed to `record` (a Ray task sends it
+        on from there)."""
         base = None
         if unit.base is not None:  # baseA (the source network) is not a point; baseB is (the reference line)
             split, recorded = (self.a, False) if unit.base == "baseA" else (self.b, True)
             base = self._train(Point(unit.base, unit.seed), split, recorded)
+            yield
         if self.config.kind == "shots":
             if base is not None:
                 # The frozen features of every target image through this seed's source network, once: each
@@ -70,9 +78,11 @@ class Trainer:
                 self.features = self._through(prefix)
             for point in unit.points:
                 self._shots_point(point, base)
+                yield
             return
         for point in unit.points:
             self._freeze_point(point, base)
+            yield
 
     def _shots_point(self, point: Point, source: SeedCNN) -> None:
         keep = shot_indices(self.b.y_train, point.shots, derive_seed(self.config.split.train.seed, repeat=point.seed))
