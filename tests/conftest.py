@@ -14,6 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Under pytest-xdist (the README's `-n 2`) each worker trains with cores / workers threads and hands that on to the
+# processes it starts (OMP_NUM_THREADS): two workers of two threads on two cores would oversubscribe them, and
+# OpenMP's threads then wait on each other far longer than they compute. Every comparison a test makes is between
+# trainings with the same thread count, so the numbers a test checks do not change.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 
 def make_arrays(n_train: int = 200, n_test: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
     """Random 28x28 uint8 images, each label drawn on the image as a bright block so the classes are learnable."""
