@@ -18,7 +18,7 @@ from transferkit import UserError, study
 from transferkit.cli import main
 from transferkit.experiments.study import study_jobs, study_points, study_units
 from transferkit.experiments.study_plan import Point, StudyConfig, shot_indices
-from transferkit.reporting.study import interval, seeds_needed, summarise
+from transferkit.reporting.study import ACCURACY_RANGE, POINTS_RANGE, interval, seeds_needed, summarise
 from transferkit.training.batches import usable_cores
 
 TINY = ["--limit", "200", "--epochs", "2", "--min-steps", "6"]
@@ -120,7 +120,7 @@ def test_a_shots_study_records_every_point_with_intervals(uninterrupted):
     assert point["train_samples"] == 3 * 5 and point["steps"] >= 6
     row = next(r for r in record["summary"] if r["arm"] == "scratch" and r["shots"] == 0)
     values = [record["points"][f"scratch/shots=all/seed={s}"]["test_accuracy"] for s in (0, 1)]
-    assert (row["test_accuracy"], row["ci_low"], row["ci_high"]) == pytest.approx(interval(values))
+    assert (row["test_accuracy"], row["ci_low"], row["ci_high"]) == pytest.approx(interval(values, ACCURACY_RANGE))
     assert row["ci_low"] < row["test_accuracy"] < row["ci_high"] or values[0] == values[1]
     assert any(line.startswith("With 3 images per class") for line in record["findings"])
     csv_rows = (uninterrupted / "study.csv").read_text().splitlines()
@@ -232,6 +232,14 @@ def test_shot_sets_are_nested_and_the_same_for_both_arms():
     assert set(five) <= set(ten) and np.bincount(labels[five]).tolist() == [5, 5, 5]
     assert np.array_equal(five, shot_indices(labels, 5, seed=7))
     assert len(shot_indices(labels, 0, seed=7)) == 60  # all
+
+
+def test_an_interval_stays_inside_what_its_values_can_be():
+    # Two seeds: t = 12.7, so 0.6 and 0.8 give 0.7 +- 1.27, an accuracy interval from -0.57 to 1.97, cut to [0, 1].
+    assert interval([0.6, 0.8], ACCURACY_RANGE) == pytest.approx((0.7, 0.0, 1.0))
+    assert interval([-60.0, 90.0], POINTS_RANGE)[1:] == (-100.0, 100.0)
+    mean, low, high = interval([0.70, 0.72, 0.71, 0.73, 0.69], ACCURACY_RANGE)  # well inside: t's own interval
+    assert 0 < low < mean < high < 1 and high - low == pytest.approx(2 * 2.776 * 0.01581 / 5 ** 0.5, rel=1e-3)
 
 
 def test_the_crossover_is_the_smallest_shot_count_from_which_scratch_keeps_up():

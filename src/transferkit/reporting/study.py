@@ -27,15 +27,21 @@ ARM_COLORS = {**PHASE_COLORS, "baseB": "#7f7f7f", "BnB": "#1f77b4", "BnB+": "#17
 CROSSOVER_POINTS = 1.0  # scratch "catches up" within this many accuracy points of transfer
 
 
-def interval(values: list[float]) -> tuple[float, float | None, float | None]:
-    """Mean and its 95% interval (Student's t over seeds); no interval (None, None) from one value: one seed
-    has no spread (see interval_note)."""
+ACCURACY_RANGE = (0.0, 1.0)
+POINTS_RANGE = (-100.0, 100.0)  # one accuracy minus another, in percentage points
+
+
+def interval(values: list[float], bounds: tuple[float, float]) -> tuple[float, float | None, float | None]:
+    """Mean and its 95% interval (Student's t over seeds), cut to `bounds`, the range the values can take (an
+    accuracy cannot leave [0, 1]): t's interval from 2 or 3 seeds can reach far past it, where no true value lies,
+    so the cut loses no coverage. No interval (None, None) from one value: one seed has no spread (see
+    interval_note)."""
     a = np.asarray(values, dtype=np.float64)
     mean = float(a.mean())
     if len(a) < 2:
         return mean, None, None
     half = float(_t(len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a)))
-    return mean, mean - half, mean + half
+    return mean, max(mean - half, bounds[0]), min(mean + half, bounds[1])
 
 
 def interval_note(seeds: int) -> str | None:
@@ -76,7 +82,7 @@ def summarise(points: dict[str, dict], kind: str) -> tuple[list[dict], list[str]
         groups[(p["arm"], p[x_key])].append(p)
     rows = []
     for (arm, x), ps in sorted(groups.items(), key=lambda g: (g[0][0], _order(g[0][1]))):
-        mean, low, high = interval([p["test_accuracy"] for p in ps])
+        mean, low, high = interval([p["test_accuracy"] for p in ps], ACCURACY_RANGE)
         rows.append({"arm": arm, x_key: x, "seeds": len(ps), "test_accuracy": mean, "ci_low": low, "ci_high": high,
                      "ci_note": interval_note(len(ps)),
                      "test_loss": float(np.mean([p["test_loss"] for p in ps])),
@@ -109,13 +115,13 @@ def _shots_findings(points: dict[str, dict]) -> tuple[list[str], int | None]:
     if not gains:
         return ["the study has no shot count with both arms; nothing to compare"], None
     findings = [_gain_finding(shots, g) for shots, g in gains.items()]
-    sentence, crossover = _crossover({shots: interval(g) for shots, g in gains.items()})
+    sentence, crossover = _crossover({shots: interval(g, POINTS_RANGE) for shots, g in gains.items()})
     return [*findings, sentence], crossover
 
 
 def _gain_finding(shots: int, gains: list[float]) -> str:
     """Transfer's lead at one shot count: a lead only where its 95% interval excludes zero."""
-    mean, low, high = interval(gains)
+    mean, low, high = interval(gains, POINTS_RANGE)
     where, seeds, note = f"With {_images(shots)}", _seeds(len(gains)), interval_note(len(gains))
     if low is None:
         return f"{where} the difference is not established at 1 seed: {_ahead(mean)} ({note})."
@@ -228,7 +234,7 @@ def _paired(points: dict[str, dict], a: tuple[str, int | None], b: tuple[str, in
     seeds = sorted({seed for arm, cut, seed in by if (arm, cut) == a and (*b, seed) in by})
     if len(seeds) < 2:
         return f"paired by seed: {interval_note(1)}", "includes"
-    mean, low, high = interval([(by[(*a, s)] - by[(*b, s)]) * 100 for s in seeds])
+    mean, low, high = interval([(by[(*a, s)] - by[(*b, s)]) * 100 for s in seeds], POINTS_RANGE)
     note = interval_note(len(seeds))
     shown = f"paired 95% interval {low:+.2f} to {high:+.2f} points, {_seeds(len(seeds))}" + (f"; {note}" if note else "")
     return shown, "above" if low > 0 else "below" if high < 0 else "includes"
