@@ -12,6 +12,7 @@ of training it, and the executor trains the rest.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ class InProcess:
         trainer = self.make_trainer(work.run, work.runtime, work.recorder.record)
         for unit in work.units:
             trainer.unit(unit)  # stops after a step with a checkpoint, as any run does (Interrupted)
+
+
+def import_extra(module: str, option: str, what: str):
+    """The cluster extra's `module` (ray, submitit), or the one line that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f'{option} needs {what}: pip install "transferkit[cluster]"') from None
 
 
 def cluster_choice(value: str | None) -> str | None:

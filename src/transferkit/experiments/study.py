@@ -46,7 +46,7 @@ from ..reporting.study import (
 from ..training import Precision
 from ..training.batches import usable_cores, worker_count
 from ..training.distributed import Distributed
-from .executors import InProcess, StudyWork, UnitExecutor, UnitJob, cluster_choice
+from .executors import InProcess, StudyWork, UnitExecutor, UnitJob, cluster_choice, import_extra
 from .run_folder import RunFolder, worker_checkpoints
 from .runtime import Runtime
 from .spine import run_experiment
@@ -64,9 +64,9 @@ from .study_plan import (
     backbone_stages,
 )
 from .study_processes import LocalProcesses
-from .study_ray import RayCluster, import_ray
+from .study_ray import RayCluster
 from .study_recorder import StudyRecorder
-from .study_slurm import SlurmJobs, import_submitit
+from .study_slurm import SlurmJobs
 from .study_trainer import Trainer
 
 
@@ -134,9 +134,9 @@ class StudyExperiment:
         if self.cluster is not None:  # one line before anything is read: the options that do not go with it
             refuse_with_cluster(self.cluster, self.jobs, split.backbone)
             if self.cluster == "slurm":  # or how to install it
-                import_submitit("--cluster slurm")
+                import_extra("submitit", "--cluster slurm", "submitit")
             else:
-                import_ray(f"--cluster {self.cluster}")
+                import_extra("ray", f"--cluster {self.cluster}", "Ray")
         self.jobs = study_jobs(self.jobs, len(study_units(config)), ranks.device, split.backbone)
         # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
         # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS); a unit on a cluster

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import UserError, first_line
 from ..training.batches import usable_cores
-from .executors import StudyWork, UnitJob, resume_hint, stopped_without_checkpoints
+from .executors import StudyWork, UnitJob, import_extra, resume_hint, stopped_without_checkpoints
 from .runtime import STOP_SIGNALS
 from .shipped_unit import Base, record_message, shipped_base, train_unit
 from .study_plan import Unit
@@ -29,16 +29,6 @@ from .study_plan import Unit
 RETRIES = 3  # a task whose worker died is run again this many times (Ray's max_retries), then the study fails
 LOCAL_STORE_BYTES = 256 << 20  # a local cluster's object store at least (the data set goes in once)
 IN_FLIGHT_PER_CPU = 2  # tasks handed to Ray at a time per CPU of the cluster: the rest wait here, cheap to cancel
-NEEDS_RAY = 'needs Ray: pip install "transferkit[cluster]"'
-
-
-def import_ray(option: str):
-    """The ray module, or the one line that says how to install it."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError(f"{option} {NEEDS_RAY}") from None
-    return ray
 
 
 class RayCluster:
@@ -47,7 +37,7 @@ class RayCluster:
     (Ray Client, which has no streaming generators: each unit's trainings come back when it ends)."""
 
     def __init__(self, address: str, threads: int, device: str):
-        self.ray = import_ray(f"--cluster {address}")
+        self.ray = import_extra("ray", f"--cluster {address}", "Ray")
         self.address, self.threads, self.device = address, threads, device
         self.where: dict[int, str] = {}  # the process each unit trains in, as its task said
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..training.batches import usable_cores
-from .executors import StudyWork, UnitJob, resume_hint, stopped_without_checkpoints
+from .executors import StudyWork, UnitJob, import_extra, resume_hint, stopped_without_checkpoints
 from .shipped_unit import Base, record_message, shipped_base, train_unit
 from .study_plan import Unit
 
@@ -28,20 +28,11 @@ TIMEOUT_MIN = 24 * 60  # a job's time limit; one that reaches it is requeued (su
 POLL_SECONDS = 0.5
 
 
-def import_submitit(option: str):
-    """The submitit module, or the one line that says how to install it."""
-    try:
-        import submitit
-    except ImportError:
-        raise UserError(f'{option} needs submitit: pip install "transferkit[cluster]"') from None
-    return submitit
-
-
 class SlurmJobs:
     """Each unit a SLURM job (submitit), or a local process where there is no SLURM."""
 
     def __init__(self, threads: int, device: str):
-        self.submitit = import_submitit("--cluster slurm")
+        self.submitit = import_extra("submitit", "--cluster slurm", "submitit")
         self.threads, self.device = threads, device
 
     def describe(self) -> str:
