@@ -251,7 +251,10 @@ def rank_command(data: str, out: str | None, force: bool, resume: str | None, qu
 @cli.command("audit")
 @click.argument("data", type=click.Path())
 @config_options(AuditConfig)
-@config_options(RunOptions, only={"out": {}, "force": {}, "device": {}}, fill={"folder": "audit-<data>"})
+@config_options(RunOptions, only={"out": {"help": "Folder for audit.json, issues.csv and report.html (new or empty; an "
+                                               "audit is no run: no status or checkpoints). Default: runs/<UTC "
+                                               "time>-{folder}."}, "force": {}, "device": {}},
+                fill={"folder": "audit-<data>"})
 @_output_options
 def audit_command(data: str, quiet: bool, as_json: bool, **options: object) -> None:
     """Check an image folder data set before training: exact and near duplicates (across train / val / test:

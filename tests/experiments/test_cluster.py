@@ -19,7 +19,7 @@ import torch
 
 from transferkit import study
 from transferkit.cli import main
-from transferkit.errors import Interrupted
+from transferkit.errors import Interrupted, UserError
 from transferkit.experiments.study import StudyRecorder
 from transferkit.experiments.study_ray import RayCluster
 
@@ -216,3 +216,20 @@ def test_without_the_extra_the_cluster_option_says_how_to_install_it(tmp_path, m
     what = "Ray" if module == "ray" else "submitit"
     assert err == f'error: --cluster {cluster} needs {what}: pip install "transferkit[cluster]"'
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("message", [
+    "not a tuple", ("trained",), ("started", 7), ("trained", "pid 1", ("baseA/seed=9", {}, None, [1], False), None),
+    ("trained", "pid 1", ("transfer/shots=3/seed=0", {}, None, [1], False), ("../../elsewhere", None, [], {})),
+    ("finished", "pid 1"),
+])
+def test_a_message_that_is_none_of_the_units_trainings_is_one_line_and_records_nothing(message):
+    from transferkit.experiments.executors import StudyWork
+    from transferkit.experiments.shipped_unit import record_message
+    from transferkit.experiments.study_plan import Point, Unit
+
+    unit = Unit(0, "baseA", (Point("transfer", 0, shots=3),))
+    work = StudyWork([unit], None, None, None, None)  # nothing of the study is touched for such a message
+    with pytest.raises(UserError, match=r"^unit 0 \(baseA/seed=0, transfer/shots=3/seed=0\): its worker sent a "
+                                        r"message that is none of its trainings'"):
+        record_message(message, 0, work)

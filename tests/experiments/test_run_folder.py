@@ -51,6 +51,9 @@ def test_a_phases_held_out_figures_are_named_by_the_split_they_were_measured_on(
              for k, v in validated.items()}
     read = PhaseResult.from_dict("p", older)
     assert (read.accuracy, read.loss, read.held_out_samples, read.validated_on) == (0.75, 0.5, 2, "val")
+    # One that says no split (a study's point, a run from before) keeps saying none when written again (resumed).
+    unsaid = PhaseResult.from_dict("p", _recorded(model).to_dict())
+    assert unsaid.validated_on is None and "validated_on" not in unsaid.to_dict() and "test_accuracy" in tested
     for phase in (tested, validated, older):
         check_results(tmp_path / "results.json", {"config": {}, "phases": {"p": phase}})
     with pytest.raises(UserError, match=r"phases.p.val_accuracy must be"):

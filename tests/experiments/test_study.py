@@ -115,6 +115,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 def test_a_shots_study_records_every_point_with_intervals(uninterrupted):
     record = json.loads((uninterrupted / "study.json").read_text())
     assert len(record["points"]) == 2 * 2 * 2  # arms x shot counts x seeds
+    assert record["dataset"]["tested_on"] == "test"  # MNIST's test split
     point = record["points"]["transfer/shots=3/seed=1"]
     assert point["arm"] == "transfer" and point["shots"] == 3 and point["seed"] == 1
     assert point["train_samples"] == 3 * 5 and point["steps"] >= 6

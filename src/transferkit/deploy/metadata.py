@@ -11,7 +11,7 @@ from ..inference.formats import onnx_description
 from ..inference.graph import describe
 from ..jsonfile import read_json
 from ..reporting import read_results
-from ..reporting.results import held_out_key, validated_on
+from ..reporting.results import held_out_key
 
 
 def model_metadata(source: Path) -> dict:
@@ -55,7 +55,7 @@ def _run_summary(run_dir: Path, weights: str | None) -> dict | None:
     if name is not None:
         phase = phases[name]
         metrics = phase.get("metrics") or {}
-        validation = {"phase": name, "split": validated_on(phase), "images": phase.get(held_out_key(phase, "samples")),
+        validation = {"phase": name, "split": phase.get("validated_on"), "images": phase.get(held_out_key(phase, "samples")),
                       "accuracy": phase.get(held_out_key(phase, "accuracy")), "balanced_accuracy": metrics.get("balanced_accuracy"),
                       "macro_f1": metrics.get("macro_f1")}
     config = results.get("config") or {}

@@ -135,7 +135,7 @@ def train_phase(phase: Phase, run: RunFolder, runtime: Runtime) -> tuple[PhaseRe
         confusion_matrix=confusion_over_ranks(mistakes.confusion).tolist(), misclassified=mistakes.examples(),
         class_weights=phase.class_weights and phase.class_weights.to_dict(),
         calibration=calibration and calibration.to_dict(), stopping=stopping,
-        validated_on=phase.validation_split or "test",
+        validated_on=phase.validation_split,
     ), mistakes
 
 

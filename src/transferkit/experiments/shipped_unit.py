@@ -14,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from ..errors import first_line
+from ..errors import UserError, first_line
 from ..reporting.console import make_console
 from ..training.distributed import Distributed
 from ..training.memory import keep_freed_memory
@@ -89,13 +89,22 @@ def train_unit(job: UnitJob, unit: Unit, base: Base | None) -> Iterator[tuple]:
             yield ("trained", where, *outbox.pop(0))
 
 
-def record_message(message: tuple, work: StudyWork) -> str:
-    """A unit's message recorded: ("started", where), or ("trained", where, record, saved), the network `saved`
-    written first (into the study folder, here). Returns where the unit trains."""
-    kind, where, *rest = message
-    if kind == "trained":
-        record, saved = rest
-        if saved is not None:
-            work.run.save_weights(*saved)
-        work.recorder.record(*record)
-    return where
+def record_message(message: object, i: int, work: StudyWork) -> str:
+    """Unit i's message recorded: ("started", where), or ("trained", where, record, saved), the network `saved`
+    written first (into the study folder, here). Returns where the unit trains. A message of another shape, or
+    naming a training that is not the unit's, is one line (it came over the network, or from a shared disk)."""
+    trainings = work.units[i].trainings
+    shaped = isinstance(message, tuple) and len(message) >= 2 and isinstance(message[1], str)
+    if shaped and message[0] == "started" and len(message) == 2:
+        return message[1]
+    if shaped and message[0] == "trained" and len(message) == 4:
+        _, where, record, saved = message
+        if (isinstance(record, tuple) and len(record) == 5 and record[0] in trainings and isinstance(record[1], dict)
+                and (saved is None or (isinstance(saved, tuple) and saved and saved[0] in trainings))):
+            if saved is not None:
+                work.run.save_weights(*saved)
+            work.recorder.record(*record)
+            return where
+    raise UserError(f"unit {i} ({', '.join(trainings[:3])}): its worker sent a message that is none of its "
+                    f"trainings' ({type(message).__name__}); nothing of it is recorded. Run the study again with "
+                    "--resume and the same transferkit on every machine")

@@ -178,6 +178,9 @@ class StudyExperiment:
                         "source_train_samples": len(a.y_train) if a is not None else 0,
                         "target_train_samples": len(b.y_train),
                         "target_test_samples": len(b.y_test),
+                        # What the points' test_accuracy is measured on: the data set's test split, or (a folder
+                        # without test/) its val/ or held-out images; a study chooses nothing on them either way.
+                        "tested_on": data.validation_split,
                         "target_class_sizes": np.bincount(b.y_train, minlength=len(b.class_names)).tolist()},
             "config": config.to_dict(), "phases": {}, "points": {},
         }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,6 +74,10 @@ class RayCluster:
                     try:
                         messages, ended = self.next_messages(handle)
                     except ray.exceptions.RayError as e:
+                        if work.runtime.should_stop():  # Ctrl-C reached the task too: a stop, not a failure
+                            raise stopped_without_checkpoints(
+                                work.recorder, "the Ray tasks cancelled; on resume the points under way train "
+                                "again from their start") from None
                         raise self.failed(i, e, work) from None
                     for message in messages:
                         self.receive(i, message, work)
@@ -98,7 +103,7 @@ class RayCluster:
         if before is not None and before != where:  # Ray ran the task again: its first worker was lost
             work.runtime.console.print(f"unit {i} ({', '.join(work.units[i].trainings[:3])}): its Ray worker "
                                        f"({before}) was lost; Ray ran it again from its start ({where})")
-        self.where[i] = record_message(message, work)
+        self.where[i] = record_message(message, i, work)
 
     def failed(self, i: int, error: Exception, work: StudyWork) -> Exception:
         """A task that failed, in one line naming its unit: its own error, or its workers lost too often."""
@@ -134,7 +139,10 @@ class RayCluster:
                 ray.init(address="local", num_cpus=usable_cores(), include_dashboard=False,
                          _node_ip_address="127.0.0.1", logging_level="warning",
                          object_store_memory=max(LOCAL_STORE_BYTES, 3 * job_bytes(work.job)))
-        except ConnectionError as e:
+        except BaseException as e:  # a start half done (a local cluster's processes) goes with it
+            ray.shutdown()
+            if not isinstance(e, ConnectionError):
+                raise
             where = self.address if self.address != "ray" else f"ray (RAY_ADDRESS={os.environ.get('RAY_ADDRESS')})"
             raise UserError(f"--cluster {where}: cannot connect ({first_line(e)[:160]}); start the cluster "
                             "(docs/distributed.md, Studies on a cluster) or give another address") from None
@@ -151,9 +159,15 @@ class RayCluster:
 
 def ray_start_address() -> str | None:
     """The address of the cluster `ray start` runs on this machine, from the file it writes for its drivers
-    (RAY_TMPDIR, else /tmp, then ray/ray_current_cluster), or None."""
+    (RAY_TMPDIR, else /tmp, then ray/ray_current_cluster), or None. Only a file of this user's that no one else
+    may write: /tmp is everyone's, and another user's file would send the data set to their cluster and have
+    this process unpickle what comes back."""
+    path = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
     try:
-        return (Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster").read_text().strip() or None
+        facts = path.stat()
+        if facts.st_uid != os.getuid() or facts.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            return None
+        return path.read_text().strip() or None
     except OSError:
         return None
 

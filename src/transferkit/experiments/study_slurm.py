@@ -45,6 +45,9 @@ class SlurmJobs:
             executor.update_parameters(name="transferkit-unit", timeout_min=TIMEOUT_MIN, cpus_per_task=self.threads,
                                        gpus_per_node=1 if self.device == "cuda" else 0)
             on_slurm = executor.cluster == "slurm"
+            if on_slurm and work.run.path is None:  # the jobs read and write a folder every node sees
+                raise UserError("--cluster slurm: the jobs need the study folder on a disk every node mounts; "
+                                "save the study (--out on a shared disk)")
             work.runtime.console.print(f"submitit: {'SLURM' if on_slurm else 'no SLURM here: local processes'}, "
                                        f"jobs in {folder}")
             job_file = folder / JOB_FILE
@@ -78,9 +81,15 @@ class SlurmJobs:
                     try:
                         messages = job.result()
                     except Exception as e:  # noqa: BLE001 - submitit's errors carry the job's own
+                        if work.runtime.should_stop():  # Ctrl-C reached the local jobs too: a stop, not a failure
+                            raise stopped_without_checkpoints(
+                                work.recorder, "the jobs cancelled; on resume the points under way train again "
+                                "from their start") from None
                         raise self.failed(i, job, e, work) from None
-                    for message in messages:
-                        record_message(message, work)
+                    for message in messages if isinstance(messages, list) else [messages]:  # one line if not
+                        record_message(message, i, work)
+                    for pickled in (job.paths.submitted_pickle, job.paths.result_pickle):  # recorded: the copies
+                        pickled.unlink(missing_ok=True)  # of its networks go (its logs stay)
                 time.sleep(POLL_SECONDS)
         finally:
             for job in running:  # stopped or failed: what is queued or training goes

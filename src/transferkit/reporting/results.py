@@ -47,11 +47,12 @@ class PhaseResult:
     # or a run made before (the last epoch kept).
     stopping: dict | None = None
     # "val" (a validation split, held out from training) or "test" (a test split): the held-out figures' keys
-    # in results.json say which (val_accuracy, test_accuracy), so that validation is never called test.
-    validated_on: str = "test"
+    # in results.json say which (val_accuracy, test_accuracy), so that validation is never called test. None:
+    # not said (a study's points; runs recorded before transferkit said it), whose keys are test_* as they were.
+    validated_on: str | None = None
 
     def to_dict(self) -> dict:
-        split = self.validated_on
+        split = self.validated_on or "test"
         d = {
             "classes": self.classes,
             "train_samples": self.train_samples,
@@ -60,7 +61,6 @@ class PhaseResult:
             "train_seconds": round(self.train_seconds, 4),
             f"{split}_loss": self.loss,
             f"{split}_accuracy": self.accuracy,
-            "validated_on": split,
             "params": self.params.to_dict(),
             "history": [r.to_dict() for r in self.history],
         }
@@ -80,6 +80,8 @@ class PhaseResult:
             d["misclassified"] = self.misclassified
         if self.stopping is not None:
             d["stopping"] = self.stopping
+        if self.validated_on is not None:
+            d["validated_on"] = self.validated_on
         return d
 
     @classmethod
@@ -93,12 +95,13 @@ class PhaseResult:
                    layers=[LayerRow.from_dict(r) for r in d["layers"]] if "layers" in d else None,
                    confusion_matrix=d.get("confusion_matrix"), misclassified=d.get("misclassified"),
                    class_weights=d.get("class_weights"), calibration=d.get("calibration"),
-                   stopping=d.get("stopping"), validated_on=validated_on(d))
+                   stopping=d.get("stopping"),
+                   validated_on=d["validated_on"] if d.get("validated_on") in VALIDATED_ON else None)
 
 
-def validated_on(phase: dict) -> str:
-    """The split a phase recorded in results.json was validated on: "val" or "test" (phases recorded without it
-    were tested on a test split)."""
+def key_split(phase: dict) -> str:
+    """The split a recorded phase's held-out keys name: its validated_on, "test" where it says none (the keys
+    such phases were written with)."""
     return phase.get("validated_on") if phase.get("validated_on") in VALIDATED_ON else "test"
 
 
@@ -106,7 +109,7 @@ def held_out_key(phase: dict, figure: str) -> str:
     """results.json's key for a phase's `figure` ("samples", "loss", "accuracy") on the split it was validated
     on: val_accuracy on a validation split, test_accuracy on a test split. Runs recorded before the keys named
     the split wrote test_* whatever it was, and are read as written."""
-    key = f"{validated_on(phase)}_{figure}"
+    key = f"{key_split(phase)}_{figure}"
     return key if key in phase or f"test_{figure}" not in phase else f"test_{figure}"
 
 
