@@ -62,9 +62,7 @@ class RayCluster:
         try:
             while running or queued:
                 if work.runtime.should_stop():
-                    raise stopped_without_checkpoints(
-                        work.recorder, "the Ray tasks cancelled; on resume the points under way train again from "
-                        "their start")
+                    raise self.stopped(running, work)
                 while queued and len(running) < window:
                     i = queued.pop(0)
                     running[submit(i)] = i
@@ -75,9 +73,8 @@ class RayCluster:
                         messages, ended = self.next_messages(handle)
                     except ray.exceptions.RayError as e:
                         if work.runtime.should_stop():  # Ctrl-C reached the task too: a stop, not a failure
-                            raise stopped_without_checkpoints(
-                                work.recorder, "the Ray tasks cancelled; on resume the points under way train "
-                                "again from their start") from None
+                            running.pop(handle)
+                            raise self.stopped(running, work) from None
                         raise self.failed(i, e, work) from None
                     for message in messages:
                         self.receive(i, message, work)
@@ -86,6 +83,19 @@ class RayCluster:
         finally:
             for handle in running:  # stopped or failed: what is still queued or training goes
                 ray.cancel(handle)
+
+    def stopped(self, running: dict, work: StudyWork) -> Exception:
+        """On a stop: the trainings the tasks have sent and the study has not read yet recorded first (a finished
+        training is not lost to a stop), then the Interrupted the study raises; the tasks are cancelled after."""
+        for handle, i in list(running.items()):
+            with contextlib.suppress(self.ray.exceptions.RayError):  # a task failing now: stopped all the same
+                ended = False
+                while not ended and self.ray.wait([handle], num_returns=1, timeout=0)[0]:
+                    messages, ended = self.next_messages(handle)
+                    for message in messages:
+                        self.receive(i, message, work)
+        return stopped_without_checkpoints(work.recorder, "the Ray tasks cancelled; on resume the points under way "
+                                                          "train again from their start")
 
     def next_messages(self, handle) -> tuple[list[tuple], bool]:
         """What a ready task sent: a streaming generator's next message, or a whole task's list (Ray Client); and
