@@ -1,5 +1,5 @@
 """The package's layout: no import circle between transferkit's modules (function-local imports included), and
-no module importing another's private name."""
+no module importing another's private name, no function of more than ten parameters."""
 
 import ast
 from pathlib import Path
@@ -69,3 +69,19 @@ def test_no_import_circles_and_no_private_imports():
         if name not in state:
             visit(name, [name])
     assert not circles, circles
+
+
+MAX_PARAMETERS = 10  # more, and a function wants its options grouped in a dataclass (RunOptions, FitPlan, ...)
+
+
+def test_no_function_takes_more_than_ten_parameters():
+    crowded = []
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                args = node.args
+                names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+                count = len(names) - (names[:1] in (["self"], ["cls"]))
+                if count > MAX_PARAMETERS:
+                    crowded.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} takes {count}")
+    assert not crowded, crowded

@@ -10,7 +10,7 @@ import pytest
 
 from transferkit import finetune, predict, rank, run_split
 from transferkit.cli import cli
-from transferkit.command_options import CompareOptions
+from transferkit.command_options import CompareOptions, StudyOptions
 from transferkit.config import (
     DEFAULT_LR,
     HEAD_MIN_STEPS,
@@ -40,8 +40,8 @@ API = {
     "finetune": (finetune, [FinetuneConfig, RunOptions]),
     "rank": (rank, [RankConfig, RunOptions]),
     "audit": (audit, [AuditConfig]),
-    "study shots": (study, SPLIT),
-    "study freeze": (study, SPLIT),
+    "study shots": (study, [StudyOptions, *SPLIT]),
+    "study freeze": (study, [StudyOptions, *SPLIT]),
     "predict": (predict, []),
     "export": (export, []),
     "serve": (ServeConfig, []),

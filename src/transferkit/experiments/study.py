@@ -89,20 +89,19 @@ class StudyResult:
 
 
 def study(kind: str, dataset: str = SplitConfig.dataset, source: object = None, target: object = None, *,
-          seeds: int | None = None, shots: object = None, cuts: object = None, arms: object = StudyOptions.arms,
-          min_steps: int = StudyOptions.min_steps, jobs: int | None = StudyOptions.jobs,
-          cluster: str | None = StudyOptions.cluster, **options: object) -> StudyResult:
+          seeds: int | None = None, shots: object = None, cuts: object = None, **options: object) -> StudyResult:
     """Run a study (`kind` shots or freeze) of the split experiment on `dataset` and return its StudyResult.
 
     `shots`: images per target class (`"1,5,10,all"` or a list; 0 or "all" for all); `cuts`: the freeze study's
     cuts (`"1,2,3"`); `arms`: a subset of the kind's arms; `seeds`: how many (2 or more, for intervals).
     `options` as for run_split (`epochs=5`, `limit=2000`, `head="reset"`), RunOptions (`out`, `resume`, `force`,
-    `save`, `verbose`, `device`, `track`) too: a study folder is a run folder, resumed point by point. `jobs`: worker
+    `save`, `verbose`, `device`, `track`) too: a study folder is a run folder, resumed point by point; and
+    StudyOptions (command_options.py): `arms`, `min_steps` (each point's least optimizer steps), `jobs`: worker
     processes training the study's units (see Unit) side by side on the CPU (default: one per usable core),
     capped at the usable cores, each with cores // jobs threads; 1 trains every point in this process. `cluster`:
     "ray" or "ray://HOST:PORT" trains each unit as a Ray task instead, "slurm" as a SLURM job (docs/distributed.md).
     """
-    life = RunOptions.take(options)
+    life, own = RunOptions.take(options), StudyOptions.take(options)
     seeds = STUDY_SEEDS.get(kind, 3) if seeds is None else seeds
     cuts = _numbers(cuts, "--cuts")
     if options.get("backbone") is not None:  # a backbone study (study_backbone.py): cuts are its stages
@@ -113,8 +112,8 @@ def study(kind: str, dataset: str = SplitConfig.dataset, source: object = None, 
     options = {**options, "min_steps": 0, "patience": 0}
     config = StudyConfig(kind, make_split_config(dataset, source, target, **options), seeds,
                          **_given(shots=_numbers(shots, "--shots", allow_all=True), cuts=cuts,
-                                  arms=_names(arms)), min_steps=min_steps)
-    return run_experiment(StudyExperiment(config, jobs, cluster_choice(cluster)), life)
+                                  arms=_names(own.arms)), min_steps=own.min_steps)
+    return run_experiment(StudyExperiment(config, own.jobs, cluster_choice(own.cluster)), life)
 
 
 class StudyExperiment:
