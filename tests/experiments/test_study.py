@@ -4,6 +4,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -532,13 +533,16 @@ def test_the_work_is_cut_into_units_that_share_only_finished_networks():
     assert [u.base for u in study_units(only_scratch)] == [None, None]  # no source network where no arm copies one
 
 
-@pytest.mark.parametrize("kind", ["shots", "freeze"])
-def test_both_study_kinds_run_the_seed_network_on_an_image_folder(shapes, tmp_path, kind):
-    out = tmp_path / kind
+@pytest.mark.parametrize("kind, held_out", [("shots", "test"), ("freeze", "val")])
+def test_both_study_kinds_run_the_seed_network_on_an_image_folder(shapes, tmp_path, kind, held_out):
+    out, folder = tmp_path / kind, tmp_path / "shapes"
+    shutil.copytree(shapes, folder)
+    (folder / "test").rename(folder / held_out)  # a folder of train/ and val/ only: its points tested on val/
     options = ["--shots", "2,all"] if kind == "shots" else ["--cuts", "1,3"]
-    main(["study", kind, str(shapes), *options, "--seeds", "2", "--epochs", "1", "--min-steps", "3", "--jobs", "1",
+    main(["study", kind, str(folder), *options, "--seeds", "2", "--epochs", "1", "--min-steps", "3", "--jobs", "1",
           "--out", str(out), "--quiet"])
     record = json.loads((out / "study.json").read_text())
+    assert record["dataset"]["tested_on"] == held_out
     assert record["dataset"]["source_classes"] == ["amber", "blue"]
     assert record["dataset"]["target_classes"] == ["cyan", "green"]
     assert record["dataset"]["image_shape"] == [3, 16, 16]
