@@ -300,6 +300,11 @@ def test_a_difference_whose_interval_includes_zero_is_not_a_lead():
         "Where scratch comes within 1 point of transfer is not established in this range: transfer ahead by more "
         "than 1 point at 1 image per class; scratch within 1 point at 10 images per class; not established at all "
         "images per class (the interval reaches both sides of +1.0, or there is none).")
+    # Every seed the same difference (one image apart at each): an interval of no width is no lead.
+    _, findings, _ = summarise(_gain_points({5: [-3.2, -3.2]}), "shots")
+    assert findings[0] == ("With 5 images per class scratch is 3.2 points ahead at each of the 2 seeds alike: no spread "
+                           "between the seeds to form an interval from, so no lead is established (more seeds would "
+                           "show the spread).")
 
 
 def test_one_seed_has_no_interval_said_so_and_drawn_without_one(tmp_path):
@@ -543,6 +548,8 @@ def test_both_study_kinds_run_the_seed_network_on_an_image_folder(shapes, tmp_pa
           "--out", str(out), "--quiet"])
     record = json.loads((out / "study.json").read_text())
     assert record["dataset"]["tested_on"] == held_out
+    said = re.search(r"target\s+(validation|test) images at every point", (out / "report.html").read_text())
+    assert said and said.group(1) == ("validation" if held_out == "val" else "test")
     assert record["dataset"]["source_classes"] == ["amber", "blue"]
     assert record["dataset"]["target_classes"] == ["cyan", "green"]
     assert record["dataset"]["image_shape"] == [3, 16, 16]

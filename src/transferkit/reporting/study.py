@@ -127,6 +127,10 @@ def _gain_finding(shots: int, gains: list[float]) -> str:
         return f"{where} the difference is not established at 1 seed: {_ahead(mean)} ({note})."
     if low == high == 0:
         return f"{where} transfer and scratch score the same at each of the {seeds}."
+    if low == high:  # every seed the same difference: a t interval of no width, which is no evidence of a lead
+        return (f"{where} {'transfer' if mean > 0 else 'scratch'} is {abs(mean):.1f} points ahead at each of the "
+                f"{seeds} alike: no spread between the seeds to form an interval from, so no lead is established "
+                "(more seeds would show the spread).")
     note = f"; {note}" if note else ""
     if low > 0 or high < 0:
         lead = "transfer leads" if mean > 0 else "scratch leads"
@@ -235,6 +239,8 @@ def _paired(points: dict[str, dict], a: tuple[str, int | None], b: tuple[str, in
     if len(seeds) < 2:
         return f"paired by seed: {interval_note(1)}", "includes"
     mean, low, high = interval([(by[(*a, s)] - by[(*b, s)]) * 100 for s in seeds], POINTS_RANGE)
+    if low == high:  # the same difference at every seed: no spread, no interval to judge by
+        return f"paired by seed: {mean:+.2f} points at each of the {_seeds(len(seeds))}, no spread", "includes"
     note = interval_note(len(seeds))
     shown = f"paired 95% interval {low:+.2f} to {high:+.2f} points, {_seeds(len(seeds))}" + (f"; {note}" if note else "")
     return shown, "above" if low > 0 else "below" if high < 0 else "includes"
