@@ -194,6 +194,8 @@ def handing_out_units(out: Path) -> bool:
                                           "train at once (one CPU and one thread each); drop --jobs"),
     (["--cluster", "ray", "--backbone", "resnet18"], "--cluster ray with --backbone: a backbone study trains its "
                                                      "points in one process (drop --cluster)"),
+    pytest.param(["--cluster", "ray://127.0.0.1:1"], "--cluster ray://127.0.0.1:1: nothing answers at "
+                 "ray://127.0.0.1:1 (", marks=needs_ray),  # a wrong address: before the folder, not after
 ])
 def test_bad_cluster_options_are_one_line(tmp_path, monkeypatch, capsys, args, says):
     monkeypatch.chdir(tmp_path)

@@ -64,7 +64,7 @@ from .study_plan import (
     backbone_stages,
 )
 from .study_processes import LocalProcesses
-from .study_ray import RayCluster
+from .study_ray import RayCluster, check_reachable
 from .study_recorder import StudyRecorder
 from .study_slurm import SlurmJobs
 from .study_trainer import Trainer
@@ -136,6 +136,7 @@ class StudyExperiment:
                 import_extra("submitit", "--cluster slurm", "submitit")
             else:
                 import_extra("ray", f"--cluster {self.cluster}", "Ray")
+                check_reachable(self.cluster)  # a wrong address: one line, and no study folder
         self.jobs = study_jobs(self.jobs, len(study_units(config)), ranks.device, split.backbone)
         # Threads per process: a point's last digits depend on them (float sums split over threads), not on which
         # process trained it. One process keeps torch's own (every core, or OMP_NUM_THREADS); a unit on a cluster

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from .study_plan import Unit
 
 RETRIES = 3  # a task whose worker died is run again this many times (Ray's max_retries), then the study fails
 LOCAL_STORE_BYTES = 256 << 20  # a local cluster's object store at least (the data set goes in once)
+REACH_SECONDS = 5.0  # --cluster's address must answer within this before the study starts
 IN_FLIGHT_PER_CPU = 2  # tasks handed to Ray at a time per CPU of the cluster: the rest wait here, cheap to cancel
 
 
@@ -165,6 +167,22 @@ class RayCluster:
             yield client.is_connected()
         finally:
             ray.shutdown()
+
+
+def check_reachable(cluster: str) -> None:
+    """Where --cluster names a cluster (ray://HOST:PORT, RAY_ADDRESS, `ray start`'s), something answers at its
+    address: checked before the study folder is made, so that a wrong address leaves none behind. Nothing to
+    check where a local cluster is started."""
+    address = cluster if cluster != "ray" else os.environ.get("RAY_ADDRESS") or ray_start_address()
+    if address is None or address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=REACH_SECONDS).close()
+    except (OSError, ValueError) as e:
+        where = cluster if cluster != "ray" else f"ray ({address})"
+        raise UserError(f"--cluster {where}: nothing answers at {address} ({first_line(e)[:80]}); start the "
+                        "cluster (docs/distributed.md, Studies on a cluster) or give another address") from None
 
 
 def ray_start_address() -> str | None:
