@@ -123,3 +123,16 @@ def test_the_test_split_chooses_nothing(split, reason, kept):
     line = describe_stopping(record)
     assert line.startswith("10 epochs planned (100 steps at least, 10 an epoch)")
     assert ("last epoch kept" in line) == (split == "test")
+
+
+def test_a_patience_longer_than_the_plan_is_said_so():
+    # 1 step an epoch: 300 epochs planned, and a patience of 500 steps is 500 epochs, which never runs out.
+    s = Stopping()
+    plan = StopPlan(s, 1, s.planned_epochs(1), s.patience_epochs(1))
+    line = plan.describe_start("source")
+    assert line.startswith("source: 300 epochs planned") and "stopping after" not in line
+    assert "a patience of 500 epochs is longer than the plan: every planned epoch trains" in line
+    short = StopPlan(s, 32, s.planned_epochs(32), s.patience_epochs(32))  # 10 epochs planned, patience 16
+    assert "longer than the plan" in short.describe_start("frozen")
+    long = StopPlan(Stopping(epochs=100), 32, 100, Stopping(epochs=100).patience_epochs(32))
+    assert f"stopping after {long.patience} epochs without a lower validation loss" in long.describe_start("x")

@@ -175,6 +175,9 @@ class StopPlan:
         if self.note is not None:
             return f"{name}: {length}; {self.note} (no early stopping)"
         stop = f", stopping after {self.patience} epochs without a lower validation loss" if self.patience else ""
+        if self.patience >= self.epochs:  # the patience (at least patience_steps) outlasts a short plan
+            stop = (f", the best epoch by validation loss kept (a patience of {self.patience} epochs is longer than "
+                    "the plan: every planned epoch trains)")
         return f"{name}: {length}{stop}"
 
     def record(self, state: FitState) -> dict | None:
