@@ -27,13 +27,8 @@ EXPORT_PAGE = Path(__file__).resolve().parents[2] / "docs" / "export.md"
 
 
 @pytest.fixture(scope="module")
-def photos(deploy_photos):
-    return deploy_photos  # conftest's, made once a session
-
-
-@pytest.fixture(scope="module")
-def tuned(photos, tmp_path_factory):
-    return tiny_finetune(photos, tmp_path_factory)
+def tuned(deploy_photos, tmp_path_factory):
+    return tiny_finetune(deploy_photos, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +57,9 @@ def test_both_formats_pass_their_check_on_the_validation_images(exported):
     assert json.loads(meta["preprocessing"])["mean"] == [0.485, 0.456, 0.406]
 
 
-def test_the_files_run_without_transferkit_at_any_batch_size(exported, tuned, photos, tmp_path):
+def test_the_files_run_without_transferkit_at_any_batch_size(exported, tuned, deploy_photos, tmp_path):
     classifier = load_classifier(tuned)
-    decoded = np.stack([classifier.decode(p.read_bytes()) for p in sorted(photos.rglob("*.jpg"))[:5]])
+    decoded = np.stack([classifier.decode(p.read_bytes()) for p in sorted(deploy_photos.rglob("*.jpg"))[:5]])
     np.save(tmp_path / "x.npy", graph_input(decoded, 32, 32))
     np.save(tmp_path / "expected.npy", classifier.probabilities(decoded))
     script = f"""
@@ -87,18 +82,18 @@ print("ok")
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
-def test_predict_on_the_onnx_file_gives_the_run_folders_top_k(exported, tuned, photos, capsys):
+def test_predict_on_the_onnx_file_gives_the_run_folders_top_k(exported, tuned, deploy_photos, capsys):
     onnx_file = exported["onnx"].path
     # fp32 on both sides: a run folder's default (auto) is bf16 on CPUs with native bf16 (AMX, AVX512-BF16)
-    from_run = predict(tuned, [photos], top_k=3, precision="fp32")
-    from_onnx = predict(onnx_file, [photos], top_k=3)
+    from_run = predict(tuned, [deploy_photos], top_k=3, precision="fp32")
+    from_onnx = predict(onnx_file, [deploy_photos], top_k=3)
     assert len(from_run) == len(from_onnx) == 24
     for a, b in zip(from_run, from_onnx, strict=True):
         assert a.path == b.path and [c for c, _ in a.top] == [c for c, _ in b.top]
         assert np.allclose([p for _, p in a.top], [p for _, p in b.top], atol=1e-5)
-    main(["predict", str(onnx_file), str(photos / "red"), "--csv", "--top-k", "2"])
+    main(["predict", str(onnx_file), str(deploy_photos / "red"), "--csv", "--top-k", "2"])
     onnx_rows = capsys.readouterr().out.splitlines()
-    main(["predict", str(tuned), str(photos / "red"), "--csv", "--top-k", "2", "--precision", "fp32"])
+    main(["predict", str(tuned), str(deploy_photos / "red"), "--csv", "--top-k", "2", "--precision", "fp32"])
     run_rows = capsys.readouterr().out.splitlines()
     assert len(onnx_rows) == len(run_rows) == 1 + 8 * 2 and onnx_rows[0] == run_rows[0]
     for a, b in zip(onnx_rows[1:], run_rows[1:], strict=True):  # path, rank, class alike; probabilities printed to 6 digits
@@ -131,13 +126,13 @@ def test_a_failed_check_is_an_error_and_writes_nothing(tuned, tmp_path):
     assert not (tmp_path / "sub").exists()
 
 
-def test_the_check_sees_another_model(tuned, photos):
+def test_the_check_sees_another_model(tuned, deploy_photos):
     model, spec = load_model(tuned / "weights" / "model.safetensors")
     torch.manual_seed(1)
     other = BackboneClassifier("resnet18", 3).eval()  # same architecture and input, other weights
     runner = torchscript_runner(torchscript_bytes(deployable(other, spec), torch.zeros(2, 32, 32, 3, dtype=torch.uint8),
                                                   {}))
-    images = [(str(p), p.read_bytes()) for p in sorted(photos.rglob("*.jpg"))]
+    images = [(str(p), p.read_bytes()) for p in sorted(deploy_photos.rglob("*.jpg"))]
     result = compare(load_classifier(tuned), runner, images, "photos", 32, 32)
     assert result.checked == 24 and not result.passed and result.max_probability_difference > 1e-3
 
@@ -165,15 +160,15 @@ def test_without_the_export_extra_the_error_names_the_install_command(tuned, mon
     assert not (tuned / "none.onnx").exists()
 
 
-def test_the_readme_snippet_gives_predicts_probabilities(tuned, photos, tmp_path):
+def test_the_readme_snippet_gives_predicts_probabilities(tuned, deploy_photos, tmp_path):
     snippet = docs_snippet()
     (tmp_path / "runs").mkdir()
     shutil.copytree(tuned / "weights", tmp_path / "runs" / "my-finetune" / "weights")
-    shutil.copy(photos / "green" / "3.jpg", tmp_path / "photo.jpg")
+    shutil.copy(deploy_photos / "green" / "3.jpg", tmp_path / "photo.jpg")
     done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = {name: float(p) for name, p in (line.split() for line in done.stdout.splitlines())}
-    [expected] = predict(tuned, [photos / "green" / "3.jpg"], top_k=3, precision="fp32")  # the snippet's, fp32
+    [expected] = predict(tuned, [deploy_photos / "green" / "3.jpg"], top_k=3, precision="fp32")  # the snippet's, fp32
     assert list(printed) == [c for c, _ in expected.top]
     assert np.allclose(list(printed.values()), [p for _, p in expected.top], atol=1e-6)
 

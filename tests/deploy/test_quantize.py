@@ -18,13 +18,8 @@ from transferkit.inference.predict import load_classifier
 
 
 @pytest.fixture(scope="module")
-def photos(deploy_photos):
-    return deploy_photos  # conftest's, made once a session
-
-
-@pytest.fixture(scope="module")
-def tuned(photos, tmp_path_factory):
-    return tiny_finetune(photos, tmp_path_factory)
+def tuned(deploy_photos, tmp_path_factory):
+    return tiny_finetune(deploy_photos, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +56,8 @@ def test_the_int8_file_is_written_smaller_and_agrees_with_fp32(int8_run, tmp_pat
     assert ("int8 instructions" in line.group(0)) == bool(cpu_int8().flags)
 
 
-def test_predict_takes_the_int8_file_and_gives_fp32s_classes(int8_run, tuned, photos):
-    from_run, from_int8 = predict(tuned, [photos], top_k=1), predict(int8_run[0], [photos], top_k=1)
+def test_predict_takes_the_int8_file_and_gives_fp32s_classes(int8_run, tuned, deploy_photos):
+    from_run, from_int8 = predict(tuned, [deploy_photos], top_k=1), predict(int8_run[0], [deploy_photos], top_k=1)
     assert len(from_run) == len(from_int8) == 24
     same = sum(a.top[0][0] == b.top[0][0] for a, b in zip(from_run, from_int8, strict=True))
     assert same >= 22  # of the 24 photos
@@ -98,9 +93,9 @@ def test_a_broken_calibration_writes_nothing_and_says_what_was_measured(digits, 
     assert not (tmp_path / "sub").exists()
 
 
-def test_without_vnni_reduce_range_is_taken_and_said(tuned, photos):
+def test_without_vnni_reduce_range_is_taken_and_said(tuned, deploy_photos):
     classifier = load_classifier(tuned)
-    images = [(p.name, p.read_bytes()) for p in sorted((photos / "red").glob("*.jpg"))[:3]]
+    images = [(p.name, p.read_bytes()) for p in sorted((deploy_photos / "red").glob("*.jpg"))[:3]]
     fp32 = export(tuned, out=tuned.parent / "plain" / "model.onnx").path.read_bytes()
     no_vnni = cpu_int8("model name\t: Old CPU\nflags\t\t: fpu sse avx2 avx512f\n")
     assert no_vnni.flags == [] and not no_vnni.vnni and "reduce_range" in no_vnni.summary()

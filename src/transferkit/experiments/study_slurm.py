@@ -66,9 +66,7 @@ class SlurmJobs:
         try:
             while running or queued:
                 if work.runtime.should_stop():
-                    raise stopped_without_checkpoints(
-                        work.recorder, "the jobs cancelled; on resume the points under way train again from their "
-                        "start")
+                    raise stopped(work)
                 batch = queued[:max(0, window - len(running))]
                 del queued[:len(batch)]
                 if batch:
@@ -82,9 +80,7 @@ class SlurmJobs:
                         messages = job.result()
                     except Exception as e:  # noqa: BLE001 - submitit's errors carry the job's own
                         if work.runtime.should_stop():  # Ctrl-C reached the local jobs too: a stop, not a failure
-                            raise stopped_without_checkpoints(
-                                work.recorder, "the jobs cancelled; on resume the points under way train again "
-                                "from their start") from None
+                            raise stopped(work) from None
                         raise self.failed(i, job, e, work) from None
                     for message in messages if isinstance(messages, list) else [messages]:  # one line if not
                         record_message(message, i, work)
@@ -101,6 +97,12 @@ class SlurmJobs:
         lines = [line for line in str(error).strip().splitlines() if line.strip()]
         return UserError(f"unit {i} ({names}) as job {job.job_id}: {(lines or [type(error).__name__])[-1][:200]}"
                          f"{resume_hint(work.run, ' (--cluster slurm)')}")
+
+
+def stopped(work: StudyWork) -> Exception:
+    """The Interrupted of a study whose jobs were cancelled."""
+    return stopped_without_checkpoints(work.recorder, "the jobs cancelled; on resume the points under way train "
+                                                      "again from their start")
 
 
 class UnitJobRun:

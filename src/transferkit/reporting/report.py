@@ -17,7 +17,16 @@ from ..training.metrics import IMBALANCE_RATIO, class_metrics
 from .console import describe_stopping
 from .figures import PHASE_COLORS, confusion_figure, overlay_curves_figure, reliability_figure, time_figure
 from .html import Image, figure_image, png_image, render, write_html
-from .results import RESULTS_FILE, Gain, baseline_verdicts, held_out, read_results, results_file, transfer_gain
+from .results import (
+    RESULTS_FILE,
+    Gain,
+    baseline_verdicts,
+    dotted,
+    held_out,
+    read_results,
+    results_file,
+    transfer_gain,
+)
 from .status import read_status
 
 REPORT_FILE = "report.html"
@@ -223,12 +232,5 @@ def classes_label(classes: list[str], shown: int = 6) -> str:
 
 def flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
     """Nested settings as (dotted key, text) rows: model.filters = 32."""
-    rows = []
-    for key, value in d.items():
-        if isinstance(value, dict):
-            rows += flatten(value, f"{prefix}{key}.")
-        elif isinstance(value, list):
-            rows.append((f"{prefix}{key}", ", ".join(map(str, value))))
-        else:
-            rows.append((f"{prefix}{key}", "default" if value is None else str(value)))
-    return rows
+    return [(key, ", ".join(map(str, value)) if isinstance(value, list) else "default" if value is None else str(value))
+            for key, value in dotted(d, prefix)]

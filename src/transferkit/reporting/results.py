@@ -113,6 +113,15 @@ def held_out_key(phase: dict, figure: str) -> str:
     return key if key in phase or f"test_{figure}" not in phase else f"test_{figure}"
 
 
+def dotted(record: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """A nested record's leaves (lists are leaves) under dotted keys: ("model.filters", 32). The report's settings,
+    the trackers' params and numbers are written from it."""
+    leaves: list[tuple[str, object]] = []
+    for key, value in record.items():
+        leaves += dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return leaves
+
+
 def held_out(phase: dict, figure: str):
     """A recorded phase's `figure` on the images it was validated on (see held_out_key)."""
     return phase[held_out_key(phase, figure)]

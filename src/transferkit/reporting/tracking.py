@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError, first_line
-from .results import held_out_key
+from .results import dotted, held_out_key
 from .tracker import Tracker
 
 TRACKERS = {"tensorboard": "DIR", "mlflow": "URI"}  # each backend and what its `=...` names
@@ -172,13 +172,8 @@ def _backend(name: str):
 
 def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
     """Every option of the configuration, nested keys dotted, each value as text (None as 'None')."""
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-    return out
+    return {key: ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            for key, value in dotted(config, prefix)}
 
 
 def finite(values: dict[str, float]) -> dict[str, float]:
@@ -199,13 +194,7 @@ def final_metrics(record: dict) -> dict[str, float]:
 
 def numbers(d: dict, prefix: str = "") -> dict[str, float]:
     """The finite numbers of a nested record, keys dotted (lists left out)."""
-    out: dict[str, float] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(numbers(value, f"{prefix}{key}."))
-        else:
-            out.update(finite({f"{prefix}{key}": value}))
-    return out
+    return finite(dict(dotted(d, prefix)))
 
 
 def children(results: dict) -> list[tuple[str, dict[str, float]]]:
